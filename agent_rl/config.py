@@ -133,8 +133,10 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     # Token budget of one packed micro-batch in the learner (padding-free); gradient accumulation covers the rest.
     micro_batch_tokens: int = 4096
-    # bf16 autocast for the learner's forward passes when on CUDA.
-    bf16: bool = True
+    # bf16 autocast for the learner's forward passes. null: on CUDA only; true: on CPU as well
+    # (CPUs with native bf16, AVX512-BF16/AMX: ~2.5x faster learner than float32); false: never.
+    # Old logprobs are recomputed under the same autocast, so on-policy ratios stay exactly 1.
+    bf16: Optional[bool] = None
     seed: int = 0
     # Evaluate every N steps (0: never) on `eval_episodes` episodes with env.eval_kwargs, greedy.
     eval_every: int = 0
@@ -267,7 +269,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                                 "instruction": "Answer with a single number."}},
         "algo": {"num_minibatches": 2},
         "rollout": {"group_size": 8, "tasks_per_step": 8, "max_turns": 1, "max_new_tokens": 24, "temperature": 1.0},
-        "train": {"steps": 30, "lr": 1e-5, "micro_batch_tokens": 4096},
+        "train": {"steps": 30, "lr": 1e-5, "micro_batch_tokens": 4096, "bf16": True},
     },
 }
 

@@ -199,6 +199,9 @@ def train(cfg: Config) -> dict[str, float]:
 
         ref_model, _ = load_model_and_tokenizer(cfg.model.name, dtype=cfg.model.dtype)
         ref_model.to(next(model.parameters()).device).eval().requires_grad_(False)
+    if cfg.train.bf16 and next(model.parameters()).device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("train.bf16=true on a CPU without native bf16 (AVX512-BF16/AMX): autocast is emulated there and "
+                    "slower than float32; set train.bf16=null to train in float32 on this machine")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
                                   weight_decay=cfg.train.weight_decay)
     start_step, wandb_id = 0, None

@@ -37,8 +37,22 @@ def make_batch(mode: str, seed: int = 0, n_traj: int = 4, vocab: int = 300) -> T
     return TrajectoryBatch(trajs)
 
 
-@pytest.mark.parametrize("budget,row_tokens", [(40, None), (40, 40), (60, 25), (10_000, None)])
-def test_packed_logprobs_equal_separate_forward_passes(tiny, budget, row_tokens):
+def with_attention(model, impl: str):
+    """A copy of ``model`` on attention implementation ``impl`` (sdpa: dense block mask)."""
+    from trainers.attention import enable_varlen_attention, is_varlen
+
+    model = copy.deepcopy(model)
+    model.set_attn_implementation("sdpa")
+    if impl == "agent_rl_varlen":
+        assert enable_varlen_attention(model) and is_varlen(model)
+    assert model.config._attn_implementation == impl
+    return model
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "agent_rl_varlen"])
+@pytest.mark.parametrize("budget,row_tokens", [(40, None), (40, 40), (60, 25), (10_000, None), (10_000, 10_000)])
+def test_packed_logprobs_equal_separate_forward_passes(tiny, budget, row_tokens, impl):
+    tiny = with_attention(tiny, impl)
     seqs = make_batch("per_step", n_traj=6).sequences()
     mbs = pack_sequences(seqs, max_tokens=budget, row_tokens=row_tokens)
     assert sorted(i for mb in mbs for i in mb.seq_indices) == list(range(len(seqs)))
@@ -55,6 +69,45 @@ def test_packed_logprobs_equal_separate_forward_passes(tiny, budget, row_tokens)
                 assert torch.allclose(got[i], ref[0], atol=1e-4)
                 assert torch.allclose(got_ent[i], ref_ent[0], atol=1e-4)
                 assert got[i][0] == 0.0 and (got[i][1:] < 0).all()
+            # loss_only: the same values on the agent tokens, 0 elsewhere
+            lp_loss, ent_loss = token_logprobs_and_entropy(tiny, mb, with_entropy=True, loss_only=True)
+            assert mb.loss_mask is not None and mb.loss_mask.any()
+            want = mb.loss_mask.clone()
+            want[:, 0] = False
+            want[:, 1:] &= mb.segments[:, 1:] == mb.segments[:, :-1]  # a sequence's first token has no prefix
+            torch.testing.assert_close(lp_loss[want], lp[want], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(ent_loss[want], ent[want], atol=1e-4, rtol=1e-4)
+            assert (lp_loss[~want] == 0).all() and (ent_loss[~want] == 0).all()
+
+
+def test_varlen_attention_gradient_equals_dense_block_mask(tiny):
+    """Backward through the per-sequence SDPA calls gives the dense-mask gradient."""
+    seqs = make_batch("per_step", seed=3, n_traj=6).sequences()
+    grads = {}
+    for impl in ("sdpa", "agent_rl_varlen"):
+        model = with_attention(tiny, impl).double()  # float64: any difference is a bug, not rounding
+        (mb,) = pack_sequences(seqs, 10_000, row_tokens=10_000)
+        assert mb.input_ids.shape[0] == 1 and len(mb.entries) == len(seqs)  # one row, many sequences
+        lp, ent = token_logprobs_and_entropy(model, mb, with_entropy=True)
+        (lp.sum() + 0.1 * ent.sum()).backward()
+        grads[impl] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert grads["sdpa"].abs().max() > 0
+    torch.testing.assert_close(grads["agent_rl_varlen"], grads["sdpa"], atol=1e-10, rtol=1e-9)
+
+
+def test_varlen_model_generates_and_saves_like_sdpa(tiny, tmp_path):
+    """Switching to varlen changes nothing outside packed learner calls: padded batched
+    forward passes equal sdpa's, and a saved checkpoint does not name the custom kernel."""
+    ids = torch.tensor([[5, 6, 7, 8, 9], [0, 0, 3, 4, 5]])
+    attn = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    outs = {}
+    for impl in ("sdpa", "agent_rl_varlen"):
+        model = with_attention(tiny, impl)
+        with torch.no_grad():
+            outs[impl] = (model(input_ids=ids, attention_mask=attn).logits, model(input_ids=ids[:1]).logits)
+    torch.testing.assert_close(outs["agent_rl_varlen"], outs["sdpa"])
+    model.save_pretrained(tmp_path)
+    assert "agent_rl_varlen" not in (tmp_path / "config.json").read_text()
 
 
 def direct_gradient(model, batch, adv, p, loss, kl_coef=0.0, entropy_coef=0.0):
@@ -149,3 +202,25 @@ def test_zero_advantages_skip_backward_but_keep_the_optimizer_step(tiny):
     twin_opt.step()
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("bf16", [None, True, False])
+def test_bf16_autocast_on_cpu_only_when_asked(tiny, bf16):
+    """train.bf16: null keeps float32 on CPU; true runs the learner's forwards under CPU bf16
+    autocast (and the update still lands: finite loss, changed weights, close to float32)."""
+    model = copy.deepcopy(tiny)
+    seen: list[bool] = []
+    hook = model.register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    before = [p.detach().clone() for p in model.parameters()]
+    learner = Learner(model, torch.optim.AdamW(model.parameters(), lr=1e-3), LearnerSettings(bf16_autocast=bf16))
+    batch = make_batch("per_step", seed=5)
+    metrics = learner.update(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]), p=1.0)
+    hook.remove()
+    assert seen and all(s == bool(bf16) for s in seen)
+    assert torch.isfinite(torch.tensor(metrics["loss/total"]))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    if bf16:
+        seqs = batch.sequences()
+        lp32 = Learner(copy.deepcopy(tiny), None, LearnerSettings(bf16_autocast=False)).sequence_logprobs(tiny, seqs, [0])[0]
+        lp16 = learner.sequence_logprobs(tiny, seqs, [0])[0]
+        assert not torch.equal(lp16, lp32) and torch.allclose(lp16, lp32, atol=0.1)

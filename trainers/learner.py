@@ -31,7 +31,8 @@ import torch
 
 from agent_rl.types import Sequence, TrajectoryBatch
 from trainers.losses import kl_low_var, policy_loss
-from trainers.packing import _uses_flash_attention, pack_sequences, token_logprobs_and_entropy
+from trainers.attention import enable_varlen_attention, is_varlen
+from trainers.packing import pack_sequences, token_logprobs_and_entropy
 
 
 @dataclass
@@ -47,10 +48,13 @@ class LearnerSettings:
     num_minibatches: int = 1
     epochs: int = 1
     max_grad_norm: float = 1.0
-    bf16_autocast: bool = True  # only takes effect on CUDA
+    bf16_autocast: bool | None = None  # None: on CUDA only; True: CPU too (see TrainConfig.bf16)
     # Sampling temperature of the rollouts: logprobs are taken under softmax(logits / T), the
     # distribution the tokens were drawn from (as verl does), so the ratio compares like with like.
     temperature: float = 1.0
+    # Attend within each packed sequence (trainers.attention) instead of through a dense
+    # block mask over the whole row: switches sdpa models to "agent_rl_varlen".
+    varlen_attention: bool = True
 
 
 class Learner:
@@ -60,12 +64,17 @@ class Learner:
         self.s = settings
         self.ref_model = ref_model
         self.rng = random.Random(seed)
+        if settings.varlen_attention:
+            for m in (model, ref_model):
+                if m is not None:
+                    enable_varlen_attention(m)
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
         device = next(self.model.parameters()).device
-        if device.type == "cuda" and self.s.bf16_autocast:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        on = self.s.bf16_autocast if self.s.bf16_autocast is not None else device.type == "cuda"
+        if on and device.type in ("cuda", "cpu"):
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     @torch.no_grad()
@@ -74,13 +83,13 @@ class Learner:
         out: dict[int, torch.Tensor] = {}
         for mb in pack_sequences(sequences, self.s.micro_batch_tokens, indices, self._row_tokens(model)):
             with self._autocast():
-                lp, _ = token_logprobs_and_entropy(model, mb, temperature=self.s.temperature)
+                lp, _ = token_logprobs_and_entropy(model, mb, temperature=self.s.temperature, loss_only=True)
             out.update(mb.gather(lp.float().cpu()))
         return out
 
     def _row_tokens(self, model) -> int | None:
         # varlen flash-attention kernels make long packed rows free; dense masks do not
-        return self.s.micro_batch_tokens if _uses_flash_attention(model) else None
+        return self.s.micro_batch_tokens if is_varlen(model) else None
 
     def ref_logprobs(self, sequences, indices) -> dict[int, torch.Tensor]:
         if self.ref_model is not None:
@@ -219,8 +228,9 @@ class Learner:
         device = next(self.model.parameters()).device
         for mb in pack_sequences(sequences, self.s.micro_batch_tokens, seq_idx, self._row_tokens(self.model)):
             with self._autocast():
+                # g and h are 0 off the agent tokens, so only those need logits
                 lp, ent = token_logprobs_and_entropy(self.model, mb, with_entropy=ent_coef is not None,
-                                                     temperature=self.s.temperature)
+                                                     temperature=self.s.temperature, loss_only=True)
             g = mb.scatter({i: grad_seq[i] for i in mb.seq_indices}).to(device)  # [R, L]
             surrogate = (g * lp.float()).sum()
             if ent is not None:

@@ -4,32 +4,37 @@ Data flow: trajectory batch → **packed micro-batches** → logprobs → Hölde
 
 Variable-length sequences (one per turn in ``per_step`` mode, one per episode in
 ``conversation`` mode) are concatenated into rows, with position ids restarting at each
-sequence and a block-diagonal causal mask so that no sequence attends to another
-(flash-attention backends need only the position ids), and rows are grouped into
-micro-batches up to a token budget. Almost no compute goes to padding, unlike a padded
-[N, L_max] batch.
+sequence and a block-diagonal causal mask so that no sequence attends to another, and
+rows are grouped into micro-batches up to a token budget. Varlen attention (flash-attention,
+or :mod:`trainers.attention` on any device) needs only the position ids and costs Σ nᵢ²
+per row, so rows are then filled up to the budget. Almost no compute goes to padding,
+unlike a padded [N, L_max] batch.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from agent_rl.types import Sequence
+from trainers.attention import is_varlen
 
 
 @dataclass
 class MicroBatch:
-    """R packed rows of length L. ``input_ids``/``position_ids``/``segments``: [R, L];
-    ``segments`` numbers the sequences within each row (−1 on the padding at a row's end).
+    """R packed rows of length L. ``input_ids``/``position_ids``/``segments``/``loss_mask``:
+    [R, L]; ``segments`` numbers the sequences within each row (−1 on the padding at a row's
+    end); ``loss_mask`` marks the agent tokens (the only ones whose logprobs a loss reads).
     ``entries`` locate each sequence: (index into the step's list, row, offset, length)."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
     segments: torch.Tensor
     entries: list[tuple[int, int, int, int]]
+    loss_mask: torch.Tensor | None = None
 
     @property
     def seq_indices(self) -> list[int]:
@@ -75,9 +80,10 @@ def pack_sequences(
     Rows are filled first-fit-decreasing up to ``row_tokens`` (default: the longest
     selected sequence). Attention inside a row costs O(row length²) with dense-mask
     kernels (sdpa/eager), so short rows keep that cost near a padded batch's while
-    dropping almost all padding; with flash-attention pass ``row_tokens=max_tokens``
-    (varlen kernels cost only Σ length²). A sequence longer than ``max_tokens`` gets a
-    micro-batch of its own.
+    dropping almost all padding; with varlen attention pass ``row_tokens=max_tokens``
+    (it costs only Σ length²). A sequence longer than ``max_tokens`` gets a
+    micro-batch of its own. The padding at a row's end is one more sequence (positions
+    0, 1, …) that no real token sees and whose logprobs are 0.
     """
     if max_tokens < 1:
         raise ValueError(f"micro-batch token budget must be >= 1, got {max_tokens}")
@@ -101,6 +107,7 @@ def pack_sequences(
         ids = torch.zeros(len(group), L, dtype=torch.long)
         pos = torch.zeros(len(group), L, dtype=torch.long)
         seg = torch.full((len(group), L), -1, dtype=torch.long)
+        loss_mask = torch.zeros(len(group), L, dtype=torch.bool)
         entries = []
         for r, k in enumerate(group):
             off = 0
@@ -109,9 +116,11 @@ def pack_sequences(
                 ids[r, off : off + n] = torch.tensor(sequences[i].input_ids)
                 pos[r, off : off + n] = torch.arange(n)
                 seg[r, off : off + n] = j
+                loss_mask[r, off : off + n] = torch.tensor(sequences[i].loss_mask, dtype=torch.bool)
                 entries.append((i, r, off, n))
                 off += n
-        out.append(MicroBatch(input_ids=ids, position_ids=pos, segments=seg, entries=entries))
+            pos[r, off:] = torch.arange(L - off)  # the padding is one segment, not L − off of them
+        out.append(MicroBatch(input_ids=ids, position_ids=pos, segments=seg, entries=entries, loss_mask=loss_mask))
     return out
 
 
@@ -128,35 +137,51 @@ def block_causal_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     return mask[:, None]
 
 
-def _uses_flash_attention(model) -> bool:
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", "") or ""
-    return "flash" in impl
+def _takes_logits_to_keep(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft forwards **kwargs
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def token_logprobs_and_entropy(
-    model, mb: MicroBatch, *, with_entropy: bool = False, temperature: float = 1.0
+    model, mb: MicroBatch, *, with_entropy: bool = False, temperature: float = 1.0, loss_only: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities ([R, L]) of each token given its prefix within its own sequence
     (0 at each sequence's first token, which has no prefix, and on padding), and
-    optionally the entropy of the predictive distribution at the same positions ([R, L])."""
+    optionally the entropy of the predictive distribution at the same positions ([R, L]).
+
+    ``loss_only``: compute them only where ``mb.loss_mask`` is set (0 elsewhere). The LM
+    head and the vocabulary-wide softmax then run on the agent tokens alone: prompts and
+    observations are most of an agent's tokens, and with a large vocabulary (49k–152k)
+    their logits are a large share of the learner's time and memory."""
     device = next(model.parameters()).device
     input_ids = mb.input_ids.to(device)  # [R, L]
     segments = mb.segments.to(device)  # [R, L]
+    R, L = input_ids.shape
+    # logits at t predict token t+1, within the same sequence only
+    need = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] >= 0)  # [R, L-1]
     kwargs = {"position_ids": mb.position_ids.to(device)}
-    if not _uses_flash_attention(model):
+    if not is_varlen(model):
         kwargs["attention_mask"] = block_causal_mask(segments, next(model.parameters()).dtype)
-    logits = model(input_ids=input_ids, **kwargs).logits[:, :-1].float()  # [R, L-1, V]
+    if loss_only and mb.loss_mask is not None and _takes_logits_to_keep(model):
+        need &= mb.loss_mask[:, 1:].to(device)
+        cols = need.any(0).nonzero().flatten()  # [K] positions some row needs (rows share one index)
+        if cols.numel() == 0:
+            cols = cols.new_zeros(1)
+        kwargs["logits_to_keep"] = cols
+    else:
+        cols = torch.arange(L - 1, device=device)  # [L-1]
+    logits = model(input_ids=input_ids, **kwargs).logits  # [R, K or L, V]
+    logits = logits[:, : cols.numel()].float()  # [R, K, V] (without logits_to_keep: the first L-1)
     if temperature != 1.0:
         logits = logits / temperature
-    # logits at t predict token t+1, within the same sequence only
-    R, L = input_ids.shape
-    valid = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] >= 0)  # [R, L-1]
-    lp = -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1), reduction="none")
-    lp = lp.view(R, L - 1).masked_fill(~valid, 0.0)  # [R, L-1]
-    logprobs = torch.cat([lp.new_zeros(R, 1), lp], dim=1)  # [R, L]
+    targets = input_ids[:, 1:][:, cols]  # [R, K]
+    keep = need[:, cols]  # [R, K]
+    lp = -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    lp = lp.view(R, -1).masked_fill(~keep, 0.0)  # [R, K]
+    logprobs = lp.new_zeros(R, L).index_copy(1, cols + 1, lp)  # [R, L]
     entropy = None
     if with_entropy:
-        logp_all = torch.log_softmax(logits, -1)  # [R, L-1, V]
-        ent = -(logp_all.exp() * logp_all).sum(-1).masked_fill(~valid, 0.0)  # [R, L-1]
-        entropy = torch.cat([ent.new_zeros(R, 1), ent], dim=1)  # [R, L]
+        logp_all = torch.log_softmax(logits, -1)  # [R, K, V]
+        ent = -(logp_all.exp() * logp_all).sum(-1).masked_fill(~keep, 0.0)  # [R, K]
+        entropy = ent.new_zeros(R, L).index_copy(1, cols + 1, ent)  # [R, L]
     return logprobs, entropy
