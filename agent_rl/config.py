@@ -165,11 +165,20 @@ class LoggingConfig:
 
 @dataclass
 class RayConfig:
-    # Run env workers as Ray actors instead of local processes.
+    # Run env workers (and, with rollout_actor, generation) as Ray actors instead of local processes.
     enabled: bool = False
     # null: start a local Ray; "auto": join the cluster this machine belongs to; or ray://host:port.
     address: Optional[str] = None
+    # CPUs of the local Ray that `address: null` starts (null: all of this machine's).
     num_cpus: Optional[int] = None
+    # With enabled: the rollout's policy (rollout.backend) runs in one Ray actor that loads its own copy of
+    # model.name and gets the learner's weights after every step; false keeps generation in the trainer.
+    rollout_actor: bool = True
+    # GPUs the rollout actor reserves; null: 1 if the trainer sees CUDA, else 0 (generation on the actor's CPU).
+    rollout_num_gpus: Optional[float] = None
+    # CPUs it reserves in Ray's scheduler (also its torch threads when >= 1). 0 leaves every CPU to env
+    # actors (env.num_workers=0 places one per CPU); generation and env steps alternate, not compete.
+    rollout_num_cpus: float = 0.0
 
 
 @dataclass
@@ -235,6 +244,10 @@ def validate(cfg: Config) -> None:
     need(str(cfg.train.resume).lower() in ("auto", "true", "false"), "train.resume", cfg.train.resume,
          "it must be auto, true or false", "use train.resume=auto")
     need(cfg.env.num_workers >= 0, "env.num_workers", cfg.env.num_workers, "a count of processes", "use 0 (in-process) or more")
+    need(cfg.ray.rollout_num_gpus is None or cfg.ray.rollout_num_gpus >= 0, "ray.rollout_num_gpus",
+         cfg.ray.rollout_num_gpus, "it is a number of GPUs", "use null (1 with CUDA, else 0), 0 or 1")
+    need(cfg.ray.rollout_num_cpus >= 0, "ray.rollout_num_cpus", cfg.ray.rollout_num_cpus, "it is a number of CPUs",
+         "use 0 (default) or more")
     need(cfg.logging.wandb_mode in ("offline", "online", "disabled"), "logging.wandb_mode", cfg.logging.wandb_mode,
          "wandb modes are offline, online, disabled", "use offline (default; sync later with `wandb sync`)")
 

