@@ -95,6 +95,23 @@ def test_varlen_attention_gradient_equals_dense_block_mask(tiny):
     torch.testing.assert_close(grads["agent_rl_varlen"], grads["sdpa"], atol=1e-10, rtol=1e-9)
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_varlen_attention_with_grouped_query_heads(tmp_path, arch):
+    """4 query heads sharing 2 kv heads (as SmolLM2/Qwen2.5): same logprobs and gradient as sdpa."""
+    path = build_tiny_model(tmp_path, arch=arch, hidden_size=128, num_heads=4, num_kv_heads=2)
+    model, _ = load_model_and_tokenizer(path)
+    assert model.config.num_key_value_heads == 2 and model.config.num_attention_heads == 4
+    seqs = make_batch("per_step", seed=7, n_traj=5).sequences()
+    (mb,) = pack_sequences(seqs, 10_000, row_tokens=10_000)
+    out = {}
+    for impl in ("sdpa", "agent_rl_varlen"):
+        m = with_attention(model, impl).double()
+        lp, _ = token_logprobs_and_entropy(m, mb)
+        lp.sum().backward()
+        out[impl] = (lp.detach(), torch.cat([p.grad.flatten() for p in m.parameters()]))
+    torch.testing.assert_close(out["agent_rl_varlen"], out["sdpa"], atol=1e-10, rtol=1e-9)
+
+
 def test_varlen_model_generates_and_saves_like_sdpa(tiny, tmp_path):
     """Switching to varlen changes nothing outside packed learner calls: padded batched
     forward passes equal sdpa's, and a saved checkpoint does not name the custom kernel."""

@@ -124,6 +124,7 @@ def build_tiny_model(
     hidden_size: int = 64,
     num_layers: int = 2,
     num_heads: int = 2,
+    num_kv_heads: int | None = None,
     max_position_embeddings: int = 4096,
     init_std: float = 0.3,
 ) -> Path:
@@ -133,6 +134,7 @@ def build_tiny_model(
     one of vLLM's supported sizes (32, 64, 80, 96, 112, 128, ...), hence 64/2 = 32.
     The tokenizer is a byte-level BPE trained here on a built-in corpus, so any text
     round-trips; its chat template is ChatML and its EOS is ``<|im_end|>``.
+    ``num_kv_heads`` below ``num_heads`` gives grouped-query attention (as SmolLM2, Qwen2.5).
     ``init_std`` is far above HF's 0.02 on purpose: with 0.02 a random model's greedy
     output is one token repeated, which would make backend-equality tests vacuous.
     """
@@ -144,6 +146,9 @@ def build_tiny_model(
         raise ValueError(f"build_tiny_model(arch={arch!r}): choose one of {sorted(configs)}")
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+    num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+    if num_kv_heads < 1 or num_heads % num_kv_heads:
+        raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -155,7 +160,7 @@ def build_tiny_model(
         intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
         head_dim=hidden_size // num_heads,
         max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=True,
