@@ -180,6 +180,17 @@ class RayConfig:
     # actors (env.num_workers=0 places one per CPU); generation and env steps alternate, not compete.
     rollout_num_cpus: float = 0.0
 
+    @property
+    def rollout_in_actor(self) -> bool:
+        return self.enabled and self.rollout_actor
+
+    @property
+    def init_kwargs(self) -> dict[str, Any]:
+        """``ray.init`` arguments: join ``address``, or start a local Ray with ``num_cpus``."""
+        if self.address:
+            return {"address": self.address}
+        return {"num_cpus": self.num_cpus, "include_dashboard": False, "log_to_driver": False}
+
 
 @dataclass
 class Config:

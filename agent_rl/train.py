@@ -61,10 +61,8 @@ def make_pool(cfg: Config, env_id: str, num_envs: int, env_kwargs: dict[str, Any
     if cfg.ray.enabled:
         from envs.ray_pool import RayEnvPool
 
-        init = {"address": cfg.ray.address} if cfg.ray.address else {
-            "num_cpus": cfg.ray.num_cpus, "include_dashboard": False, "log_to_driver": False}
         return RayEnvPool(env_id, num_envs, env_kwargs, num_workers=cfg.env.num_workers,
-                          import_modules=cfg.env.import_modules, ray_init_kwargs=init)
+                          import_modules=cfg.env.import_modules, ray_init_kwargs=cfg.ray.init_kwargs)
     from envs.pool import EnvPool
 
     return EnvPool(env_id, num_envs, env_kwargs, num_workers=cfg.env.num_workers, import_modules=cfg.env.import_modules)
@@ -104,7 +102,7 @@ def make_rollout_policy(cfg: Config, model, tokenizer):
     actor (ray.enabled with ray.rollout_actor) that loads its own copy of model.name."""
     from trainers.policies import make_policy
 
-    in_actor = cfg.ray.enabled and cfg.ray.rollout_actor
+    in_actor = cfg.ray.rollout_in_actor
     if cfg.rollout.backend == "hf" and not in_actor:  # generation uses the very model being trained: nothing to sync
         return make_policy("hf", model=model, tokenizer=tokenizer)
     env_vars: dict[str, str] = {}
@@ -136,10 +134,8 @@ def _ray_rollout_policy(cfg: Config, model, tokenizer, kwargs: dict[str, Any], e
     if cfg.rollout.backend == "hf":
         kwargs = {**kwargs, "device": "cuda" if gpus > 0 else "cpu"}  # the GPU Ray assigned to the actor
     # The same session the env pool joins (make_pool): whichever starts first initialises it.
-    init = {"address": cfg.ray.address} if cfg.ray.address else {
-        "num_cpus": cfg.ray.num_cpus, "include_dashboard": False, "log_to_driver": False}
     policy = RayPolicy(cfg.rollout.backend, kwargs, tokenizer=tokenizer, num_cpus=cfg.ray.rollout_num_cpus,
-                       num_gpus=gpus, env_vars=env_vars, ray_init_kwargs=init)
+                       num_gpus=gpus, env_vars=env_vars, ray_init_kwargs=cfg.ray.init_kwargs)
     try:
         sync_weights(cfg, policy, model)
     except BaseException:
@@ -151,7 +147,7 @@ def _ray_rollout_policy(cfg: Config, model, tokenizer, kwargs: dict[str, Any], e
 def sync_weights(cfg: Config, policy, model) -> None:
     """Push the learner's update to the rollout engine: the LoRA adapter alone when training
     one (the engine keeps the base weights it started with), else all weights."""
-    if cfg.rollout.backend == "hf" and not (cfg.ray.enabled and cfg.ray.rollout_actor):
+    if cfg.rollout.backend == "hf" and not cfg.ray.rollout_in_actor:
         return
     if not cfg.model.lora.enabled:
         policy.sync_weights(model.named_parameters())
@@ -269,7 +265,7 @@ def train(cfg: Config) -> dict[str, float]:
         bf16_autocast=cfg.train.bf16, temperature=cfg.rollout.temperature), ref_model=ref_model,
         seed=cfg.train.seed + start_step)
     policy = make_rollout_policy(cfg, model, tokenizer)
-    if ckpt is not None and cfg.rollout.backend != "hf" and not (cfg.ray.enabled and cfg.ray.rollout_actor):
+    if ckpt is not None and cfg.rollout.backend != "hf" and not cfg.ray.rollout_in_actor:
         sync_weights(cfg, policy, model)  # the engine started from model.name, not from the resumed weights
     pool = make_pool(cfg, env_id, cfg.episodes_per_step, dict(cfg.env.kwargs))
     engine = RolloutEngine(policy, pool, max_turns=cfg.rollout.max_turns, history_k=cfg.rollout.history_k,

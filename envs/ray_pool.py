@@ -16,6 +16,19 @@ from envs.pool import EnvHost, PoolFront, StepResult
 log = logging.getLogger(__name__)
 
 
+
+def init_ray(init_kwargs: dict | None = None, *, user: str, instead: str):
+    """The ``ray`` module, initialised with ``init_kwargs`` unless a session is already up: the env
+    pool and the rollout actor (trainers.policies.ray_actor) share one session, whichever starts first.
+    ``user``/``instead`` name who needs Ray and the way around it, for the error without ray."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError(f"{user} needs ray ({exc}); `pip install 'agent-rl[ray]'` or {instead}") from exc
+    if not ray.is_initialized():
+        ray.init(**(init_kwargs or {}))
+    return ray
+
 class RayEnvPool(PoolFront):
     """``num_envs`` copies of ``env_id`` on Ray actors.
 
@@ -29,17 +42,12 @@ class RayEnvPool(PoolFront):
                  import_modules: Sequence[str] = (), *, timeout_s: float | None = 300.0,
                  startup_timeout_s: float = 300.0, actor_options: dict | None = None,
                  ray_init_kwargs: dict | None = None):
-        try:
-            import ray
-        except ImportError as exc:
-            raise ImportError(f"RayEnvPool needs ray ({exc}); `pip install 'agent-rl[ray]'` or use envs.pool.EnvPool") from exc
+        ray = init_ray(ray_init_kwargs, user="RayEnvPool", instead="use envs.pool.EnvPool")
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"RayEnvPool num_envs must be a positive int, got {num_envs!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"RayEnvPool num_workers must be an int >= 0 (0 = one per Ray CPU), got {num_workers!r}")
         self._ray = ray
-        if not ray.is_initialized():
-            ray.init(**(ray_init_kwargs or {}))
         if num_workers == 0:
             num_workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.env_id, self.num_envs = env_id, num_envs

@@ -13,6 +13,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import importlib.util
 import socket
 
 import pytest
@@ -62,3 +63,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local 2-CPU Ray for one test module; its workers import the test modules (env entry points)."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray not installed (pip install 'agent-rl[ray]')")
+    import ray
+
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join([tests_dir, *filter(None, [os.environ.get("PYTHONPATH")])])
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()

@@ -213,21 +213,6 @@ def test_alfworld_pool_survives_a_killed_worker():
 
 # -- Ray actors --------------------------------------------------------------------------------------------------
 
-HAVE_RAY = importlib.util.find_spec("ray") is not None
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    if not HAVE_RAY:
-        pytest.skip("ray not installed (pip install 'agent-rl[ray]')")
-    import ray
-
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    path = os.pathsep.join([tests_dir, *filter(None, [os.environ.get("PYTHONPATH")])])
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
-    yield ray
-    ray.shutdown()
 
 
 def test_ray_pool_reports_and_restarts_a_killed_actor(ray_local):

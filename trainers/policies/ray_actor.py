@@ -24,22 +24,10 @@ import logging
 import os
 from typing import Any, Iterable
 
+from envs.ray_pool import init_ray
 from trainers.policies.base import POLICIES, Generation, SamplingParams
 
 log = logging.getLogger(__name__)
-
-
-def init_ray(init_kwargs: dict | None = None):
-    """The ``ray`` module, initialised with ``init_kwargs`` unless a session is already up
-    (the env pool and this policy share one session, whichever starts first)."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise ImportError(f"RayPolicy needs ray ({exc}); `pip install 'agent-rl[ray]'` "
-                          f"or set ray.rollout_actor=false") from exc
-    if not ray.is_initialized():
-        ray.init(**(init_kwargs or {}))
-    return ray
 
 
 class PolicyHost:
@@ -156,7 +144,7 @@ class RayPolicy:
                             f"(save it with save_pretrained and pass the folder)")
         if os.path.exists(model):
             kwargs["model"] = os.path.abspath(model)
-        self._ray = ray = init_ray(ray_init_kwargs)
+        self._ray = ray = init_ray(ray_init_kwargs, user="RayPolicy", instead="set ray.rollout_actor=false")
         self.inner, self.description = inner, f"ray:{inner}:{kwargs['model']}"
         self._options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": 0}
         self._check_feasible()
@@ -210,26 +198,16 @@ class RayPolicy:
     def sync_adapter(self, adapter: Any) -> None:
         """Ship a peft adapter (a ``PeftModel``'s active adapter, or an adapter folder) to the actor:
         its two files' bytes, a few MB, instead of the whole model."""
+        import tempfile
         from pathlib import Path
 
-        from trainers.policies.vllm import ADAPTER_FILES
+        from trainers.policies.vllm import ADAPTER_FILES, adapter_folder
 
         if not self.supports_adapters:
             raise RuntimeError(f"the Ray rollout actor's {self.inner!r} backend takes no LoRA adapter; "
                                f"sync merged weights with sync_weights, or use the vllm backend with lora_rank")
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix="agent_rl_adapter_") as tmp:
-            if hasattr(adapter, "peft_config") and hasattr(adapter, "save_pretrained"):
-                name = adapter.active_adapter
-                adapter.save_pretrained(tmp, selected_adapters=[name], safe_serialization=True)
-                folder = Path(tmp) if name == "default" else Path(tmp) / name  # peft nests other adapters
-            else:
-                folder = Path(adapter)
-            missing = [f for f in ADAPTER_FILES if not (folder / f).is_file()]
-            if missing:
-                raise FileNotFoundError(f"sync_adapter: {folder} has no {missing}; a peft adapter folder "
-                                        f"(save_pretrained of a PeftModel) holds {' and '.join(ADAPTER_FILES)}")
+            folder = adapter_folder(adapter, Path(tmp))
             files = {f: (folder / f).read_bytes() for f in ADAPTER_FILES}
         self._call("sync_adapter", files)
 

@@ -96,6 +96,33 @@ def _adapter_rank(folder: Path) -> int:
     return max([int(config.get("r", 0)), *map(int, (config.get("rank_pattern") or {}).values())])
 
 
+def adapter_folder(adapter: Any, scratch: Path) -> Path:
+    """The folder that holds ``adapter``'s files (:data:`ADAPTER_FILES`): a peft ``PeftModel``'s
+    active adapter saved under ``scratch``, or ``adapter`` itself when it is an adapter folder."""
+    if hasattr(adapter, "peft_config") and hasattr(adapter, "save_pretrained"):
+        name = adapter.active_adapter
+        adapter.save_pretrained(str(scratch), selected_adapters=[name], safe_serialization=True)
+        saved = scratch if name == "default" else scratch / name  # peft nests non-default adapters
+        missing = [f for f in ADAPTER_FILES if not (saved / f).is_file()]
+        if missing:
+            raise RuntimeError(f"sync_adapter: save_pretrained wrote no {missing} under {saved}; cannot load it")
+        return saved
+    if isinstance(adapter, (str, os.PathLike)):
+        if not Path(adapter).is_dir():
+            raise FileNotFoundError(f"sync_adapter: adapter folder {adapter} does not exist (or is not a folder)")
+        missing = [f for f in ADAPTER_FILES if not (Path(adapter) / f).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"sync_adapter: {adapter} has no {missing}; a peft adapter folder (save_pretrained of a "
+                f"PeftModel) holds {' and '.join(ADAPTER_FILES)}"
+            )
+        return Path(adapter)
+    raise TypeError(
+        f"sync_adapter takes a peft PeftModel or an adapter folder, got {type(adapter).__name__} "
+        f"({adapter!r:.80}); a plain model's weights go through sync_weights"
+    )
+
+
 class WeightSyncExtension:
     """Mixed into every vLLM worker (``LLM(worker_extension_cls=...)``); called through
     ``collective_rpc``. The name avoids ``update_weights``, which vLLM 0.32 uses itself."""
@@ -309,32 +336,16 @@ class VLLMPolicy:
             self._adapter_root = Path(tempfile.mkdtemp(prefix="agent_rl_lora_", dir=root))
         tmp = self._adapter_root / f"v{version}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        if hasattr(adapter, "peft_config") and hasattr(adapter, "save_pretrained"):
-            name = adapter.active_adapter
-            adapter.save_pretrained(str(tmp), selected_adapters=[name], safe_serialization=True)
-            saved = tmp if name == "default" else tmp / name  # peft nests non-default adapters
-        elif isinstance(adapter, (str, os.PathLike)):
-            if not Path(adapter).is_dir():
-                raise FileNotFoundError(f"sync_adapter: adapter folder {adapter} does not exist (or is not a folder)")
-            missing = [f for f in ADAPTER_FILES if not (Path(adapter) / f).is_file()]
-            if missing:
-                raise FileNotFoundError(
-                    f"sync_adapter: {adapter} has no {missing}; a peft adapter folder (save_pretrained of a "
-                    f"PeftModel) holds {' and '.join(ADAPTER_FILES)}"
-                )
-            saved = tmp
-            tmp.mkdir()
-            for file in ADAPTER_FILES:
-                shutil.copy2(Path(adapter) / file, tmp / file)
-        else:
-            raise TypeError(
-                f"sync_adapter takes a peft PeftModel or an adapter folder, got {type(adapter).__name__} "
-                f"({adapter!r:.80}); a plain model's weights go through sync_weights"
-            )
-        missing = [f for f in ADAPTER_FILES if not (saved / f).is_file()]
-        if missing:
+        try:
+            saved = adapter_folder(adapter, tmp)
+            if not saved.is_relative_to(tmp):  # the caller's folder: copy it, the engine must own what it loads
+                tmp.mkdir()
+                for file in ADAPTER_FILES:
+                    shutil.copy2(saved / file, tmp / file)
+                saved = tmp
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise RuntimeError(f"sync_adapter: save_pretrained wrote no {missing} under {saved}; cannot load it")
+            raise
         final = self._adapter_root / f"v{version}"
         os.replace(saved, final)  # the engine never sees a half-written adapter
         shutil.rmtree(tmp, ignore_errors=True)
