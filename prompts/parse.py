@@ -7,8 +7,9 @@ penalty (0.1 by default, as in the paper) and still steps the environment with
 with its usual feedback (ALFWorld: "Nothing happens.") and the episode moves on.
 
 Parsers register in :data:`PARSERS`: ``tags`` (``<think>…</think><action>…</action>``,
-for ALFWorld and generic envs) and ``whole`` (math: the whole reply is the action,
-the env extracts ``\\boxed{}`` itself).
+for ALFWorld and generic envs), ``action`` (``<action>…</action>``, a ``<think>`` block
+optional: the reply format of action-only templates such as ``alfworld_act``) and
+``whole`` (math: the whole reply is the action, the env extracts ``\\boxed{}`` itself).
 """
 
 from __future__ import annotations
@@ -83,6 +84,14 @@ def parse_tagged(reply: str, *, require_think: bool = True) -> ParsedAction:
         if think_match.start() > text.lower().index("<action>"):
             return _invalid(text, "<think> must come before <action>", think)
     return ParsedAction(action=action, env_action=action, valid=True, think=think)
+
+
+@PARSERS.register("action")
+def parse_action(reply: str) -> ParsedAction:
+    """``<action>one action</action>``, with or without a ``<think>`` block before it: the
+    reply format of action-only templates (small models, expert demonstrations, which have
+    actions and no reasoning). Invalid in the same cases as ``tags`` except a missing think."""
+    return parse_tagged(reply, require_think=False)
 
 
 @PARSERS.register("whole")

@@ -57,6 +57,10 @@ class PromptTemplate:
     turn: str
     parser: str = "tags"
     stop: list[str] | None = None  # stop strings that end a reply early (e.g. "</action>")
+    # How a demonstrated action is written as a reply (``${action}``), for expert demonstrations
+    # and SFT. None: the template asks for reasoning an expert does not have, so it has no honest
+    # demonstration format (use an action-only template such as ``alfworld_act``).
+    reply: str | None = None
 
     def __post_init__(self) -> None:
         for part in ("first", "per_step", "turn"):
@@ -68,6 +72,11 @@ class PromptTemplate:
                     f"Known variables: {', '.join('${' + v + '}' for v in _VARIABLES)}; write '$$' for a literal '$'"
                 ) from None
         PARSERS.get(self.parser)  # fail at load time, not mid-rollout
+        if self.reply is not None:
+            probe = self.format_reply("go to shelf 1")
+            if self.parse(probe).action != "go to shelf 1":
+                raise ValueError(f"prompt template {self.name!r}: its reply format {self.reply!r} gives {probe!r}, "
+                                 f"which its parser {self.parser!r} does not read back as the action")
 
     def render_first(self, ctx: PromptContext) -> str:
         return _substitute(self.first, _variables(ctx, []))
@@ -87,6 +96,20 @@ class PromptTemplate:
 
     def parse(self, reply: str) -> ParsedAction:
         return PARSERS.get(self.parser)(reply)
+
+    def format_reply(self, action: str) -> str:
+        """The reply that states ``action`` in this template's format (what SFT teaches)."""
+        if self.reply is None:
+            raise ValueError(
+                f"prompt template {self.name!r} has no demonstration reply format: its replies need reasoning "
+                f"(e.g. <think>) that an expert's actions do not carry. Fix: use an action-only template "
+                f"(rollout.template=alfworld_act) or give the template a reply format"
+            )
+        try:
+            return string.Template(self.reply).substitute(action=action)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"prompt template {self.name!r}: reply format {self.reply!r} must use only "
+                             f"${{action}} ({exc})") from None
 
 
 _VARIABLES = (
@@ -155,6 +178,10 @@ def load_template_dir(name: str, directory: str | Path = TEMPLATE_DIR, **kwargs:
 
 
 register_template(load_template_dir("alfworld", stop=["</action>"]))
+# Action-only replies for small models and expert demonstrations (no invented reasoning); the
+# constant instruction comes first, so every prompt of a run shares it as a cacheable prefix.
+register_template(load_template_dir("alfworld_act", parser="action", stop=["</action>"],
+                                    reply="<action>${action}</action>"))
 register_template(load_template_dir("math", parser="whole"))
 register_template(load_template_dir("generic", stop=["</action>"]))
 
@@ -174,11 +201,17 @@ def template_name_for_env(env: Any) -> str:
 def chat_prompt_ids(tokenizer: Any, user_text: str, system: str | None = None) -> list[int]:
     """Token ids of one user message in the tokenizer's chat template, ready for generation."""
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user_text}]
+    return messages_prompt_ids(tokenizer, messages)
+
+
+def messages_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of chat ``messages`` (ending with the user's) ready for the assistant's reply: the
+    one path by which the rollout and SFT tokenize prompts, so both see the same tokens."""
     if getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         return list(ids)
     # Base models without a chat template get the bare text.
-    return list(tokenizer(user_text, add_special_tokens=True)["input_ids"])
+    return list(tokenizer("\n\n".join(m["content"] for m in messages), add_special_tokens=True)["input_ids"])
 
 
 class ConversationTokens:

