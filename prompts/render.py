@@ -120,6 +120,7 @@ _VARIABLES = (
     "current_step",
     "history",
     "history_length",
+    "action_history",
     "admissible_actions",
     "admissible_block",
 )
@@ -140,6 +141,9 @@ def _variables(ctx: PromptContext, shown: list[tuple[str, str]]) -> dict[str, An
         "current_step": ctx.step_count + 1,
         "history": history,
         "history_length": len(shown),
+        # Every earlier action, however long ago (a searching agent must know where it has been;
+        # observations stay limited to the last k, they are what costs tokens).
+        "action_history": ", ".join(_one_line(act) for _obs, act in ctx.history) or "none",
         "admissible_actions": actions,
         "admissible_block": f"\nYour admissible actions are: [{actions}]." if ctx.admissible_actions else "",
     }

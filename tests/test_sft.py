@@ -1,0 +1,258 @@
+"""SFT warm start: demonstrations rendered exactly as the rollout renders prompts, reply-only loss,
+a tiny-model run that learns and writes a checkpoint train and eval load, DAgger, bad files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import gymnasium as gym
+import pytest
+import torch
+
+from agent_rl.config import ConfigError
+from agent_rl.sft import sft
+from agent_rl.train import compose_config, train
+from agent_rl.types import TaskSpec
+from envs.pool import EnvPool
+from envs.spaces import UnicodeText
+from prompts.render import get_template
+from trainers.demonstrations import (
+    DemonstrationFileError,
+    ExpertMix,
+    TokenizerOnlyPolicy,
+    demonstrations_from,
+    read_jsonl,
+    write_jsonl,
+)
+from trainers.models import build_tiny_model, load_model_and_tokenizer
+from trainers.policies.base import Generation, SamplingParams
+from trainers.rollout import RolloutEngine
+from trainers.sft import SftLearner, SftSettings, sft_sequences
+
+ENV_ID = "test_sft/Rooms-v0"
+
+
+class RoomsEnv(gym.Env):
+    """Task i: the key is in room i % 3 of three; the expert opens rooms in order until it has it.
+    Its observations change each step, so every state's prompt differs."""
+
+    metadata = {"render_modes": [], "prompt_template": "alfworld_act"}
+    ROOMS = ("red", "green", "blue")
+
+    def __init__(self, num_tasks: int = 6, expert: bool = True, max_episode_steps: int = 6):
+        self.observation_space = UnicodeText()
+        self.action_space = UnicodeText()
+        self.num_tasks = num_tasks
+        self.task_ids = [f"rooms-{i}" for i in range(num_tasks)]
+        self.expert = expert
+
+    def _info(self, **extra):
+        commands = [f"open {r}" for r in self.ROOMS if r not in self.opened] + (["take key"] if self.seen else [])
+        info = {"task": "find the key", "task_id": self.task_ids[self.task], "task_type": "rooms", "won": self.won,
+                "admissible_commands": commands, **extra}
+        if self.expert:
+            info["expert_action"] = None if self.won else ("take key" if self.seen else commands[0])
+        return info
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.task = int(options["task"]) % self.num_tasks
+        self.opened, self.seen, self.won = [], False, False
+        return "You are in a hall with three doors.", self._info()
+
+    def step(self, action):
+        action = action.strip().lower()
+        valid = action in self._info()["admissible_commands"]
+        if valid and action.startswith("open "):
+            self.opened.append(action[5:])
+            self.seen = self.ROOMS.index(action[5:]) == self.task % 3
+            text = f"You open the {action[5:]} room. " + ("You see a key." if self.seen else "It is empty.")
+        elif valid:
+            self.won, text = True, "You take the key."
+        else:
+            text = "Nothing happens."
+        return text, float(self.won), self.won, False, self._info(action_valid=valid)
+
+
+if ENV_ID not in gym.registry:
+    gym.register(ENV_ID, entry_point=RoomsEnv, disable_env_checker=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny")))
+
+
+def _expert_demos(tokenizer, tasks=(0, 1, 2)):
+    template = get_template("alfworld_act")
+    with EnvPool(ENV_ID, 3, {}) as pool:
+        engine = RolloutEngine(TokenizerOnlyPolicy(tokenizer), pool, max_turns=6, template=template, progress=False,
+                               sampling=SamplingParams(temperature=0.0, max_tokens=16), expert=ExpertMix(1.0))
+        trajectories, _ = engine.run([TaskSpec(f"rooms-{i}", seed=i, options={"task": i}) for i in tasks], 1)
+    return trajectories, demonstrations_from(trajectories, template, {"source": "test"})
+
+
+class ReplayPolicy:
+    """Plays given replies in order (the expert's own, as text): a model that imitates perfectly."""
+
+    def __init__(self, tokenizer, replies):
+        self.tokenizer, self.replies, self.prompts = tokenizer, list(replies), []
+
+    def generate(self, prompts, params):
+        out = []
+        for p in prompts:
+            self.prompts.append(list(p))
+            ids = self.tokenizer(self.replies.pop(0), add_special_tokens=False)["input_ids"]
+            out.append([Generation(list(ids), [0.0] * len(ids), self.tokenizer.decode(ids), "stop")])
+        return out
+
+
+def test_demonstration_prompts_are_token_exact_the_rollout_prompts(tiny_model):
+    _, tokenizer = load_model_and_tokenizer(tiny_model)
+    trajectories, demos = _expert_demos(tokenizer, tasks=(2,))  # key in the third room: 4 turns
+    assert [d.reply for d in demos] == ["<action>open red</action>", "<action>open green</action>",
+                                        "<action>open blue</action>", "<action>take key</action>"]
+    assert trajectories[0].won
+    # The same episode played by a model that writes the expert's replies, through the plain
+    # (training/eval) rollout: what it is shown at each state is what SFT trains on.
+    policy = ReplayPolicy(tokenizer, [d.reply for d in demos])
+    with EnvPool(ENV_ID, 1, {"expert": False}) as pool:
+        engine = RolloutEngine(policy, pool, max_turns=6, template="alfworld_act", progress=False,
+                               sampling=SamplingParams(temperature=0.0, max_tokens=16))
+        played, _ = engine.run([TaskSpec("rooms-2", seed=2, options={"task": 2})], 1)
+    assert played[0].won
+    sequences = sft_sequences(demos, tokenizer)
+    assert len(policy.prompts) == len(sequences) == 4
+    for seq, seen, turn in zip(sequences, policy.prompts, played[0].turns):
+        prompt = seq.input_ids[: seq.loss_mask.index(1)]
+        assert prompt == seen == turn.prompt_ids
+        assert seq.input_ids[len(prompt):] == turn.response_ids  # the reply tokens are the ones RL would sample
+
+
+def test_sft_loss_covers_reply_tokens_only(tiny_model):
+    model, tokenizer = load_model_and_tokenizer(tiny_model, dtype=torch.float64)
+    _, demos = _expert_demos(tokenizer, tasks=(1,))
+    seqs = sft_sequences(demos, tokenizer)
+    learner = SftLearner(model, torch.optim.SGD(model.parameters(), lr=0.0), SftSettings(micro_batch_tokens=4096))
+    total, n_tokens = learner.nll(seqs, list(range(len(seqs))), backward=False)
+    expected, count = 0.0, 0
+    with torch.no_grad():
+        for s in seqs:
+            ids = torch.tensor([s.input_ids])
+            logp = model(ids).logits.log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None])[:, 0]  # [T-1]
+            start = s.loss_mask.index(1)
+            assert all(m == 0 for m in s.loss_mask[:start]) and all(m == 1 for m in s.loss_mask[start:])
+            expected -= float(logp[start - 1:].sum())  # token t is predicted at position t-1
+            count += len(s.input_ids) - start
+    assert n_tokens == count
+    assert total == pytest.approx(expected, rel=1e-6)  # the learner sums float32 logprobs; one token more or less is ~1e-2
+
+
+def _sft_cfg(tiny_model, run_dir, *extra):
+    return compose_config([
+        "env=custom", f"env.id={ENV_ID}", f"model.name={tiny_model}", "rollout.template=alfworld_act",
+        "rollout.max_turns=6", "rollout.max_new_tokens=12", "sft.games=6", "sft.heldout_games=1", "sft.expert=null",
+        "sft.epochs=30", "sft.batch_size=8", "sft.lr=3e-3", "sft.warmup_steps=2", "train.micro_batch_tokens=2048",
+        f"train.run_dir={run_dir}", "logging.wandb=false", "train.progress=false", *extra,
+    ])
+
+
+def _nll(model_path, demos):
+    model, tokenizer = load_model_and_tokenizer(str(model_path))
+    seqs = sft_sequences(demos, tokenizer)
+    learner = SftLearner(model, torch.optim.SGD(model.parameters(), lr=0.0), SftSettings())
+    total, n = learner.nll(seqs, list(range(len(seqs))), backward=False)
+    return total / n
+
+
+def test_sft_run_learns_and_train_and_eval_load_its_checkpoint(tiny_model, tmp_path):
+    run = tmp_path / "sft"
+    metrics = sft(_sft_cfg(tiny_model, run))
+    demos = read_jsonl([run / "demos" / "round_0.jsonl"])
+    assert len(demos) == metrics["sft/demonstrations"] + sum(d.game_id == demos[0].game_id for d in demos)
+    assert {d.stamp["source"] for d in demos} == {"expert:env"} and demos[0].messages[-1]["role"] == "user"
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    before, after = _nll(tiny_model, demos), _nll(ckpt, demos)
+    assert after < 0.5 * before, (before, after)
+    assert metrics["heldout/loss_round0"] < before
+
+    # RL starts from the SFT run dir; resuming it as an RL run is refused.
+    rl = train(compose_config([
+        "env=custom", f"env.id={ENV_ID}", f"model.name={run}", "rollout.template=alfworld_act", "rollout.group_size=2",
+        "rollout.tasks_per_step=2", "rollout.max_turns=4", "rollout.max_new_tokens=12", "train.steps=1",
+        "train.micro_batch_tokens=2048", f"train.run_dir={tmp_path / 'rl'}", "logging.wandb=false",
+        "train.progress=false"]))
+    assert rl["rollout/invalid_action_rate"] < 0.9  # the untrained tiny model writes no admissible <action> at all
+    with pytest.raises(ConfigError, match="SFT run"):
+        train(_sft_cfg(tiny_model, run, "train.steps=1", "rollout.group_size=2"))
+
+    # eval --checkpoint <sft run dir> loads it and plays with the same template.
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent_rl.eval", "--env", ENV_ID, "--import-module", "tests.test_sft", "--checkpoint",
+         str(run), "--episodes", "3", "--max-steps", "6", "--max-new-tokens", "12", "--template", "alfworld_act", "--backend", "hf",
+         "--out", str(out), "--no-progress", "--no-plot"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["episodes"] == 3
+
+
+def test_dagger_round_labels_the_states_the_model_reaches(tiny_model, tmp_path):
+    run = tmp_path / "dagger"
+    metrics = sft(_sft_cfg(tiny_model, run, "sft.epochs=2", "sft.dagger_rounds=1", "sft.dagger_games=4",
+                           "sft.dagger_beta=0.0"))
+    round1 = read_jsonl([run / "demos" / "round_1.jsonl"])
+    assert {d.stamp["actor"] for d in round1} == {"policy"} and {d.stamp["round"] for d in round1} == {1}
+    # every label is the expert's action for the state the model was in (its reply format)
+    assert all(d.reply.startswith("<action>") for d in round1)
+    assert metrics["demos/round1_episodes"] == 4
+    assert metrics["sft/demonstrations"] >= len(round1)
+
+
+@pytest.mark.parametrize("content, match", [
+    ("not json\n", "not a JSON object"),
+    ('[1, 2]\n', "a demonstration is a JSON object"),
+    ('{"messages": [], "reply": "x"}\n', "'messages' must be a non-empty list"),
+    ('{"messages": [{"role": "bot", "content": "hi"}], "reply": "x"}\n', r"messages\[0\] must be"),
+    ('{"messages": [{"role": "assistant", "content": "hi"}], "reply": "x"}\n', "the last message must be the user's"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "reply": ""}\n', "'reply' must be non-empty"),
+    ("", "hold no demonstrations"),
+])
+def test_bad_demonstration_files_say_what_why_fix(tmp_path, content, match):
+    path = tmp_path / "demos.jsonl"
+    path.write_text(content)
+    with pytest.raises(DemonstrationFileError, match=match) as info:
+        read_jsonl([path])
+    assert "Fix" in str(info.value) or "hold no" in str(info.value)
+    assert path.read_text() == content  # reading never changes the file
+
+
+def test_bad_demo_file_stops_sft_before_any_model_loads_and_keeps_written_demos(tiny_model, tmp_path):
+    good = tmp_path / "good.jsonl"
+    write_jsonl(good, [])
+    line = json.dumps({"messages": [{"role": "user", "content": "hi"}], "reply": "<action>open red</action>"})
+    good.write_text(line + "\n")
+    write_jsonl(good, read_jsonl([good]))  # appends: what was there stays
+    assert good.read_text().count("\n") == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(line + "\n{broken\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent_rl.sft", "env=custom", f"env.id={ENV_ID}", "env.import_modules=[tests.test_sft]",
+         "model.name=/nonexistent/model", f"sft.demos=[{good},{bad}]", f"train.run_dir={tmp_path / 'run'}",
+         "logging.wandb=false"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{bad}:2: not a JSON object" in proc.stderr and "Fix:" in proc.stderr
+    assert good.read_text().count("\n") == 2 and bad.read_text().endswith("{broken\n")
+    # a torn last line of our own writer (killed mid-line) is dropped when asked
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(line + "\n" + line[:20])
+    assert len(read_jsonl([torn], allow_torn_tail=True)) == 1
+    with pytest.raises(DemonstrationFileError):
+        read_jsonl([torn])
+
+
+def test_templates_without_a_reply_format_are_refused_for_demonstrations(tiny_model, tmp_path):
+    with pytest.raises(ConfigError, match="no demonstration reply format"):
+        sft(_sft_cfg(tiny_model, tmp_path / "r", "rollout.template=alfworld"))
