@@ -229,9 +229,12 @@ class SftConfig:
     warmup_steps: int = 10
     # Games whose demonstrations are held out from training to report held-out loss (0: none).
     heldout_games: int = 5
-    # Seconds one env step (with its planner call) may take before the worker is restarted and the game dropped
-    # (needs env.num_workers >= 1; the planner can hang for minutes on a few pick_two games).
+    # Seconds one env step (with its planner call) may take before the worker is restarted and its games dropped
+    # (needs env.num_workers >= 1; the planner can hang for minutes on a few pick_two games). A worker's batch
+    # of steps may take this times the envs it holds.
     env_timeout_s: float = 60.0
+    # Episodes played at once while collecting (all envs step in lockstep: the slowest planner call sets the pace).
+    num_envs: int = 8
 
 
 @dataclass
@@ -274,6 +277,7 @@ def validate_sft(cfg: Config) -> None:
     need(s.heldout_games >= 0 and (bool(s.demos) or s.heldout_games < s.games), "sft.heldout_games", s.heldout_games,
          f"held-out games must leave some of the sft.games={s.games} to train on", "use fewer, or 0")
     need(s.env_timeout_s > 0, "sft.env_timeout_s", s.env_timeout_s, "a timeout is positive", "use e.g. 60")
+    need(s.num_envs >= 1, "sft.num_envs", s.num_envs, "collection plays at least one episode at a time", "use e.g. 8")
     need(cfg.rollout.prompt_mode == "per_step", "rollout.prompt_mode", cfg.rollout.prompt_mode,
          "demonstrations are one prompt and one reply per turn", "use rollout.prompt_mode=per_step")
 

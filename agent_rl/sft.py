@@ -126,8 +126,12 @@ def sft(cfg: Config) -> dict[str, float]:
             env_kwargs = dict(cfg.env.kwargs)
             if s.expert is not None:
                 env_kwargs["expert"] = s.expert
-            num_envs = min(16, max(s.games if user_demos is None else 0, s.dagger_games if s.dagger_rounds else 0))
-            pool = make_pool(cfg, env_id, num_envs, env_kwargs, timeout_s=s.env_timeout_s)
+            num_envs = min(s.num_envs, max(s.games if user_demos is None else 0,
+                                           s.dagger_games if s.dagger_rounds else 0))
+            # A worker steps its envs one after another within one batch, so the bound on a batch
+            # is the per-step bound times the envs it holds (env_timeout_s is per env step).
+            per_worker = -(-num_envs // max(1, cfg.env.num_workers))
+            pool = make_pool(cfg, env_id, num_envs, env_kwargs, timeout_s=s.env_timeout_s * per_worker)
             num_tasks = env_num_tasks(pool)
         if user_demos is None:
             demos, m = collect_round(cfg, env_id, template, TokenizerOnlyPolicy(tokenizer), round_index=0,

@@ -1,0 +1,204 @@
+"""``python -m agent_rl.curve``: untrained → SFT warm start → RL (holder and grpo side by side), each stage
+measured on the same held-out games — the whole pipeline, end to end (it runs every stage of the data flow).
+
+    python -m agent_rl.curve                                  # release games (bench/alfworld_curve.py's defaults)
+    python -m agent_rl.curve --sft-run runs/sft_main          # reuse a finished SFT run
+    python -m agent_rl.curve --report-only --out DIR          # CSV/PNG/table from finished stages in DIR
+    python -m agent_rl.curve --source generated ...           # generated households (make demo: no download)
+
+Stages, each a README command run as a subprocess (so this measures exactly what users run):
+1. ``untrained``: ``python -m agent_rl.eval`` of the embedded SmolLM2-135M-Instruct.
+2. ``sft``: ``python -m agent_rl.sft env=alfworld rollout.template=alfworld_act`` on release *train* games
+   (searching-expert demonstrations), then its eval.
+3. ``rl-<algo>``: ``python -m agent_rl.train model.name=<sft run> algo=<algo>`` for ``--rl-steps`` steps on
+   train games, same seeds and tasks for every algo, then its eval.
+
+Every eval: ``--episodes`` valid_unseen games (the stratified subset of ``agent_rl.eval``: every task
+type, the same games each stage), one greedy episode each, ``--max-steps`` steps, the alfworld_act
+template. ``--source generated`` trains on generated train households and evaluates on generated
+valid_unseen ones (other households: the generator seeds each split apart). Writes ``curve.csv`` (stage × task type, success with Wilson 95% intervals) and ``curve.png``
+to ``--out`` and prints them. A measurement, not a test: the numbers are whatever they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def env_overrides(args) -> list[str]:
+    """Hydra overrides that pick the ALFWorld game source for sft and train."""
+    if args.source == "generated":
+        return ["+env.kwargs.source=generated", f"+env.kwargs.generate_kwargs={{num_games:{args.generated_games}}}"]
+    return []
+
+
+def eval_env_kwargs(args) -> list[str]:
+    if args.source == "generated":
+        return ["--env-kwargs", json.dumps({"source": "generated", "generate_kwargs": {"num_games": args.episodes}})]
+    return []
+
+
+def run(cmd: list[str], log: Path, threads: int) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), WANDB_MODE="offline", HF_HUB_OFFLINE="1")
+    t0 = time.time()
+    with open(log, "w") as f:
+        code = subprocess.call(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    print(f"[curve] {' '.join(cmd[2:5])}... exit {code} in {(time.time() - t0) / 60:.1f} min (log {log})", flush=True)
+    if code != 0:
+        raise SystemExit(f"stage failed: {' '.join(cmd)}; see {log}")
+
+
+def evaluate(stage: str, model_args: list[str], args) -> None:
+    out = args.out / f"eval_{stage}"
+    if (out / "results.json").is_file() and not args.fresh:
+        return  # finished before (an interrupted eval resumes from its episodes.jsonl)
+    run([sys.executable, "-m", "agent_rl.eval", *model_args, "--split", "valid_unseen", "--episodes", str(args.episodes),
+         "--max-steps", str(args.max_steps), "--max-new-tokens", str(args.max_new_tokens), "--template", "alfworld_act",
+         "--backend", args.backend, "--workers", "2", *eval_env_kwargs(args), "--out", str(out), "--no-progress", "--no-plot"],
+        args.out / f"eval_{stage}.log", args.threads)
+
+
+def sft_overrides(args, run_dir: Path) -> list[str]:
+    """The ``agent_rl.sft`` overrides of the SFT stage."""
+    return ["env=alfworld", "rollout.template=alfworld_act", "env.num_workers=2", f"sft.games={args.sft_games}",
+            "sft.heldout_games=5", f"sft.epochs={args.sft_epochs}", "sft.batch_size=16", "sft.warmup_steps=5",
+            f"sft.lr={args.sft_lr}", f"sft.time_budget_s={args.sft_budget_s}", "train.bf16=true",
+            f"train.run_dir={run_dir}", f"train.seed={args.seed}", "logging.wandb=false", "train.progress=false",
+            f"hydra.run.dir={run_dir}/hydra", *env_overrides(args)]
+
+
+def sft(args) -> Path:
+    run_dir = args.out / "sft"
+    if (run_dir / "checkpoints" / "latest").exists():
+        return run_dir
+    run([sys.executable, "-m", "agent_rl.sft", *sft_overrides(args, run_dir)], args.out / "sft.log", args.threads)
+    return run_dir
+
+
+def rl_overrides(algo: str, sft_run: Path, args, run_dir: Path) -> list[str]:
+    """The ``agent_rl.train`` overrides of one RL stage: the same tasks and seeds for every algo."""
+    return ["env=alfworld", f"algo={algo}", f"model.name={sft_run}", "rollout.template=alfworld_act",
+            f"rollout.backend={args.backend}", "env.num_workers=2", f"rollout.tasks_per_step={args.tasks}",
+            f"rollout.group_size={args.group}", f"rollout.max_turns={args.max_steps}",
+            f"rollout.max_new_tokens={args.max_new_tokens}", f"train.steps={args.rl_steps}", f"train.lr={args.rl_lr}",
+            "train.bf16=true", "train.eval_every=0", f"train.seed={args.seed}", f"train.run_dir={run_dir}",
+            "logging.wandb=false", "train.progress=false", f"hydra.run.dir={run_dir}/hydra", *env_overrides(args),
+            *args.extra]
+
+
+def rl(algo: str, sft_run: Path, args) -> Path:
+    run_dir = args.out / f"rl-{algo}"
+    if (run_dir / "checkpoints" / "latest").exists() and not args.fresh:
+        return run_dir
+    run([sys.executable, "-m", "agent_rl.train", *rl_overrides(algo, sft_run, args, run_dir)],
+        args.out / f"rl-{algo}.log", args.threads)
+    return run_dir
+
+
+def table(args) -> list[dict]:
+    rows = []
+    for stage_dir in sorted(args.out.glob("eval_*")):
+        path = stage_dir / "results.json"
+        if not path.is_file():
+            continue
+        r = json.loads(path.read_text())
+        stage = stage_dir.name[len("eval_"):]
+        groups = [("all", r)] + sorted(r["per_task_type"].items())
+        for name, g in groups:
+            rows.append({"stage": stage, "task_type": name, "episodes": g["episodes"], "successes": g["successes"],
+                         "success_rate": round(g["success_rate"], 4), "ci95_low": round(g["ci95"][0], 4),
+                         "ci95_high": round(g["ci95"][1], 4),
+                         "invalid_action_rate": round(r["invalid_action_rate"], 4) if name == "all" else "",
+                         "mean_steps": round(r["mean_steps"], 2) if name == "all" else ""})
+    order = {s: i for i, s in enumerate(["untrained", "sft", "rl-holder", "rl-grpo"])}
+    rows.sort(key=lambda x: (order.get(x["stage"], 9), x["task_type"] != "all", x["task_type"]))
+    return rows
+
+
+def report(rows: list[dict], args) -> None:
+    with open(args.out / "curve.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    for x in rows:
+        extra = f"  invalid={x['invalid_action_rate']} steps={x['mean_steps']}" if x["task_type"] == "all" else ""
+        print(f"alfworld_curve {x['stage']:<10} {x['task_type']:<32} {x['successes']:>3}/{x['episodes']:<3} "
+              f"= {x['success_rate']:.3f}  [95% {x['ci95_low']:.3f}, {x['ci95_high']:.3f}]{extra}")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    overall = [x for x in rows if x["task_type"] == "all"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = range(len(overall))
+    ys = [x["success_rate"] for x in overall]
+    err = [[y - x["ci95_low"] for y, x in zip(ys, overall)], [x["ci95_high"] - y for y, x in zip(ys, overall)]]
+    ax.bar(xs, ys, yerr=err, capsize=4, color="tab:blue")
+    ax.set_xticks(list(xs), [x["stage"] for x in overall])
+    ax.set_ylabel(f"success on {args.episodes} {args.source} valid_unseen games")
+    ax.set_ylim(0, 1)
+    ax.set_title("SmolLM2-135M-Instruct on ALFWorld (CPU), Wilson 95%")
+    fig.tight_layout()
+    fig.savefig(args.out / "curve.png", dpi=120)
+    print(f"alfworld_curve wrote {args.out / 'curve.csv'} and {args.out / 'curve.png'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m agent_rl.curve", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("bench_out/alfworld_curve"))
+    ap.add_argument("--source", choices=("release", "generated"), default="release",
+                    help="release games (train for SFT/RL, valid_unseen for eval) or generated households")
+    ap.add_argument("--generated-games", type=int, default=200, help="generated train households (--source generated)")
+    ap.add_argument("--episodes", type=int, default=36, help="valid_unseen games per eval (stratified, >= 36)")
+    ap.add_argument("--max-steps", type=int, default=40)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sft-run", type=Path, help="a finished agent_rl.sft run dir to use instead of training one")
+    ap.add_argument("--sft-games", type=int, default=90)
+    ap.add_argument("--sft-epochs", type=float, default=1.0)
+    ap.add_argument("--sft-lr", type=float, default=1e-4)
+    ap.add_argument("--sft-budget-s", type=float, default=1800)
+    ap.add_argument("--algos", default="holder,grpo")
+    ap.add_argument("--rl-steps", type=int, default=4)
+    ap.add_argument("--rl-lr", type=float, default=1e-5)
+    ap.add_argument("--tasks", type=int, default=2)
+    ap.add_argument("--group", type=int, default=4)
+    ap.add_argument("--skip-untrained", action="store_true")
+    ap.add_argument("--fresh", action="store_true", help="rerun stages whose results exist")
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("extra", nargs="*", help="more Hydra overrides for the RL runs")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if not args.report_only:
+        if not args.skip_untrained:
+            evaluate("untrained", [], args)
+        sft_run = args.sft_run.resolve() if args.sft_run else sft(args)
+        evaluate("sft", ["--checkpoint", str(sft_run)], args)
+        for algo in [a for a in args.algos.split(",") if a]:
+            evaluate(f"rl-{algo}", ["--checkpoint", str(rl(algo, sft_run, args))], args)
+    rows = table(args)
+    if rows:
+        report(rows, args)
+    print(f"alfworld_curve wall time {(time.time() - t0) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""agent_rl.curve: its stage commands are valid configs, and its report reads eval results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent_rl.config import validate, validate_sft
+from agent_rl.curve import build_parser, report, rl_overrides, sft_overrides, table
+from agent_rl.train import compose_config
+
+
+def _hydra_free(overrides):
+    return [o for o in overrides if not o.startswith("hydra.")]
+
+
+@pytest.mark.parametrize("source", ["release", "generated"])
+def test_stage_overrides_compose_and_validate(tmp_path, source):
+    args = build_parser().parse_args(["--out", str(tmp_path), "--source", source, "--rl-steps", "3"])
+    cfg = compose_config(_hydra_free(sft_overrides(args, tmp_path / "sft")))
+    validate(cfg)
+    validate_sft(cfg)
+    assert cfg.rollout.template == "alfworld_act" and cfg.sft.games == args.sft_games
+    for algo in ("holder", "grpo"):
+        cfg = compose_config(_hydra_free(rl_overrides(algo, tmp_path / "sft", args, tmp_path / algo)))
+        validate(cfg)
+        assert cfg.model.name == str(tmp_path / "sft") and cfg.train.steps == 3
+        assert (cfg.env.kwargs.get("source") == "generated") == (source == "generated")
+
+
+def _results(wins_by_type):
+    per = {t: {"episodes": n, "successes": w, "success_rate": w / n, "ci95": [0.0, 1.0], "tasks": n}
+           for t, (w, n) in wins_by_type.items()}
+    w, n = sum(x[0] for x in wins_by_type.values()), sum(x[1] for x in wins_by_type.values())
+    return {"episodes": n, "successes": w, "success_rate": w / n, "ci95": [0.0, 1.0], "invalid_action_rate": 0.5,
+            "mean_steps": 20.0, "per_task_type": per}
+
+
+def test_report_orders_stages_and_writes_csv_png(tmp_path, capsys):
+    for stage, r in (("rl-holder", {"a": (2, 3), "b": (1, 3)}), ("untrained", {"a": (0, 3), "b": (0, 3)}),
+                     ("sft", {"a": (1, 3), "b": (1, 3)})):
+        (tmp_path / f"eval_{stage}").mkdir()
+        (tmp_path / f"eval_{stage}" / "results.json").write_text(json.dumps(_results(r)))
+    args = build_parser().parse_args(["--out", str(tmp_path)])
+    args.out = Path(tmp_path)
+    rows = table(args)
+    assert [(x["stage"], x["task_type"]) for x in rows if x["task_type"] == "all"] == [
+        ("untrained", "all"), ("sft", "all"), ("rl-holder", "all")]
+    report(rows, args)
+    out = capsys.readouterr().out
+    assert "rl-holder  all" in out and "3/6" in out
+    assert (tmp_path / "curve.csv").read_text().count("\n") == 10 and (tmp_path / "curve.png").stat().st_size > 0
