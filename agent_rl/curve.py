@@ -85,10 +85,12 @@ def sft(args) -> Path:
 
 
 def rl_overrides(algo: str, sft_run: Path, args, run_dir: Path) -> list[str]:
-    """The ``agent_rl.train`` overrides of one RL stage: the same tasks and seeds for every algo."""
+    """The ``agent_rl.train`` overrides of one RL stage: the same tasks and seeds for every algo; two
+    minibatches per rollout batch, so the second update is off-policy and p shapes it (on-policy, every
+    p and GRPO give the same gradient)."""
     return ["env=alfworld", f"algo={algo}", f"model.name={sft_run}", "rollout.template=alfworld_act",
             f"rollout.backend={args.backend}", "env.num_workers=2", f"rollout.tasks_per_step={args.tasks}",
-            f"rollout.group_size={args.group}", f"rollout.max_turns={args.max_steps}",
+            f"rollout.group_size={args.group}", f"rollout.max_turns={args.max_steps}", "algo.num_minibatches=2",
             f"rollout.max_new_tokens={args.max_new_tokens}", f"train.steps={args.rl_steps}", f"train.lr={args.rl_lr}",
             "train.bf16=true", "train.eval_every=0", f"train.seed={args.seed}", f"train.run_dir={run_dir}",
             "logging.wandb=false", "train.progress=false", f"hydra.run.dir={run_dir}/hydra", *env_overrides(args),
@@ -176,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tasks", type=int, default=2)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--skip-untrained", action="store_true")
+    ap.add_argument("--skip-sft-eval", action="store_true", help="evaluate untrained and RL only (make demo)")
     ap.add_argument("--fresh", action="store_true", help="rerun stages whose results exist")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("extra", nargs="*", help="more Hydra overrides for the RL runs")
@@ -191,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         if not args.skip_untrained:
             evaluate("untrained", [], args)
         sft_run = args.sft_run.resolve() if args.sft_run else sft(args)
-        evaluate("sft", ["--checkpoint", str(sft_run)], args)
+        if not args.skip_sft_eval:
+            evaluate("sft", ["--checkpoint", str(sft_run)], args)
         for algo in [a for a in args.algos.split(",") if a]:
             evaluate(f"rl-{algo}", ["--checkpoint", str(rl(algo, sft_run, args))], args)
     rows = table(args)
