@@ -15,6 +15,7 @@ loads with ``python -m agent_rl.eval --checkpoint <run_dir>`` and starts RL with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import sys
@@ -112,7 +113,7 @@ def sft(cfg: Config) -> dict[str, float]:
         micro_batch_tokens=cfg.train.micro_batch_tokens, bf16_autocast=cfg.train.bf16, seed=cfg.train.seed))
     tracker = Tracker(run_dir, config=OmegaConf.to_container(OmegaConf.structured(cfg)), use_wandb=cfg.logging.wandb,
                       wandb_mode=cfg.logging.wandb_mode, project=cfg.logging.project, run_name=cfg.logging.run_name)
-    deadline = None if s.time_budget_s is None else time.monotonic() + s.time_budget_s
+    budget = _TrainingBudget(s.time_budget_s)  # training time only: collection is not counted
     demos_dir = run_dir / "demos"
     metrics: dict[str, float] = {}
     pool = None
@@ -144,14 +145,16 @@ def sft(cfg: Config) -> dict[str, float]:
             demos = user_demos
         train_demos, held = split_heldout(demos, s.heldout_games if user_demos is None else 0)
         held_seqs = sft_sequences(held, tokenizer)
-        metrics.update(_prefixed(learner.fit(sft_sequences(train_demos, tokenizer), deadline=deadline, log=log_step), 0))
+        with budget.running() as deadline:
+            metrics.update(_prefixed(learner.fit(sft_sequences(train_demos, tokenizer), deadline=deadline,
+                                                 log=log_step), 0))
         metrics.update(_prefixed(learner.heldout(held_seqs), 0))
         tracker.log(learner.steps, metrics)
         _print_round(0, metrics)
 
         # 4. DAgger: the model plays (its share 1 - beta), the expert labels every state it reaches
         for k in range(1, s.dagger_rounds + 1):
-            if deadline is not None and time.monotonic() >= deadline:
+            if budget.spent():
                 log.info("time budget spent: skipping DAgger rounds %d..%d", k, s.dagger_rounds)
                 break
             model.eval()
@@ -162,8 +165,9 @@ def sft(cfg: Config) -> dict[str, float]:
             write_jsonl(demos_dir / f"round_{k}.jsonl", new)
             metrics.update(m)
             train_demos += new
-            metrics.update(_prefixed(learner.fit(sft_sequences(train_demos, tokenizer), deadline=deadline,
-                                                 log=log_step), k))
+            with budget.running() as deadline:
+                metrics.update(_prefixed(learner.fit(sft_sequences(train_demos, tokenizer), deadline=deadline,
+                                                     log=log_step), k))
             metrics.update(_prefixed(learner.heldout(held_seqs), k))
             tracker.log(learner.steps, metrics)
             _print_round(k, metrics)
@@ -179,6 +183,26 @@ def sft(cfg: Config) -> dict[str, float]:
             pool.close()
         tracker.close()
     return metrics
+
+
+class _TrainingBudget:
+    """``sft.time_budget_s`` over all rounds' training: the clock runs only inside :meth:`running`
+    (demonstration collection between rounds is not counted)."""
+
+    def __init__(self, seconds: float | None):
+        self.left = seconds
+
+    def spent(self) -> bool:
+        return self.left is not None and self.left <= 0
+
+    @contextlib.contextmanager
+    def running(self):
+        start = time.monotonic()
+        try:
+            yield None if self.left is None else start + self.left
+        finally:
+            if self.left is not None:
+                self.left -= time.monotonic() - start
 
 
 def _prefixed(m: dict[str, float], k: int) -> dict[str, float]:

@@ -256,3 +256,25 @@ def test_bad_demo_file_stops_sft_before_any_model_loads_and_keeps_written_demos(
 def test_templates_without_a_reply_format_are_refused_for_demonstrations(tiny_model, tmp_path):
     with pytest.raises(ConfigError, match="no demonstration reply format"):
         sft(_sft_cfg(tiny_model, tmp_path / "r", "rollout.template=alfworld"))
+
+
+def test_time_budget_counts_training_only(monkeypatch):
+    from agent_rl import sft as sft_module
+
+    clock = [100.0]
+    monkeypatch.setattr(sft_module.time, "monotonic", lambda: clock[0])
+    budget = sft_module._TrainingBudget(60.0)
+    clock[0] += 500  # collecting demonstrations: not counted
+    with budget.running() as deadline:
+        assert deadline == 660.0
+        clock[0] += 45
+    clock[0] += 300  # a DAgger round's collection
+    assert not budget.spent()
+    with budget.running() as deadline:
+        assert deadline == clock[0] + 15
+        clock[0] += 20
+    assert budget.spent()
+    unlimited = sft_module._TrainingBudget(None)
+    with unlimited.running() as deadline:
+        assert deadline is None
+    assert not unlimited.spent()
