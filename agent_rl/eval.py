@@ -203,6 +203,9 @@ def make_policy_from_args(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from agent_rl.signals import exit_on_sigterm
+
+    exit_on_sigterm()  # a killed eval still closes its vLLM engine and env workers
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     args.env_kwargs = _json_arg(args.env_kwargs, "--env-kwargs")

@@ -413,6 +413,9 @@ def main(argv: list[str] | None = None) -> None:
 
     @hydra.main(version_base="1.3", config_path=None, config_name="train")
     def _run(dcfg) -> None:
+        from agent_rl.signals import exit_on_sigterm
+
+        exit_on_sigterm()
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         cfg: Config = OmegaConf.to_object(dcfg)
         try:
