@@ -14,7 +14,7 @@ Stages, each a README command run as a subprocess (so this measures exactly what
    train games, same seeds and tasks for every algo, then its eval.
 
 Every eval: ``--episodes`` valid_unseen games (the stratified subset of ``agent_rl.eval``: every task
-type, the same games each stage), one greedy episode each, ``--max-steps`` steps, the alfworld_act
+type, the same games each stage), one greedy episode each, all in flight at once (one generation batch per turn), ``--max-steps`` steps, the alfworld_act
 template. ``--source generated`` trains on generated train households and evaluates on generated
 valid_unseen ones (other households: the generator seeds each split apart). Writes ``curve.csv`` (stage × task type, success with Wilson 95% intervals) and ``curve.png``
 to ``--out`` and prints them. A measurement, not a test: the numbers are whatever they are.
@@ -63,7 +63,7 @@ def evaluate(stage: str, model_args: list[str], args) -> None:
         return  # finished before (an interrupted eval resumes from its episodes.jsonl)
     run([sys.executable, "-m", "agent_rl.eval", *model_args, "--split", "valid_unseen", "--episodes", str(args.episodes),
          "--max-steps", str(args.max_steps), "--max-new-tokens", str(args.max_new_tokens), "--template", "alfworld_act",
-         "--backend", args.backend, "--workers", "2", *eval_env_kwargs(args), "--out", str(out), "--no-progress", "--no-plot"],
+         "--backend", args.backend, "--workers", "2", "--concurrency", str(args.episodes), *eval_env_kwargs(args), "--out", str(out), "--no-progress", "--no-plot"],
         args.out / f"eval_{stage}.log", args.threads)
 
 

@@ -162,6 +162,23 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     )
 
 
+def run_template(checkpoint: Path) -> str | None:
+    """The prompt template a train/sft checkpoint was trained with (``rollout.template`` of its
+    config.yaml), so ``--checkpoint`` evaluates with the prompts the model learned; None: the env's."""
+    path = Path(checkpoint) / "config.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        template = ((yaml.safe_load(path.read_text()) or {}).get("rollout") or {}).get("template")
+    except yaml.YAMLError:
+        return None
+    if template:
+        log.info("--checkpoint: using the run's prompt template %r (override with --template)", template)
+    return template or None
+
+
 def make_policy_from_args(args: argparse.Namespace):
     """The policy object and its name for the report: an ActionPolicy or a model backend."""
     from eval.runner import ACTION_POLICIES, make_action_policy
@@ -210,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.env_kwargs = _json_arg(args.env_kwargs, "--env-kwargs")
     rollout_kwargs = _json_arg(args.rollout_kwargs, "--rollout-kwargs")
+    if not args.template and "template" not in rollout_kwargs and args.checkpoint:
+        args.template = run_template(resolve_checkpoint(args.checkpoint))  # what the run trained with
     if args.template:
         if rollout_kwargs.get("template", args.template) != args.template:
             raise SystemExit(f"--template {args.template} and --rollout-kwargs template "

@@ -192,9 +192,10 @@ def test_sft_run_learns_and_train_and_eval_load_its_checkpoint(tiny_model, tmp_p
     out = tmp_path / "eval"
     proc = subprocess.run(
         [sys.executable, "-m", "agent_rl.eval", "--env", ENV_ID, "--import-module", "tests.test_sft", "--checkpoint",
-         str(run), "--episodes", "3", "--max-steps", "6", "--max-new-tokens", "12", "--template", "alfworld_act", "--backend", "hf",
+         str(run), "--episodes", "3", "--max-steps", "6", "--max-new-tokens", "12", "--backend", "hf",
          "--out", str(out), "--no-progress", "--no-plot"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "using the run's prompt template 'alfworld_act'" in proc.stderr  # no --template needed
     results = json.loads((out / "results.json").read_text())
     assert results["episodes"] == 3
 
