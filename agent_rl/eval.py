@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.env_kwargs = _json_arg(args.env_kwargs, "--env-kwargs")
     rollout_kwargs = _json_arg(args.rollout_kwargs, "--rollout-kwargs")
-    if not args.template and "template" not in rollout_kwargs and args.checkpoint:
+    if not args.template and "template" not in rollout_kwargs and args.checkpoint and not args.model:
         args.template = run_template(resolve_checkpoint(args.checkpoint))  # what the run trained with
     if args.template:
         if rollout_kwargs.get("template", args.template) != args.template:
