@@ -18,10 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import sys
 import time
-from pathlib import Path
-from typing import Any
 
 from agent_rl.config import Config, ConfigError, validate, validate_sft
 
@@ -220,35 +217,10 @@ def _print_round(k: int, m: dict[str, float]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Hydra entry point, with the same config as ``agent_rl.train``."""
-    import hydra
-    from omegaconf import OmegaConf
+    from agent_rl.train import run_cli
+    from trainers.demonstrations import DemonstrationFileError  # says what, why and how to fix itself
 
-    from agent_rl.train import _register_primary
-
-    _register_primary()
-
-    @hydra.main(version_base="1.3", config_path=None, config_name="train")
-    def _run(dcfg) -> None:
-        from agent_rl.signals import exit_on_sigterm
-
-        exit_on_sigterm()
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        cfg: Config = OmegaConf.to_object(dcfg)
-        try:
-            sft(cfg)
-        except ConfigError as exc:
-            print(f"agent_rl.sft: configuration error: {exc}", file=sys.stderr)
-            sys.exit(2)
-        except ValueError as exc:  # bad demonstration files: DemonstrationFileError says what, why and how to fix
-            if type(exc).__name__ != "DemonstrationFileError":
-                raise
-            print(f"agent_rl.sft: {exc}", file=sys.stderr)
-            sys.exit(2)
-
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    _run()
-
+    run_cli(sft, "agent_rl.sft", argv, {ConfigError: "configuration error: ", DemonstrationFileError: ""})
 
 if __name__ == "__main__":
     main()

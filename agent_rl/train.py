@@ -405,8 +405,9 @@ def compose_config(overrides: list[str] | None = None) -> Config:
         return OmegaConf.to_object(compose(config_name="train", overrides=list(overrides or [])))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Hydra entry point: ``python -m agent_rl.train env=alfworld preset=cpu_quick train.steps=10``."""
+def run_cli(job, prog: str, argv: list[str] | None, errors: dict[type, str]) -> None:
+    """The Hydra entry point of ``train`` and ``sft``: compose the config, run ``job(cfg)``, and turn
+    the user errors in ``errors`` (exception type → message prefix) into that message and exit 2."""
     import hydra
     from omegaconf import OmegaConf
 
@@ -420,15 +421,20 @@ def main(argv: list[str] | None = None) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         cfg: Config = OmegaConf.to_object(dcfg)
         try:
-            train(cfg)
-        except ConfigError as exc:
-            print(f"agent_rl.train: configuration error: {exc}", file=sys.stderr)
+            job(cfg)
+        except tuple(errors) as exc:
+            prefix = next(p for t, p in errors.items() if isinstance(exc, t))
+            print(f"{prog}: {prefix}{exc}", file=sys.stderr)
             sys.exit(2)
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     _run()
 
+
+def main(argv: list[str] | None = None) -> None:
+    """Hydra entry point: ``python -m agent_rl.train env=alfworld preset=cpu_quick train.steps=10``."""
+    run_cli(train, "agent_rl.train", argv, {ConfigError: "configuration error: "})
 
 if __name__ == "__main__":
     main()

@@ -39,7 +39,6 @@ class SftSettings:
     max_grad_norm: float = 1.0
     micro_batch_tokens: int = 8192
     bf16_autocast: bool | None = None
-    time_budget_s: float | None = None
     seed: int = 0
 
 
