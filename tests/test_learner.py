@@ -221,6 +221,33 @@ def test_zero_advantages_skip_backward_but_keep_the_optimizer_step(tiny):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("loss,p", [("holder", -1.5), ("grpo", 1.0), ("gspo", 0.0), ("dr_grpo", 1.0)])
+def test_skipping_zero_advantage_trajectories_leaves_the_update_unchanged(tiny, loss, p):
+    """Reference vs fast: the same two minibatches × two epochs (later updates off-policy) with the
+    zero-advantage trajectories computed, and skipped."""
+    batch = make_batch("per_step", seed=5, n_traj=6)
+    adv = torch.tensor([1.0, 0.0, -1.0, 0.0, 0.0, 0.5])
+    results = {}
+    for skip in (False, True):
+        model = copy.deepcopy(tiny)
+        # SGD: the update is the gradient itself (Adam would divide float rounding by ~0 second moments)
+        learner = Learner(model, torch.optim.SGD(model.parameters(), lr=0.5),
+                          LearnerSettings(loss=loss, num_minibatches=2, epochs=2, micro_batch_tokens=48,
+                                          skip_zero_advantage=skip), seed=1)
+        results[skip] = (learner.update(batch, adv, p=p), model)
+    (m_ref, ref), (m_fast, fast) = results[False], results[True]
+    n_inert = sum(len(batch.trajectories[t].turns) for t in (1, 3, 4))
+    assert m_ref["perf/skipped_sequences"] == 0 and m_fast["perf/skipped_sequences"] == n_inert
+    for a, b in zip(ref.parameters(), fast.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert m_fast["loss/policy"] == pytest.approx(m_ref["loss/policy"], abs=1e-6)
+    assert m_fast["loss/grad_norm"] == pytest.approx(m_ref["loss/grad_norm"], rel=1e-4)
+    # an entropy bonus needs every trajectory's tokens: nothing is skipped then
+    learner = Learner(copy.deepcopy(tiny), torch.optim.SGD(tiny.parameters(), lr=0.0),
+                      LearnerSettings(loss=loss, entropy_coef=0.01))
+    assert learner.update(batch, adv, p=p)["perf/skipped_sequences"] == 0
+
+
 @pytest.mark.parametrize("bf16", [None, True, False])
 def test_bf16_autocast_on_cpu_only_when_asked(tiny, bf16):
     """train.bf16: null keeps float32 on CPU; true runs the learner's forwards under CPU bf16

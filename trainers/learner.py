@@ -18,6 +18,13 @@ and runs in two passes:
 
 Since ∂(Σ g·logπ)/∂θ = Σ g·∂logπ/∂θ, the accumulated gradient equals the gradient of
 the trajectory-level loss. Then gradient clipping and one optimizer step.
+
+Trajectories whose advantage is 0 (a group whose members all won or all lost: most groups
+early in ALFWorld training) get no forward or backward pass when the loss is −A·f(ratio)
+(:data:`trainers.losses.ZERO_ADVANTAGE_INERT`) and neither KL nor entropy terms are on: their
+loss term and gradient are 0 whatever their logprobs, so they enter the loss with ratio 1
+(their tokens still count in its normaliser) and the update is the same as computing them.
+Ratio/clip metrics then count them at ratio 1.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from agent_rl.types import Sequence, TrajectoryBatch
-from trainers.losses import kl_low_var, policy_loss
+from trainers.losses import ZERO_ADVANTAGE_INERT, kl_low_var, policy_loss
 from trainers.attention import enable_varlen_attention, is_varlen
 from trainers.packing import pack_sequences, token_logprobs_and_entropy
 
@@ -55,6 +62,9 @@ class LearnerSettings:
     # Attend within each packed sequence (trainers.attention) instead of through a dense
     # block mask over the whole row: switches sdpa models to "agent_rl_varlen".
     varlen_attention: bool = True
+    # Skip the passes over zero-advantage trajectories where that leaves the update unchanged (module
+    # docstring). False computes them anyway (the reference the tests compare against).
+    skip_zero_advantage: bool = True
 
 
 class Learner:
@@ -127,12 +137,17 @@ class Learner:
         for i, s in enumerate(sequences):
             seqs_of[s.traj_index].append(i)
         all_idx = list(range(len(sequences)))
-        old = self.sequence_logprobs(self.model, sequences, all_idx)
+        inert = self._inert_sequences(sequences, advantages)
+        # Inert sequences take their placeholder as both old and current logprobs: ratio exactly 1.
+        placeholder = {i: torch.zeros(len(sequences[i])) for i in inert}
+        old = self.sequence_logprobs(self.model, sequences, [i for i in all_idx if i not in inert])
+        old.update(placeholder)
         ref = self.ref_logprobs(sequences, all_idx) if self.s.kl_coef > 0 else None
         sampled = {i: torch.tensor(s.logprobs) for i, s in enumerate(sequences)}
+        sampled.update(placeholder)  # no recomputed logprob to compare with
+        metrics_sum: dict[str, float] = {}
 
         traj_ids = list(range(len(batch)))
-        metrics_sum: dict[str, float] = {}
         n_updates = 0
         fresh = True  # weights unchanged since `old` was computed
         tokens = 0
@@ -144,7 +159,12 @@ class Learner:
                 seq_idx = [i for t in trajs for i in seqs_of[t]]
                 if not seq_idx:
                     continue
-                current = old if fresh else self.sequence_logprobs(self.model, sequences, seq_idx)
+                live_idx = [i for i in seq_idx if i not in inert]
+                if fresh:
+                    current = old
+                else:
+                    current = self.sequence_logprobs(self.model, sequences, live_idx)
+                    current.update({i: placeholder[i] for i in seq_idx if i in inert})
                 lp_mat, mask = self._traj_matrix(current, [seqs_of[t] for t in trajs], masks)  # [b, T]
                 old_mat, _ = self._traj_matrix(old, [seqs_of[t] for t in trajs], masks)  # [b, T]
                 lp_leaf = lp_mat.clone().requires_grad_()
@@ -162,11 +182,14 @@ class Learner:
                 (g_mat,) = torch.autograd.grad(total, lp_leaf)  # [b, T]
                 with torch.no_grad():
                     samp_mat, _ = self._traj_matrix(sampled, [seqs_of[t] for t in trajs], masks)
-                    n = mask.sum().clamp_min(1)
                     metrics["loss/policy"] = float(out.loss)
                     metrics["loss/total"] = float(total)
-                    # vLLM/bf16 sampling vs the learner's recomputed logprobs (the reason we recompute)
-                    metrics["loss/sampler_logprob_diff"] = float(((samp_mat - old_mat).abs() * mask).sum() / n)
+                    # vLLM/bf16 sampling vs the learner's recomputed logprobs (the reason we recompute),
+                    # over the trajectories that were recomputed
+                    computed = mask * torch.tensor([0.0 if seqs_of[t] and seqs_of[t][0] in inert else 1.0
+                                                    for t in trajs]).unsqueeze(-1)  # [b, T]
+                    n = computed.sum().clamp_min(1)
+                    metrics["loss/sampler_logprob_diff"] = float(((samp_mat - old_mat).abs() * computed).sum() / n)
                 ent_coef = self._entropy_coefficients([seqs_of[t] for t in trajs], masks, sequences)
                 if ent_coef is None and not bool(g_mat.any()):
                     # e.g. every group had equal rewards: the gradient is exactly zero, so skip
@@ -177,7 +200,7 @@ class Learner:
                     metrics["perf/skipped_zero_gradient"] = 1.0
                 else:
                     grad_seq = self._scatter(g_mat, [seqs_of[t] for t in trajs], masks, sequences)
-                    entropy_sum, ent_tokens = self._backward(sequences, seq_idx, grad_seq, ent_coef)
+                    entropy_sum, ent_tokens = self._backward(sequences, live_idx, grad_seq, ent_coef)
                     if ent_tokens:
                         metrics["loss/entropy"] = entropy_sum / ent_tokens
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.max_grad_norm)
@@ -185,7 +208,7 @@ class Learner:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 fresh = False
-                tokens += sum(len(sequences[i]) for i in seq_idx)
+                tokens += sum(len(sequences[i]) for i in live_idx)
                 n_updates += 1
                 for key, v in metrics.items():
                     metrics_sum[key] = metrics_sum.get(key, 0.0) + v
@@ -194,7 +217,16 @@ class Learner:
         result["perf/learner_seconds"] = elapsed
         result["perf/learner_tokens_per_s"] = tokens / elapsed if elapsed > 0 else 0.0
         result["perf/optimizer_steps"] = float(n_updates)
+        result["perf/skipped_sequences"] = float(len(inert))  # zero-advantage: no forward or backward
         return result
+
+    def _inert_sequences(self, sequences: list[Sequence], advantages: torch.Tensor) -> set[int]:
+        """Sequences of zero-advantage trajectories whose passes can be skipped (module docstring)."""
+        if not (self.s.skip_zero_advantage and self.s.loss in ZERO_ADVANTAGE_INERT
+                and self.s.kl_coef == 0 and self.s.entropy_coef == 0):
+            return set()
+        zero = (advantages == 0).tolist()
+        return {i for i, s in enumerate(sequences) if zero[s.traj_index]}
 
     @staticmethod
     def _scatter(g_mat, traj_seqs, masks, sequences) -> dict[int, torch.Tensor]:

@@ -169,6 +169,12 @@ def dr_grpo(
     return _finish(per_traj, rows, metrics)
 
 
+# Losses of the form −A·f(ratio) (every built-in): a trajectory with advantage 0 adds nothing to the loss
+# and gets zero gradient whatever its logprobs, so the learner need not compute them (Learner.update).
+# A registered loss that is not (e.g. one with an advantage-free term) is simply not listed here.
+ZERO_ADVANTAGE_INERT = frozenset({"holder", "holder_token", "grpo", "gspo", "gmpo", "dr_grpo"})
+
+
 def policy_loss(
     name: str,
     *,
