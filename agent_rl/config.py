@@ -130,6 +130,10 @@ class RolloutConfig:
     # Prompt template (prompts.render.TEMPLATES): null = the env's own (metadata["prompt_template"]);
     # alfworld (reason in <think>, then <action>) or alfworld_act (the action alone: small models, SFT).
     template: Optional[str] = None
+    # Replies restricted to the env's admissible actions (info["admissible_commands"], ALFWorld) written in the
+    # template's reply format: sampling is masked to those strings (vLLM structured outputs / a prefix tree in hf),
+    # so no reply is invalid. Needs an action-only template (alfworld_act). Also used by the periodic eval.
+    constrain_actions: bool = False
     vllm: VllmConfig = field(default_factory=VllmConfig)
 
 
@@ -333,6 +337,12 @@ def validate(cfg: Config) -> None:
          "modes are per_step and conversation", "use per_step (the paper's ALFWorld setup)")
     need(cfg.rollout.max_new_tokens >= 1 and cfg.rollout.max_prompt_tokens >= 16, "rollout.max_new_tokens/max_prompt_tokens",
          (cfg.rollout.max_new_tokens, cfg.rollout.max_prompt_tokens), "token budgets must be positive", "use 512 / 2048")
+    if cfg.rollout.constrain_actions and cfg.rollout.template is not None:
+        from prompts.render import get_template
+
+        need(get_template(cfg.rollout.template).reply is not None, "rollout.constrain_actions", True,
+             f"template {cfg.rollout.template!r} asks for reasoning before the action, so its allowed replies cannot "
+             f"be listed", "use rollout.template=alfworld_act, or rollout.constrain_actions=false")
     need(cfg.train.steps >= 1, "train.steps", cfg.train.steps, "a run needs at least one step", "use >= 1")
     need(cfg.train.lr > 0, "train.lr", cfg.train.lr, "the learning rate must be positive", "use e.g. 1e-6 (paper) or 1e-5")
     need(cfg.train.micro_batch_tokens >= 64, "train.micro_batch_tokens", cfg.train.micro_batch_tokens,

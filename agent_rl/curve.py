@@ -15,7 +15,8 @@ Stages, each a README command run as a subprocess (so this measures exactly what
 
 Every eval: ``--episodes`` valid_unseen games (the stratified subset of ``agent_rl.eval``: every task
 type, the same games each stage), one greedy episode each, all in flight at once (one generation batch per turn), ``--max-steps`` steps, the alfworld_act
-template. ``--source generated`` trains on generated train households and evaluates on generated
+template; ``--constrain-actions``: every stage's replies restricted to the admissible actions (its own
+output folder). ``--source generated`` trains on generated train households and evaluates on generated
 valid_unseen ones (other households: the generator seeds each split apart). Writes ``curve.csv`` (stage × task type, success with Wilson 95% intervals) and ``curve.png``
 to ``--out`` and prints them. A measurement, not a test: the numbers are whatever they are.
 """
@@ -63,7 +64,8 @@ def evaluate(stage: str, model_args: list[str], args) -> None:
         return  # finished before (an interrupted eval resumes from its episodes.jsonl)
     run([sys.executable, "-m", "agent_rl.eval", *model_args, "--split", "valid_unseen", "--episodes", str(args.episodes),
          "--max-steps", str(args.max_steps), "--max-new-tokens", str(args.max_new_tokens), "--template", "alfworld_act",
-         "--backend", args.backend, "--workers", "2", "--concurrency", str(args.episodes), *eval_env_kwargs(args), "--out", str(out), "--no-progress", "--no-plot"],
+         "--backend", args.backend, "--workers", "2", "--concurrency", str(args.episodes), *eval_env_kwargs(args),
+         *(["--constrain-actions"] if args.constrain_actions else []), "--out", str(out), "--no-progress", "--no-plot"],
         args.out / f"eval_{stage}.log", args.threads)
 
 
@@ -94,7 +96,7 @@ def rl_overrides(algo: str, sft_run: Path, args, run_dir: Path) -> list[str]:
             f"rollout.max_new_tokens={args.max_new_tokens}", f"train.steps={args.rl_steps}", f"train.lr={args.rl_lr}",
             "train.bf16=true", "train.eval_every=0", f"train.seed={args.seed}", f"train.run_dir={run_dir}",
             "logging.wandb=false", "train.progress=false", f"hydra.run.dir={run_dir}/hydra", *env_overrides(args),
-            *args.extra]
+            f"rollout.constrain_actions={str(args.constrain_actions).lower()}", *args.extra]
 
 
 def rl(algo: str, sft_run: Path, args) -> Path:
@@ -157,7 +159,8 @@ def report(rows: list[dict], args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m agent_rl.curve", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("bench_out/alfworld_curve"))
+    ap.add_argument("--out", type=Path, help="output folder (default bench_out/alfworld_curve, "
+                    "bench_out/alfworld_curve_constrained with --constrain-actions)")
     ap.add_argument("--source", choices=("release", "generated"), default="release",
                     help="release games (train for SFT/RL, valid_unseen for eval) or generated households")
     ap.add_argument("--generated-games", type=int, default=200, help="generated train households (--source generated)")
@@ -177,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rl-lr", type=float, default=1e-5)
     ap.add_argument("--tasks", type=int, default=2)
     ap.add_argument("--group", type=int, default=4)
+    ap.add_argument("--constrain-actions", action="store_true",
+                    help="every stage's replies restricted to the admissible actions (rollout.constrain_actions=true "
+                    "for RL, eval --constrain-actions); SFT is unchanged (it trains on the expert's replies)")
     ap.add_argument("--skip-untrained", action="store_true")
     ap.add_argument("--skip-sft-eval", action="store_true", help="evaluate untrained and RL only (make demo)")
     ap.add_argument("--fresh", action="store_true", help="rerun stages whose results exist")
@@ -187,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.out is None:
+        args.out = Path("bench_out/alfworld_curve" + ("_constrained" if args.constrain_actions else ""))
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

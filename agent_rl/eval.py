@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollout-kwargs", default="{}", help="extra RolloutEngine kwargs as JSON, e.g. '{\"history_k\": 2}'")
     p.add_argument("--template", help="prompt template (default: the env's own; alfworld_act for a model trained by "
                    "agent_rl.sft with rollout.template=alfworld_act)")
+    p.add_argument("--constrain-actions", action="store_true",
+                   help="replies restricted to the admissible actions (needs an action-only template, alfworld_act); "
+                   "the same as a run's rollout.constrain_actions=true")
     p.add_argument("--import-module", action="append", default=[], help="module registering a third-party env")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
@@ -234,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--template {args.template} and --rollout-kwargs template "
                              f"{rollout_kwargs['template']!r} disagree; pass one of them")
         rollout_kwargs["template"] = args.template
+    if args.constrain_actions:
+        rollout_kwargs["constrain_actions"] = True
 
     import importlib
 

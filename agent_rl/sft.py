@@ -38,6 +38,7 @@ def collect_round(cfg: Config, env_id: str, template, policy, *, round_index: in
                            sampling=SamplingParams(temperature=temperature, max_tokens=cfg.rollout.max_new_tokens),
                            max_prompt_tokens=cfg.rollout.max_prompt_tokens, template=template,
                            invalid_action_penalty=0.0, progress=cfg.train.progress,
+                           constrain_actions=cfg.rollout.constrain_actions,
                            expert=ExpertMix(beta, seed=cfg.train.seed + round_index))
     rng = random.Random(cfg.train.seed * 7919 + round_index)
     tasks = sample_tasks(rng, num_tasks, games, round_index, cfg.train.seed)

@@ -316,7 +316,7 @@ def train(cfg: Config) -> dict[str, float]:
                                                    max_tokens=cfg.rollout.max_new_tokens),
                            prompt_mode=cfg.rollout.prompt_mode, max_prompt_tokens=cfg.rollout.max_prompt_tokens,
                            invalid_action_penalty=cfg.rollout.invalid_action_penalty, template=template,
-                           progress=cfg.train.progress)
+                           constrain_actions=cfg.rollout.constrain_actions, progress=cfg.train.progress)
     num_tasks = env_num_tasks(pool)
     task_rng = random.Random(cfg.train.seed)
     for _ in range(start_step):  # replay the task stream so a resumed run sees the same tasks
@@ -377,7 +377,8 @@ def run_periodic_eval(cfg: Config, env_id: str, policy, step: int) -> dict[str, 
                       rollout_kwargs={"history_k": cfg.rollout.history_k, "prompt_mode": cfg.rollout.prompt_mode,
                                       "max_prompt_tokens": cfg.rollout.max_prompt_tokens,
                                       "invalid_action_penalty": cfg.rollout.invalid_action_penalty,
-                                      "template": cfg.rollout.template})
+                                      "template": cfg.rollout.template,
+                                      "constrain_actions": cfg.rollout.constrain_actions})
     return {k: v for k, v in result.metrics.items() if k.startswith("eval/")}
 
 

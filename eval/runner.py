@@ -149,7 +149,7 @@ def evaluate(
         config = {
             "env_id": env_id, "env_kwargs": env_kwargs, "policy": "model" if not is_action else type(policy).__name__,
             "model": model, "temperature": temperature, "max_steps": max_steps, "samples": samples, "seed": seed,
-            "task_set": stamp,
+            "task_set": stamp, "max_new_tokens": max_new_tokens, "rollout": dict(rollout_kwargs or {}),
         }
         log_path = None if out_dir is None else Path(out_dir) / report.EPISODES_FILE
         if out_dir is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent_rl.config import validate, validate_sft
+from agent_rl import curve
 from agent_rl.curve import build_parser, report, rl_overrides, sft_overrides, table
 from agent_rl.train import compose_config
 
@@ -28,6 +29,22 @@ def test_stage_overrides_compose_and_validate(tmp_path, source):
         validate(cfg)
         assert cfg.model.name == str(tmp_path / "sft") and cfg.train.steps == 3
         assert (cfg.env.kwargs.get("source") == "generated") == (source == "generated")
+        assert not cfg.rollout.constrain_actions
+
+
+def test_constrained_curve_constrains_rl_and_eval_in_its_own_folder(tmp_path, monkeypatch):
+    args = build_parser().parse_args(["--out", str(tmp_path), "--constrain-actions"])
+    cfg = compose_config(_hydra_free(rl_overrides("holder", tmp_path / "sft", args, tmp_path / "holder")))
+    validate(cfg)
+    assert cfg.rollout.constrain_actions and cfg.rollout.template == "alfworld_act"
+    calls = []
+    monkeypatch.setattr(curve, "run", lambda cmd, log, threads: calls.append(cmd))
+    curve.evaluate("sft", ["--checkpoint", "x"], args)
+    assert "--constrain-actions" in calls[0] and str(tmp_path / "eval_sft") in calls[0]
+    monkeypatch.setattr(curve, "report", lambda rows, a: None)
+    monkeypatch.chdir(tmp_path)
+    curve.main(["--constrain-actions", "--report-only"])
+    assert (tmp_path / "bench_out" / "alfworld_curve_constrained").is_dir()
 
 
 def _results(wins_by_type):

@@ -313,3 +313,81 @@ def test_vllm_weight_update_matches_updated_hf_model(vllm_policy, tiny_path):
     after = vllm_policy.generate(prompts, params)
     assert _ids(after) != _ids(before)
     assert _ids(after) == _ids(reference.generate(prompts, params))
+
+
+# ----------------------------------------------------------------------------- constrained replies
+CHOICES = ["<action>go to shelf 1</action>", "<action>go to shelf 10</action>", "<action>look</action>",
+           "<action>take apple 2 from countertop 1</action>"]
+
+
+def _constrained_greedy_reference(policy, prompt: list[int], choices: list[str], max_tokens: int):
+    """Token by token without a KV cache: the whole sequence each step, logits masked to the
+    allowed next tokens of the choices' tokenizations (then EOS), argmax."""
+    tok = policy.tokenizer
+    paths = [tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for c in choices]
+    ids, lps = [], []
+    for _ in range(max_tokens):
+        allowed = sorted({p[len(ids)] for p in paths if p[: len(ids)] == ids and len(p) > len(ids)})
+        with torch.no_grad():
+            logits = policy.model(input_ids=torch.tensor([prompt + ids])).logits[0, -1].float()  # [V]
+        masked = torch.full_like(logits, float("-inf"))
+        masked[allowed] = logits[allowed]
+        nxt = int(masked.argmax())
+        ids.append(nxt)
+        lps.append(float(torch.log_softmax(masked, -1)[nxt]))
+        if nxt == tok.eos_token_id:
+            break
+    return ids, lps
+
+
+def test_constrained_greedy_equals_the_uncached_reference(policy):
+    prompts = _prompts(policy.tokenizer)
+    gens = policy.generate(prompts, SamplingParams(n=2, temperature=0.0, max_tokens=24), choices=[CHOICES] * 3)
+    for prompt, row in zip(prompts, gens):
+        ref_ids, ref_lps = _constrained_greedy_reference(policy, prompt, CHOICES, 24)
+        for g in row:
+            assert g.token_ids == ref_ids and g.logprobs == pytest.approx(ref_lps, abs=1e-4)
+            assert g.text in CHOICES and g.finish_reason == "stop"
+
+
+def test_constrained_sampling_only_yields_choices_and_free_rows_are_untouched(policy):
+    prompts = _prompts(policy.tokenizer)
+    params = SamplingParams(n=12, temperature=1.0, max_tokens=24, seed=3)
+    gens = policy.generate(prompts, params, choices=[CHOICES, None, CHOICES[2:]])
+    texts = [[g.text for g in row] for row in gens]
+    assert all(t in CHOICES for t in texts[0]) and len(set(texts[0])) > 1  # a random model spreads its samples
+    assert all(t in CHOICES[2:] for t in texts[2])
+    for row in (gens[0], gens[2]):
+        assert all(g.finish_reason == "stop" and all(lp <= 1e-6 for lp in g.logprobs) for g in row)
+    # A one-token choice is forced: logprob 0 under the masked distribution.
+    forced = policy.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=24), choices=[[CHOICES[2]]])
+    assert forced[0][0].text == CHOICES[2] and forced[0][0].logprobs == pytest.approx([0.0] * len(forced[0][0].logprobs))
+    # A free prompt in the same call gets what it gets without choices (greedy: the random draws of sampled
+    # rows depend on which rows are still live, so only greedy rows compare exactly).
+    greedy = SamplingParams(temperature=0.0, max_tokens=24)
+    assert _ids(policy.generate(prompts, greedy, choices=[CHOICES, None, CHOICES]))[1] == _ids(policy.generate(prompts, greedy))[1]
+
+
+def test_bad_choices_are_clear_errors(policy):
+    prompts = _prompts(policy.tokenizer)
+    params = SamplingParams(temperature=0.0, max_tokens=4)
+    with pytest.raises(ValueError, match="one entry per prompt"):
+        policy.generate(prompts, params, choices=[CHOICES])
+    with pytest.raises(ValueError, match=r"choices\[1\] must be None or a non-empty list"):
+        policy.generate(prompts, params, choices=[None, [], None])
+    with pytest.raises(ValueError, match=r"choices\[0\]"):
+        policy.generate(prompts, params, choices=["look", None, None])
+
+
+def test_vllm_constrained_replies_are_choices(vllm_policy, policy):
+    prompts = _prompts(policy.tokenizer)
+    # max_tokens with room to spare: vLLM also allows other tokenizations of a choice (a random tiny model with
+    # a 512-token vocabulary often samples one letter at a time), and the text is what must be a choice.
+    greedy = vllm_policy.generate(prompts, SamplingParams(n=2, temperature=0.0, max_tokens=64),
+                                  choices=[CHOICES, None, CHOICES[2:]])
+    assert all(g.text in CHOICES and g.finish_reason == "stop" for g in greedy[0] + greedy[2])
+    assert all(g.text in CHOICES[2:] for g in greedy[2])
+    free = vllm_policy.generate(prompts[1:2], SamplingParams(temperature=0.0, max_tokens=64))
+    assert greedy[1][0].token_ids == free[0][0].token_ids  # an unconstrained prompt in the same call is untouched
+    sampled = vllm_policy.generate(prompts[:1], SamplingParams(n=12, temperature=1.0, max_tokens=64), choices=[CHOICES])
+    assert all(g.text in CHOICES for g in sampled[0]) and len({g.text for g in sampled[0]}) > 1

@@ -339,3 +339,33 @@ def test_on_episode_errors_stop_the_run(tokenizer):
             engine.run([TaskSpec("door-red", 1, {"task": 0})], 2, on_episode=on_episode)
         trajs, _ = engine.run([TaskSpec("door-red", 1, {"task": 0})], 2)  # the next run has no stale hook
     assert len(trajs) == 2 and all(t.won for t in trajs)
+
+
+def test_constrained_actions_make_every_reply_an_admissible_action(tmp_path):
+    """A random tiny model with constrain_actions: every reply is one admissible action in the template's
+    reply format, so nothing is invalid; tokens and logprobs are still one per generated token."""
+    policy = make_policy("hf", model=str(build_tiny_model(tmp_path / "m")))
+    tasks = [TaskSpec("door-red", seed=0, options={"task": 0}), TaskSpec("door-blue", seed=1, options={"task": 1})]
+    with EnvPool(ENV_ID, num_envs=4) as pool:
+        engine = RolloutEngine(policy, pool, max_turns=4, template="alfworld_act", constrain_actions=True,
+                               sampling=SamplingParams(max_tokens=32, seed=0), progress=False)
+        trajs, metrics = engine.run(tasks, group_size=2)
+    admissible = ["look"] + [f"open {c} door" for c in COLORS]
+    assert metrics["rollout/invalid_action_rate"] == 0.0
+    for t in trajs:
+        for turn in t.turns:
+            assert turn.action_valid and turn.action in admissible
+            assert turn.response_text == engine.template.format_reply(turn.action)
+            assert len(turn.response_logprobs) == len(turn.response_ids) and all(lp <= 1e-6 for lp in turn.response_logprobs)
+
+
+def test_constrained_actions_need_a_reply_format_and_admissible_actions(tokenizer, tmp_path):
+    with EnvPool(ENV_ID, num_envs=1) as pool:
+        with pytest.raises(ValueError, match="template whose reply is the action alone"):
+            RolloutEngine(ScriptedPolicy(tokenizer, _solver), pool, template="alfworld", constrain_actions=True)
+    policy = make_policy("hf", model=str(build_tiny_model(tmp_path / "m")))
+    with EnvPool("agent_rl/Math-v0", num_envs=1) as pool:  # the math env lists no admissible actions
+        engine = RolloutEngine(policy, pool, max_turns=1, template="alfworld_act", constrain_actions=True,
+                               progress=False)
+        with pytest.raises(ValueError, match="gave no admissible actions"):
+            engine.run([TaskSpec("p0", seed=0, options={"task": 0})], group_size=1)

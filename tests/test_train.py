@@ -135,6 +135,7 @@ def test_trainer_runs_on_math_with_periodic_eval(tiny_model, tmp_path):
     (["rollout.temperature=0"], "greedy"),
     (["env.id=nope/Missing-v0"], "not registered"),
     (["env.import_modules=[no_such_module_xyz]"], "cannot import"),
+    (["rollout.constrain_actions=true", "rollout.template=alfworld"], "reasoning before the action"),
 ])
 def test_config_errors_say_what_and_how_to_fix(tiny_model, tmp_path, override, match):
     with pytest.raises(ConfigError, match=match) as info:

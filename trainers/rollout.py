@@ -76,6 +76,10 @@ class RolloutEngine:
             turn records the expert's action for its state (``turn.info["expert_label"]``, read from the
             env's ``info["expert_action"]``) and the rendered prompt (``turn.info["prompt_text"]``), and the expert's reply is played instead of the policy's with
             probability ``expert.beta``. None (training, eval): the policy plays every turn.
+        constrain_actions: every reply is one of the env's admissible actions (``info["admissible_commands"]``)
+            in the template's reply format: the policy's tokens are masked to those strings while sampling
+            (vLLM structured outputs; a prefix tree in hf), so no reply is invalid and greedy plays the
+            admissible action the model ranks first. Needs an action-only template (``alfworld_act``).
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class RolloutEngine:
         template: Any = None,
         progress: bool = True,
         expert: Any = None,
+        constrain_actions: bool = False,
     ):
         if prompt_mode not in PROMPT_MODES:
             raise ValueError(f"prompt_mode must be one of {PROMPT_MODES}, got {prompt_mode!r}")
@@ -116,6 +121,13 @@ class RolloutEngine:
                 raise ValueError("expert demonstrations need prompt_mode='per_step': each turn is one prompt "
                                  "and one reply, the unit SFT trains on")
             self.template.format_reply("look")  # a template without a demonstration format fails here
+        self.constrain_actions = bool(constrain_actions)
+        if self.constrain_actions and self.template.reply is None:
+            raise ValueError(
+                f"constrain_actions needs a template whose reply is the action alone, so that the allowed replies "
+                f"can be written out; template {self.template.name!r} asks for reasoning first. Fix: "
+                f"rollout.template=alfworld_act (or eval --template alfworld_act), or constrain_actions=false"
+            )
         self._conversation = ConversationTokens(policy.tokenizer) if prompt_mode == "conversation" else None
         self._calls = 0
 
@@ -265,7 +277,7 @@ class RolloutEngine:
         )
         self._calls += 1
         t0 = time.perf_counter()
-        generations = self._replies(acting, prompts, params)
+        generations = self._replies(acting, prompts, params, self._choices(acting))
         stats.gen_s += time.perf_counter() - t0
 
         stepping, actions, turns = [], [], []
@@ -332,11 +344,33 @@ class RolloutEngine:
                 finished.append(ep)
         return finished
 
-    def _replies(self, acting: list[_Episode], prompts: list[list[int]], params: SamplingParams):
+    def _choices(self, acting: list[_Episode]) -> list[list[str]] | None:
+        """With ``constrain_actions``: each episode's allowed replies (its admissible actions in the
+        template's reply format); else None."""
+        if not self.constrain_actions:
+            return None
+        out = []
+        for ep in acting:
+            if not ep.admissible:
+                raise ValueError(
+                    f"constrain_actions: the env gave no admissible actions for task {ep.spec.task_id!r} at turn "
+                    f"{len(ep.traj.turns)} (info['admissible_commands'] is {ep.admissible!r}); only envs that "
+                    f"list them (ALFWorld) can be constrained. Fix: constrain_actions=false for this env"
+                )
+            out.append([self.template.format_reply(a) for a in ep.admissible])
+        return out
+
+    def _generate(self, prompts: list[list[int]], params: SamplingParams, choices: list[list[str]] | None):
+        if choices is None:  # policies written before choices existed keep working unconstrained
+            return self.policy.generate(prompts, params)
+        return self.policy.generate(prompts, params, choices=choices)
+
+    def _replies(self, acting: list[_Episode], prompts: list[list[int]], params: SamplingParams,
+                 choices: list[list[str]] | None = None):
         """One generation per acting episode: the policy's, or (with an ExpertMix, for the turns it
         hands to the expert) the expert's action written in the template's reply format."""
         if self.expert is None:
-            return self.policy.generate(prompts, params)
+            return self._generate(prompts, params, choices)
         # "expert": play the expert's action; "none": the expert has none for this state (it gave
         # up, e.g. a planner timeout) and pure demonstrations (beta = 1) never ask the model, so the
         # episode ends; "policy": the model replies (its share of DAgger's mixture).
@@ -347,8 +381,9 @@ class RolloutEngine:
                 who.append("expert")
             else:
                 who.append("none" if expert_turn and self.expert.beta >= 1.0 else "policy")
-        asked = [prompts[i] for i, w in enumerate(who) if w == "policy"]
-        generated = iter(self.policy.generate(asked, params) if asked else [])
+        asked = [i for i, w in enumerate(who) if w == "policy"]
+        asked_choices = None if choices is None else [choices[i] for i in asked]
+        generated = iter(self._generate([prompts[i] for i in asked], params, asked_choices) if asked else [])
         out = []
         for ep, w in zip(acting, who):
             if w == "policy":

@@ -14,6 +14,13 @@ distribution at temperature 1 with no top-p truncation, whatever temperature/top
 used to sample. That is vLLM's default ("raw_logprobs") and what the learner
 recomputes as ``old_logprobs``, so the two agree up to numerics (bf16 vLLM vs fp32 HF
 differ by up to ~0.1).
+
+Constrained replies (``generate(..., choices=...)``): a prompt given a list of allowed replies
+(e.g. ALFWorld's admissible actions in the template's reply format) is answered with exactly one
+of them, followed by EOS. Tokens outside the allowed continuations are masked before sampling,
+and ``logprobs`` are then those of the masked distribution (what vLLM's structured outputs
+report): a forced token has logprob 0. The learner recomputes unconstrained logprobs, so the
+``loss/sampler_logprob_diff`` metric grows under constraints; training is unaffected.
 """
 
 from __future__ import annotations
@@ -87,8 +94,11 @@ class Policy(Protocol):
 
     tokenizer: Any
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Generation]]:
-        """Sample ``params.n`` continuations for each prompt: result ``[len(prompts)][n]``."""
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, choices: list[list[str] | None] | None = None
+    ) -> list[list[Generation]]:
+        """Sample ``params.n`` continuations for each prompt: result ``[len(prompts)][n]``.
+        ``choices[i]`` (optional): the only replies prompt ``i`` may get (see the module docstring)."""
         ...
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
@@ -132,6 +142,27 @@ def resolve_backend(name: str) -> str:
             return candidate
         reasons.append(f"{candidate}: {why}")
     raise RuntimeError(f"no usable policy backend ({'; '.join(reasons)})")  # unreachable: hf is always usable
+
+
+def check_choices(choices: Any, num_prompts: int) -> list[list[str] | None]:
+    """Validate ``generate``'s ``choices``: None, or one entry per prompt, each None (free reply)
+    or a non-empty list of non-empty strings."""
+    if choices is None:
+        return [None] * num_prompts
+    if isinstance(choices, (str, bytes)) or not isinstance(choices, (list, tuple)) or len(choices) != num_prompts:
+        raise ValueError(
+            f"choices must be a list with one entry per prompt ({num_prompts}), got {choices!r:.120}; "
+            f"pass None for a prompt whose reply is free"
+        )
+    for i, c in enumerate(choices):
+        if c is None:
+            continue
+        if isinstance(c, str) or not isinstance(c, (list, tuple)) or not c or not all(isinstance(x, str) and x for x in c):
+            raise ValueError(
+                f"choices[{i}] must be None or a non-empty list of non-empty strings (the allowed replies), "
+                f"got {c!r:.120}"
+            )
+    return [None if c is None else list(c) for c in choices]
 
 
 def check_prompts(prompts: list[list[int]], vocab_size: int | None = None) -> None:

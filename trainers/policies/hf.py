@@ -20,6 +20,12 @@ Shared *prefixes* of different prompts (the instruction part of per-step prompts
 reused: with left padding they sit at different offsets per row, and vLLM's prefix cache
 already does that on the fast path.
 
+Constrained replies (``choices``): each allowed reply is tokenized once (the tokenizer's own
+split of the string, then EOS) into a prefix tree; at every step a constrained row's logits
+outside the tree's next tokens are set to -inf before sampling, so greedy picks, token by token,
+the likeliest continuation that stays inside the tree. (vLLM's structured outputs also allow
+other tokenizations of the same string; the model almost never prefers those.)
+
 The backend can wrap the very model the trainer optimises (``HFPolicy(model=nn_module,
 tokenizer=tok)``): then weight sync is free, the shared parameters are already new.
 """
@@ -32,7 +38,7 @@ from typing import Any, Iterable
 
 import torch
 
-from trainers.policies.base import POLICIES, Generation, SamplingParams, check_prompts
+from trainers.policies.base import POLICIES, Generation, SamplingParams, check_choices, check_prompts
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +115,11 @@ class HFPolicy:
 
     # ------------------------------------------------------------------ generate
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Generation]]:
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, choices: list[list[str] | None] | None = None
+    ) -> list[list[Generation]]:
         check_prompts(prompts, vocab_size=self.model.config.vocab_size)
+        trees = self._choice_trees(check_choices(choices, len(prompts)))
         rows = [(i, j) for i in range(len(prompts)) for j in range(params.n)]
         # Similar lengths together (less padding), identical prompts next to each other (one prefill).
         rows.sort(key=lambda r: (len(prompts[r[0]]), tuple(prompts[r[0]])))
@@ -124,15 +133,54 @@ class HFPolicy:
             with torch.no_grad():
                 for start in range(0, len(rows), self.max_batch_size):
                     chunk = rows[start : start + self.max_batch_size]
-                    gens = self._generate_batch([prompts[i] for i, _ in chunk], params, generator)
+                    gens = self._generate_batch([prompts[i] for i, _ in chunk], params, generator,
+                                                [trees[i] for i, _ in chunk])
                     for (i, j), g in zip(chunk, gens):
                         out[i][j] = g
         finally:
             self.model.train(was_training)
         return out  # type: ignore[return-value]
 
+    def _choice_trees(self, choices: list[list[str] | None]) -> list[dict[tuple[int, ...], list[int]] | None]:
+        """Per prompt: None (free) or a prefix tree {tokens so far: allowed next tokens}; prompts
+        with the same choices share one tree."""
+        end = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else min(self.eos_token_ids)
+        built: dict[tuple[str, ...], dict[tuple[int, ...], list[int]]] = {}
+        trees = []
+        for c in choices:
+            if c is None:
+                trees.append(None)
+                continue
+            key = tuple(c)
+            if key not in built:
+                tree: dict[tuple[int, ...], list[int]] = {}
+                for text in dict.fromkeys(c):
+                    ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + [end]
+                    for k in range(len(ids)):
+                        nxt = tree.setdefault(tuple(ids[:k]), [])
+                        if ids[k] not in nxt:
+                            nxt.append(ids[k])
+                built[key] = tree
+            trees.append(built[key])
+        return trees
+
+    @staticmethod
+    def _constrain(logits: torch.Tensor, trees: list, live: list[int], token_ids: list[list[int]]) -> torch.Tensor:
+        """``logits`` [R, V] with every token a constrained row may not take next set to -inf."""
+        rows = [(row, trees[k]) for row, k in enumerate(live) if trees[k] is not None]
+        if not rows:
+            return logits
+        logits = logits.clone()  # [R, V]
+        for row, tree in rows:
+            allowed = torch.tensor(tree[tuple(token_ids[live[row]])], device=logits.device)  # [A]
+            kept = logits[row, allowed]  # [A]
+            logits[row] = float("-inf")
+            logits[row, allowed] = kept
+        return logits
+
     def _generate_batch(
-        self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator | None
+        self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator | None,
+        trees: list[dict[tuple[int, ...], list[int]] | None] | None = None,
     ) -> list[Generation]:
         from transformers import DynamicCache
 
@@ -174,7 +222,9 @@ class HFPolicy:
             cache.batch_select_indices(idx)  # [U, ...] -> [R, ...]
             logits, mask, positions = logits[idx], mask[idx], positions[idx]  # [R, V], [R, T], [R, T]
             self.prefill_rows_saved += n_rows - n_unique
+        trees = trees or [None] * n_rows
         for step in range(max_new):
+            logits = self._constrain(logits, trees, live, token_ids)  # [R, V]
             tokens = sample_tokens(logits, params, generator)  # [R]
             token_lps = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None])[:, 0]  # [R]
             keep: list[int] = []

@@ -56,9 +56,11 @@ class PolicyHost:
     def tokenizer(self):
         return self.policy.tokenizer
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Generation]]:
+    def generate(self, prompts: list[list[int]], params: SamplingParams, choices=None) -> list[list[Generation]]:
         self.generate_calls += 1
-        return self.policy.generate(prompts, params)
+        if choices is None:  # a backend written before choices existed still works unconstrained
+            return self.policy.generate(prompts, params)
+        return self.policy.generate(prompts, params, choices=choices)
 
     def sync_weights(self, state: dict) -> None:
         self.policy.sync_weights(state.items())
@@ -175,8 +177,8 @@ class RayPolicy:
 
     # -- the Policy protocol ----------------------------------------------------------------------
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Generation]]:
-        return self._call("generate", prompts, params)
+    def generate(self, prompts: list[list[int]], params: SamplingParams, choices=None) -> list[list[Generation]]:
+        return self._call("generate", prompts, params, choices)
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
         """Ship the weights once through the object store as CPU tensors; the actor loads them in place."""

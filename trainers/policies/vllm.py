@@ -53,7 +53,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from trainers.policies.base import POLICIES, Generation, SamplingParams, check_prompts
+from trainers.policies.base import POLICIES, Generation, SamplingParams, check_choices, check_prompts
 
 log = logging.getLogger(__name__)
 
@@ -308,15 +308,27 @@ class VLLMPolicy:
             skip_special_tokens=True,
         )
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Generation]]:
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, choices: list[list[str] | None] | None = None
+    ) -> list[list[Generation]]:
         from vllm.inputs import TokensPrompt
 
         check_prompts(prompts)
+        allowed = check_choices(choices, len(prompts))
         repeat = params.n if params.greedy else 1
         requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts for _ in range(repeat)]
-        outputs = self.llm.generate(
-            requests, self._vllm_params(params), use_tqdm=False, lora_request=self._lora_request
-        )
+        base = self._vllm_params(params)
+        if any(c is not None for c in allowed):  # one SamplingParams per request; a choice list is a structured output
+            from vllm.sampling_params import StructuredOutputsParams
+
+            per_prompt = [base if c is None else base.clone() for c in allowed]
+            for sp, c in zip(per_prompt, allowed):
+                if c is not None:
+                    sp.structured_outputs = StructuredOutputsParams(choice=c)
+            sampling = [sp for sp in per_prompt for _ in range(repeat)]
+        else:
+            sampling = base
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False, lora_request=self._lora_request)
         result: list[list[Generation]] = []
         for i in range(len(prompts)):
             gens = []
