@@ -15,6 +15,8 @@ Hydra itself is imported only in :func:`register_configs`, so the dataclasses ar
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -143,7 +145,11 @@ class TrainConfig:
     steps: int = 100
     lr: float = 1e-6
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    # Gradient-norm clipping bound; 0 or null: no clipping (Hugging Face's convention). Must be >= 0.
+    max_grad_norm: Optional[float] = 1.0
+    # An update whose loss or gradient is NaN/inf takes no optimizer step (counted in train/nonfinite_updates);
+    # this many steps in a row with every update skipped stop the run with an error.
+    max_nonfinite_steps: int = 3
     # Token budget of one packed micro-batch in the learner (padding-free); gradient accumulation covers the rest.
     micro_batch_tokens: int = 4096
     # bf16 autocast for the learner's forward passes. null: on CUDA only; true: on CPU as well
@@ -288,6 +294,35 @@ def validate_sft(cfg: Config) -> None:
          "demonstrations are one prompt and one reply per turn", "use rollout.prompt_mode=per_step")
 
 
+# Settings a resumed run may change: how long it runs, how it logs, evaluates and saves, and where
+# generation and envs run. Any other difference from the checkpoint's config.yaml changes what is trained.
+RESUME_SAFE = ("train.steps", "train.run_dir", "train.resume", "train.progress", "train.eval_every",
+               "train.eval_episodes", "train.eval_at_start", "train.save_every", "train.keep_checkpoints",
+               "train.max_nonfinite_steps", "train.micro_batch_tokens", "logging.", "ray.", "rollout.backend",
+               "rollout.vllm.", "env.num_workers", "env.eval_kwargs.")
+
+
+def resume_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys (dotted) whose value differs between a checkpoint's config and this run's, other than
+    :data:`RESUME_SAFE` ones; keys one side lacks (a field added since) are not compared."""
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix[:-1]: d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(saved), flat(current)
+    return sorted(k for k in set(a) & set(b) if a[k] != b[k]
+                  and not any(k == s or (s.endswith(".") and k.startswith(s)) for s in RESUME_SAFE))
+
+
+# Episodes one training step may hold (tasks_per_step × group_size): 128× the paper's 16 × 8.
+MAX_EPISODES_PER_STEP = 16384
+
+
 def validate(cfg: Config) -> None:
     """Raise :class:`ConfigError` for values that cannot work, with the fix."""
     from trainers.advantages import ADVANTAGES
@@ -298,6 +333,45 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(f"{what}: got {got!r}; {why}. Fix: {fix}")
 
+    need(bool(cfg.env.id), "env.id", cfg.env.id, "env=custom names no environment of its own",
+         "add env.id=<your registered gym id> (and env.import_modules=[<module that registers it>])")
+    for key, value in (("algo.p_start", cfg.algo.p_start), ("algo.p_end", cfg.algo.p_end),
+                       ("algo.clip_low", cfg.algo.clip_low), ("algo.clip_high", cfg.algo.clip_high),
+                       ("algo.kl_coef", cfg.algo.kl_coef), ("algo.entropy_coef", cfg.algo.entropy_coef),
+                       ("rollout.invalid_action_penalty", cfg.rollout.invalid_action_penalty),
+                       ("rollout.temperature", cfg.rollout.temperature), ("train.lr", cfg.train.lr),
+                       ("train.weight_decay", cfg.train.weight_decay)):
+        need(math.isfinite(float(value)), key, value, "NaN or inf reaches every reward, ratio or weight it touches",
+             "use a finite number")
+    mgn = cfg.train.max_grad_norm
+    need(mgn is None or (math.isfinite(mgn) and mgn >= 0), "train.max_grad_norm", mgn,
+         "a negative bound reverses every update and NaN poisons it", "use 1.0, or 0/null for no clipping")
+    need(cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", cfg.train.max_nonfinite_steps,
+         "it counts steps in a row whose updates were all NaN/inf", "use 3")
+    need(cfg.train.save_every >= 1 and cfg.train.keep_checkpoints >= 1, "train.save_every/keep_checkpoints",
+         (cfg.train.save_every, cfg.train.keep_checkpoints), "a checkpoint is saved every N >= 1 steps and at least "
+         "the newest is kept (the last step is always saved)", "use train.save_every=1 train.keep_checkpoints=2")
+    need(cfg.train.eval_every >= 0, "train.eval_every", cfg.train.eval_every, "it is a number of steps",
+         "use 0 (never) or N > 0 (every N steps)")
+    need(cfg.train.eval_episodes >= 1 or not (cfg.train.eval_every or cfg.train.eval_at_start), "train.eval_episodes",
+         cfg.train.eval_episodes, "periodic eval is on (train.eval_every/eval_at_start) and needs episodes",
+         "use e.g. 16, or train.eval_every=0")
+    need(cfg.rollout.history_k >= 0, "rollout.history_k", cfg.rollout.history_k,
+         "it counts past (observation, action) pairs shown in the prompt", "use 2 (the paper) or 0")
+    need(cfg.rollout.invalid_action_penalty >= 0, "rollout.invalid_action_penalty", cfg.rollout.invalid_action_penalty,
+         "it is subtracted per unparseable reply; a negative one rewards them", "use 0.1 (the paper) or 0")
+    need(cfg.rollout.tasks_per_step * cfg.rollout.group_size <= MAX_EPISODES_PER_STEP, "rollout.tasks_per_step",
+         cfg.rollout.tasks_per_step, f"tasks_per_step × group_size = {cfg.rollout.tasks_per_step * cfg.rollout.group_size} "
+         f"episodes per step, past {MAX_EPISODES_PER_STEP} (the paper uses 16 × 8 = 128); all of a step's "
+         f"trajectories are held in memory", "use fewer tasks per step and more steps")
+    lora = cfg.model.lora
+    if lora.enabled:
+        need(lora.r >= 1 and lora.alpha > 0 and 0 <= lora.dropout < 1, "model.lora.r/alpha/dropout",
+             (lora.r, lora.alpha, lora.dropout), "LoRA needs rank r >= 1, alpha > 0 and dropout in [0, 1)",
+             "use r=16 alpha=32 dropout=0")
+        need(bool(lora.target_modules) and all(isinstance(m, str) and m for m in lora.target_modules),
+             "model.lora.target_modules", list(lora.target_modules), "LoRA needs module names to adapt",
+             "use [q_proj,k_proj,v_proj,o_proj] (Llama/Qwen) or the names of your model's linear layers")
     need(cfg.algo.loss in LOSSES, "algo.loss", cfg.algo.loss, f"registered losses are {LOSSES.names()}",
          "pick one of them or register yours with @LOSSES.register")
     need(cfg.algo.advantage in ADVANTAGES, "algo.advantage", cfg.algo.advantage,
@@ -404,7 +478,7 @@ ENV_PRESETS: dict[str, dict[str, Any]] = {
     "alfworld": {"id": "agent_rl/ALFWorld-v0", "kwargs": {"split": "train"}, "eval_kwargs": {"split": "valid_unseen"}},
     "math": {"id": "agent_rl/Math-v0", "kwargs": {"dataset": "generated"}, "eval_kwargs": {"dataset": "generated"}},
     # A user's environment: `env=custom env.id=my_pkg/MyEnv-v0 env.import_modules=[my_pkg.envs]`.
-    "custom": {"id": "???"},
+    "custom": {"id": ""},
 }
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {

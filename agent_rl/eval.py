@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                     samples=args.samples, workers=args.workers, concurrency=args.concurrency, seed=args.seed,
                     out_dir=suite_out, model_name=model, rollout_kwargs=rollout_kwargs,
                     import_modules=args.import_module, env_timeout_s=args.env_timeout, progress=not args.no_progress, plot=not args.no_plot,
-                    title=suite.label or "",
+                    title=suite.label or "", identity={"backend": args.backend, "dtype": args.dtype},
                 )
             except (EvalConfigError, FileNotFoundError, report.EpisodeLogError) as exc:
                 raise SystemExit(f"eval of {suite.label or env_id} failed: {exc}") from None

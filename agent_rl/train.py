@@ -13,6 +13,7 @@ are imported only inside the functions that need them.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import random
@@ -271,6 +272,8 @@ def train(cfg: Config) -> dict[str, float]:
                           f"Fix: choose a new train.run_dir, or resume with train.resume=auto")
     if resume == "false":
         ckpt = None
+    if ckpt is not None:
+        check_resume_config(cfg, ckpt)  # before anything heavy loads
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
@@ -292,15 +295,12 @@ def train(cfg: Config) -> dict[str, float]:
     start_step, wandb_id = 0, None
     if ckpt is not None:
         state = load_trainer_state(ckpt, optimizer)
-        if state.extra.get("kind") == "sft":
-            raise ConfigError(f"train.run_dir={run_dir} is an SFT run (python -m agent_rl.sft), not an RL run to "
-                              f"resume. Fix: start RL from it with model.name={run_dir} and a new train.run_dir")
         start_step, wandb_id = state.step, state.extra.get("wandb_id")
         log.info("resumed from %s at step %d (p=%.3f)", ckpt, state.step, state.p)
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
     tracker = Tracker(run_dir, config=OmegaConf.to_container(OmegaConf.structured(cfg)), use_wandb=cfg.logging.wandb,
                       wandb_mode=cfg.logging.wandb_mode, project=cfg.logging.project, run_name=cfg.logging.run_name,
-                      resume_id=wandb_id)
+                      resume_id=wandb_id, start_step=start_step)
     learner = Learner(model, optimizer, LearnerSettings(
         loss=cfg.algo.loss, clip_low=cfg.algo.clip_low, clip_high=cfg.algo.clip_high, kl_coef=cfg.algo.kl_coef,
         entropy_coef=cfg.algo.entropy_coef, micro_batch_tokens=cfg.train.micro_batch_tokens,
@@ -323,6 +323,7 @@ def train(cfg: Config) -> dict[str, float]:
         sample_tasks(task_rng, num_tasks, cfg.rollout.tasks_per_step, 0, cfg.train.seed)
 
     metrics: dict[str, float] = {}
+    nonfinite_steps = 0  # steps in a row whose every update was NaN/inf (and so skipped)
     try:
         if cfg.train.eval_at_start and start_step == 0:
             tracker.log(0, run_periodic_eval(cfg, env_id, policy, 0))
@@ -359,11 +360,66 @@ def train(cfg: Config) -> dict[str, float]:
             tracker.log(step + 1, metrics)
             if cfg.train.progress:
                 print(Tracker.console_line(step + 1, cfg.train.steps, metrics), flush=True)
+            nonfinite_steps = check_finite_updates(cfg, metrics, nonfinite_steps, step + 1)
     finally:
         pool.close()
         policy.close()
         tracker.close()
     return metrics
+
+
+def check_resume_config(cfg: Config, ckpt) -> None:
+    """Refuse to resume a checkpoint whose run was configured differently (another env, model, loss,
+    schedule...): that would continue someone else's run under this name (agent_rl.config.RESUME_SAFE)."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from agent_rl.config import resume_changes
+
+    meta = json.loads((ckpt / "trainer_state.json").read_text())  # readable: latest_checkpoint checked it
+    if (meta.get("extra") or {}).get("kind") == "sft":
+        raise ConfigError(f"train.run_dir={cfg.train.run_dir} is an SFT run (python -m agent_rl.sft), not an RL run "
+                          f"to resume. Fix: start RL from it with model.name={cfg.train.run_dir} and a new "
+                          f"train.run_dir")
+    path = ckpt / "config.yaml"
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path} to check that this run continues it ({exc}). Fix: use a new "
+                          f"train.run_dir, or train.resume=false with a fresh one") from None
+    current = OmegaConf.to_container(OmegaConf.structured(cfg))
+    changed = resume_changes(saved, current)
+    if changed:
+        details = "; ".join(f"{k}: {_dig(saved, k)!r} there, {_dig(current, k)!r} now" for k in changed[:8])
+        raise ConfigError(
+            f"train.run_dir={cfg.train.run_dir} holds a run with another configuration ({details}); resuming "
+            f"would continue that run as if it were this one. Fix: use a new train.run_dir, or rerun with the "
+            f"saved settings (they are in {path})"
+        )
+
+
+def _dig(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def check_finite_updates(cfg: Config, metrics: dict[str, float], in_a_row: int, step: int) -> int:
+    """Count steps whose every update was skipped as NaN/inf (the weights did not move); stop the run
+    after ``train.max_nonfinite_steps`` of them in a row. Returns the new count."""
+    skipped = metrics.get("train/nonfinite_updates", 0.0)
+    in_a_row = in_a_row + 1 if skipped and not metrics.get("perf/optimizer_steps") else 0
+    if skipped:
+        log.warning("step %d: %d update(s) had a NaN/inf loss or gradient and were skipped (loss/policy=%s, "
+                    "loss/grad_norm=%s)", step, int(skipped), metrics.get("loss/policy"), metrics.get("loss/grad_norm"))
+    if in_a_row >= cfg.train.max_nonfinite_steps:
+        raise RuntimeError(
+            f"training stopped at step {step}: every update of the last {in_a_row} steps had a NaN/inf loss or "
+            f"gradient, so none was applied (the checkpoints hold the last finite weights). Likely causes: a "
+            f"diverged or broken model (NaN logits), a learning rate too high, NaN rewards. Fix: lower train.lr, "
+            f"check the model's logits, or resume from an earlier checkpoint"
+        )
+    return in_a_row
 
 
 def run_periodic_eval(cfg: Config, env_id: str, policy, step: int) -> dict[str, float]:

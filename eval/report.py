@@ -160,7 +160,18 @@ class EpisodeLog:
                 f"{self.path} line {number} lacks {missing}: it is not an agent-rl episode record "
                 f"(got {str(record)[:120]}). Use an empty --out for a new eval."
             )
+        wrong = [f"{k}={record[k]!r}" for k, typ in _FIELD_TYPES
+                 if not isinstance(record[k], typ) or (typ is int and isinstance(record[k], bool))]
+        if wrong:  # e.g. "won": "false" would count as a win
+            raise EpisodeLogError(
+                f"{self.path} line {number} has fields of the wrong type ({', '.join(wrong)}; won must be true/false, "
+                f"the counts integers): it was not written by agent-rl. Delete that line (its episode is played "
+                f"again) or use an empty --out."
+            )
         return record
+
+
+_FIELD_TYPES = (("won", bool), ("task_index", int), ("sample", int), ("steps", int), ("invalid_actions", int))
 
 
 # ------------------------------------------------------------------------------------ results

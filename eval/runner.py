@@ -97,6 +97,7 @@ def evaluate(
     plot: bool = True,
     prefix: str = "eval",
     title: str = "",
+    identity: dict[str, Any] | None = None,
 ) -> EvalResult:
     """Evaluate ``policy`` on ``env_id``; see the module docstring for which episodes and how.
 
@@ -110,6 +111,8 @@ def evaluate(
     ``pool``: an existing EnvPool of this env to reuse (built with these env kwargs); else one is built and
     closed. ``env_timeout_s``: bound on one pool batch per worker (the planner expert can replan for minutes
     on a pick-two game on a busy machine); a worker past it is restarted and its episodes fail.
+    ``identity``: more settings that make two evals different (the CLI's backend and dtype); with the rest of
+    the config they are written to eval_config.json, and resuming an ``out_dir`` needs them all equal.
     Returns an :class:`EvalResult` whose ``metrics`` have ``<prefix>/`` names.
     """
     import envs  # noqa: F401  registers agent_rl/* ids
@@ -150,6 +153,7 @@ def evaluate(
             "env_id": env_id, "env_kwargs": env_kwargs, "policy": "model" if not is_action else type(policy).__name__,
             "model": model, "temperature": temperature, "max_steps": max_steps, "samples": samples, "seed": seed,
             "task_set": stamp, "max_new_tokens": max_new_tokens, "rollout": dict(rollout_kwargs or {}),
+            **(identity or {}),
         }
         log_path = None if out_dir is None else Path(out_dir) / report.EPISODES_FILE
         if out_dir is not None:
@@ -278,7 +282,13 @@ def _check_resume(out_dir: Path, config: dict[str, Any]) -> None:
     """Refuse to mix two different evals in one --out; remember this one's config otherwise."""
     path = out_dir / CONFIG_FILE
     current = json.loads(json.dumps(config, default=str))
-    if path.exists() and (out_dir / report.EPISODES_FILE).exists():
+    episodes = out_dir / report.EPISODES_FILE
+    if episodes.exists() and episodes.stat().st_size and not path.exists():
+        raise EvalConfigError(
+            f"{out_dir} holds {report.EPISODES_FILE} but no {CONFIG_FILE}, so nothing says which eval wrote those "
+            f"episodes and resuming could mix two evals. Fix: use another --out, or delete {episodes} to start over"
+        )
+    if path.exists() and episodes.exists():
         try:
             previous = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as exc:

@@ -12,14 +12,24 @@ Layout of ``<run_dir>/checkpoints/``::
 A checkpoint is written into ``.tmp-step_000002`` and renamed into place only when
 complete, then ``latest`` is replaced atomically: a run killed with SIGKILL at any moment
 leaves the previous checkpoint intact and loses at most the step in flight.
+
+Safety: nothing is unpickled (``torch.load(weights_only=True)``; RNG states are stored as
+lists and tensors for that), ``latest`` may only name a ``step_*`` folder of this run, a
+checkpoint is checked before use (its files present, safetensors headers and zip archives
+whole, trainer_state.json readable) and a damaged one is passed over, with a warning, for the
+newest intact one; a model with a NaN/inf weight is never saved.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import random
+import re
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class TrainerState:
@@ -37,9 +48,12 @@ class TrainerState:
 
 
 def _rng_state() -> dict[str, Any]:
+    """RNG states as lists, numbers and tensors only, so that loading needs no unpickling."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [version, list(internal), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.random.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -48,8 +62,10 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.random.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -59,23 +75,90 @@ def checkpoint_root(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+_STEP_NAME = re.compile(r"step_\d{6,}")
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint folder ``path`` cannot be used, or None when it is intact (cheap checks:
+    files present, safetensors headers and data lengths, zip directories, trainer_state.json)."""
+    try:
+        meta = json.loads((path / "trainer_state.json").read_text())
+        int(meta["step"]), float(meta["p"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"trainer_state.json is unreadable ({type(exc).__name__}: {exc})"
+    if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
+        return "config.json (or a LoRA run's adapter_config.json) is missing"
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        return "no *.safetensors weights"
+    for w in weights:
+        why = _safetensors_problem(w)
+        if why:
+            return f"{w.name}: {why}"
+    for name in ("optimizer.pt", "rng.pt"):
+        try:
+            with zipfile.ZipFile(path / name) as z:
+                z.namelist()
+        except (OSError, zipfile.BadZipFile) as exc:
+            return f"{name} is damaged or missing ({exc})"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return "truncated (no header)"
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                return "truncated (header runs past the end)"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as exc:
+        return f"unreadable header ({exc})"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    if 8 + n + max(ends, default=0) > size:
+        return f"truncated ({size} bytes, the header describes {8 + n + max(ends)})"
+    return None
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint folder of a run, or None."""
+    """The newest intact checkpoint folder of a run, or None: the one ``latest`` names when it is
+    intact, else the highest intact ``step_*`` folder (each damaged one passed over is logged)."""
     root = checkpoint_root(run_dir)
+    candidates: list[Path] = []
     pointer = root / "latest"
     if pointer.is_file():
-        path = root / pointer.read_text().strip()
-        if (path / "trainer_state.json").is_file():
+        name = pointer.read_text().strip()
+        if _STEP_NAME.fullmatch(name):
+            candidates.append(root / name)
+        else:  # only a step folder of this run: never a path elsewhere
+            log.warning("%s names %r, not a step_NNNNNN folder of this run; ignoring it", pointer, name[:200])
+    candidates += sorted((p for p in root.glob("step_*") if _STEP_NAME.fullmatch(p.name)), reverse=True)
+    seen = set()
+    for path in candidates:
+        if path in seen or not path.is_dir():
+            continue
+        seen.add(path)
+        why = checkpoint_problem(path)
+        if why is None:
             return path
-    # `latest` missing or stale: fall back to the highest complete step folder.
-    done = sorted(p for p in root.glob("step_*") if (p / "trainer_state.json").is_file())
-    return done[-1] if done else None
+        log.warning("checkpoint %s is damaged (%s); trying an older one", path, why)
+    return None
 
 
 def save_checkpoint(
     run_dir: str | os.PathLike, *, model, tokenizer, optimizer, step: int, p: float,
     config_yaml: str, extra: dict[str, Any] | None = None, keep: int = 2,
 ) -> Path:
+    bad = [n for n, t in model.named_parameters() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise RuntimeError(
+            f"refusing to save step {step}: {len(bad)} weight tensors hold NaN/inf (e.g. {bad[:3]}); the previous "
+            f"checkpoint stays the newest. The learner skips non-finite updates, so the weights were loaded or "
+            f"edited that way: check the model given to the trainer"
+        )
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
@@ -104,8 +187,22 @@ def save_checkpoint(
 def load_trainer_state(path: Path, optimizer=None) -> TrainerState:
     """Read step/p, restore RNG states and (if given) the optimizer from a checkpoint."""
     meta = json.loads((path / "trainer_state.json").read_text())
-    rng = torch.load(path / "rng.pt", weights_only=False)
-    _set_rng_state(rng)
+    try:
+        rng = torch.load(path / "rng.pt", weights_only=True)
+    except pickle.UnpicklingError:  # written before RNG states were stored unpickle-free: not loaded, never run
+        log.warning("%s is in the old pickled format, which is not loaded (it could run code); random states "
+                    "start from train.seed instead, so sampling differs from an uninterrupted run", path / "rng.pt")
+        rng = {}
+    else:
+        _set_rng_state(rng)
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        try:
+            state = torch.load(path / "optimizer.pt", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise RuntimeError(
+                f"{path / 'optimizer.pt'} holds objects other than tensors and numbers, so it is not loaded (it "
+                f"could run code): {str(exc).splitlines()[0]}. Fix: delete {path} to resume from an older "
+                f"checkpoint, or start a new train.run_dir"
+            ) from None
+        optimizer.load_state_dict(state)
     return TrainerState(step=int(meta["step"]), p=float(meta["p"]), rng=rng, extra=meta.get("extra", {}))

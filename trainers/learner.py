@@ -25,6 +25,11 @@ early in ALFWorld training) get no forward or backward pass when the loss is −
 loss term and gradient are 0 whatever their logprobs, so they enter the loss with ratio 1
 (their tokens still count in its normaliser) and the update is the same as computing them.
 Ratio/clip metrics then count them at ratio 1.
+
+Non-finite values never reach the weights: an update whose loss, token gradient or parameter
+gradient norm is not finite (NaN/inf logprobs from a diverged model, a NaN advantage) takes no
+optimizer step; it is counted in ``train/nonfinite_updates`` and its metrics are reported as they
+are (the trainer stops after several such steps in a row).
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ class LearnerSettings:
     micro_batch_tokens: int = 4096
     num_minibatches: int = 1
     epochs: int = 1
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = 1.0  # 0 or None: no clipping
     bf16_autocast: bool | None = None  # None: on CUDA only; True: CPU too (see TrainConfig.bf16)
     # Sampling temperature of the rollouts: logprobs are taken under softmax(logits / T), the
     # distribution the tokens were drawn from (as verl does), so the ratio compares like with like.
@@ -148,7 +153,7 @@ class Learner:
         metrics_sum: dict[str, float] = {}
 
         traj_ids = list(range(len(batch)))
-        n_updates = 0
+        n_updates = n_skipped = 0
         fresh = True  # weights unchanged since `old` was computed
         tokens = 0
         for _ in range(self.s.epochs):
@@ -180,6 +185,12 @@ class Learner:
                     total = total + self.s.kl_coef * kl
                     metrics["loss/kl"] = float(kl)
                 (g_mat,) = torch.autograd.grad(total, lp_leaf)  # [b, T]
+                if not (bool(torch.isfinite(total)) and bool(torch.isfinite(g_mat).all())):
+                    metrics.update({"loss/policy": float(out.loss), "loss/total": float(total),
+                                    "train/nonfinite_updates": 1.0})
+                    self._skip_update(metrics, metrics_sum)
+                    n_skipped += 1
+                    continue
                 with torch.no_grad():
                     samp_mat, _ = self._traj_matrix(sampled, [seqs_of[t] for t in trajs], masks)
                     metrics["loss/policy"] = float(out.loss)
@@ -203,8 +214,15 @@ class Learner:
                     entropy_sum, ent_tokens = self._backward(sequences, live_idx, grad_seq, ent_coef)
                     if ent_tokens:
                         metrics["loss/entropy"] = entropy_sum / ent_tokens
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.max_grad_norm)
+                # max_grad_norm 0/None: no clipping (Hugging Face's convention); the norm is still reported
+                max_norm = self.s.max_grad_norm or float("inf")
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
                 metrics["loss/grad_norm"] = float(grad_norm)
+                if not bool(torch.isfinite(grad_norm)):
+                    metrics["train/nonfinite_updates"] = 1.0
+                    self._skip_update(metrics, metrics_sum)
+                    n_skipped += 1
+                    continue
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 fresh = False
@@ -212,13 +230,20 @@ class Learner:
                 n_updates += 1
                 for key, v in metrics.items():
                     metrics_sum[key] = metrics_sum.get(key, 0.0) + v
-        result = {k: v / max(n_updates, 1) for k, v in metrics_sum.items()}
+        result = {k: v / max(n_updates + n_skipped, 1) for k, v in metrics_sum.items()}
+        result["train/nonfinite_updates"] = float(n_skipped)
         elapsed = time.perf_counter() - t0
         result["perf/learner_seconds"] = elapsed
         result["perf/learner_tokens_per_s"] = tokens / elapsed if elapsed > 0 else 0.0
         result["perf/optimizer_steps"] = float(n_updates)
         result["perf/skipped_sequences"] = float(len(inert))  # zero-advantage: no forward or backward
         return result
+
+    def _skip_update(self, metrics: dict[str, float], metrics_sum: dict[str, float]) -> None:
+        """Drop this update's gradient (no optimizer step) and keep its metrics, NaNs included."""
+        self.optimizer.zero_grad(set_to_none=True)
+        for key, v in metrics.items():
+            metrics_sum[key] = metrics_sum.get(key, 0.0) + v
 
     def _inert_sequences(self, sequences: list[Sequence], advantages: torch.Tensor) -> set[int]:
         """Sequences of zero-advantage trajectories whose passes can be skipped (module docstring)."""

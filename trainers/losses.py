@@ -17,6 +17,11 @@ A trajectory's ratio is the Hölder mean M_p of its token ratios (see
   token loss summed per trajectory over a constant length (Dr. GRPO aggregation).
 
 The loss is the mean of L_i over trajectories that have at least one agent token.
+
+Token log-ratios δ are clamped to ±:data:`LOG_RATIO_BOUND` (20, as verl does) before anything else, so
+every loss is finite for any finite input (without it δ = ±100 overflows exp to inf and the gradient to
+NaN). A ratio of e^20 ≈ 5·10^8 is far past any clip range, so the clamp changes nothing a clipped loss
+would use: tokens beyond it get zero gradient, as clipped ones do.
 Add a loss with ``@LOSSES.register("name")``: a function of the same keyword arguments.
 """
 
@@ -30,6 +35,8 @@ import torch
 from agent_rl.registry import Registry
 from agent_rl.types import LossOutput
 from trainers.holder import holder_log_mean_factored, token_weight_stats
+
+LOG_RATIO_BOUND = 20.0  # |logπ − logπ_old| past this is clamped (module docstring)
 
 LossFn = Callable[..., LossOutput]
 LOSSES: Registry[LossFn] = Registry("loss")
@@ -61,7 +68,8 @@ def _prepare(logprobs, old_logprobs, advantages, loss_mask, clip_low, clip_high)
     _validate(logprobs, old_logprobs, advantages, loss_mask, clip_low, clip_high)
     maskf = loss_mask.to(logprobs.dtype)  # [B, T]
     n = maskf.sum(-1)  # [B]
-    return maskf, n, n > 0, logprobs - old_logprobs
+    log_ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)  # [B, T]
+    return maskf, n, n > 0, log_ratio
 
 
 def _finish(per_traj: torch.Tensor, rows: torch.Tensor, metrics: dict[str, float]) -> LossOutput:
@@ -152,7 +160,7 @@ def dr_grpo(
     _validate(logprobs, old_logprobs, advantages, loss_mask, clip_low, clip_high)
     mask = loss_mask.bool()  # [B, T]
     rows = mask.any(-1)  # [B]
-    log_ratio = (logprobs - old_logprobs).masked_fill(~mask, 0.0)  # [B, T]
+    log_ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND).masked_fill(~mask, 0.0)  # [B, T]
     ratio = log_ratio.exp()  # [B, T]
     clipped_ratio = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)  # [B, T]
     adv = advantages.to(ratio.dtype).unsqueeze(-1)  # [B, 1]

@@ -23,6 +23,9 @@ import torch
 
 from agent_rl.types import Sequence
 from prompts.render import messages_prompt_ids
+
+# Batches in a row whose loss or gradient is NaN/inf (each skipped) before SFT stops with an error.
+MAX_NONFINITE_IN_A_ROW = 3
 from trainers.attention import enable_varlen_attention, is_varlen
 from trainers.packing import pack_sequences, token_logprobs_and_entropy
 
@@ -36,7 +39,7 @@ class SftSettings:
     epochs: float = 2.0
     batch_size: int = 16
     warmup_steps: int = 10
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = 1.0  # 0 or None: no clipping
     micro_batch_tokens: int = 8192
     bf16_autocast: bool | None = None
     seed: int = 0
@@ -107,7 +110,7 @@ class SftLearner:
         t0 = time.perf_counter()
         seen_tokens = seen_reply = 0
         loss_sum = tokens_sum = 0.0
-        done = 0
+        done = nonfinite = 0
         stopped_by_time = False
         for step in range(planned):
             if deadline is not None and time.monotonic() >= deadline:
@@ -122,7 +125,22 @@ class SftLearner:
             for g, lr in zip(self.optimizer.param_groups, self._base_lr):
                 g["lr"] = lr * factor
             nll, n = self.nll(sequences, batch, backward=True)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.max_grad_norm or float("inf"))
+            if not (math.isfinite(nll) and bool(torch.isfinite(grad_norm))):
+                # a NaN/inf loss or gradient never reaches the weights (see trainers.learner)
+                self.optimizer.zero_grad(set_to_none=True)
+                nonfinite += 1
+                if log is not None:
+                    log(self.steps, {"sft/loss": nll / max(n, 1), "sft/grad_norm": float(grad_norm),
+                                     "train/nonfinite_updates": float(nonfinite)})
+                if nonfinite >= MAX_NONFINITE_IN_A_ROW:
+                    raise RuntimeError(
+                        f"SFT stopped: {nonfinite} batches in a row had a NaN/inf loss or gradient and were skipped "
+                        f"(the weights are unchanged since). Fix: lower sft.lr, check the demonstrations and the "
+                        f"model's logits"
+                    )
+                continue
+            nonfinite = 0
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.steps += 1

@@ -20,10 +20,17 @@ NAMESPACES = ("rollout/", "loss/", "perf/", "eval/", "train/", "sft/", "demos/",
 
 class Tracker:
     def __init__(self, run_dir: Path, *, config: dict[str, Any], use_wandb: bool, wandb_mode: str = "offline",
-                 project: str = "agent-rl", run_name: str | None = None, resume_id: str | None = None):
+                 project: str = "agent-rl", run_name: str | None = None, resume_id: str | None = None,
+                 start_step: int | None = None):
+        """``start_step``: the step training (re)starts from; rows of metrics.jsonl past it (logged after the
+        checkpoint being resumed, or by a run whose checkpoints were removed) are dropped, so that no step is
+        ever logged twice. None keeps every row."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        path = self.run_dir / "metrics.jsonl"
+        if start_step is not None and path.is_file():
+            _truncate_after(path, start_step)
+        self.jsonl = open(path, "a", buffering=1)
         self.wandb_run = None
         if use_wandb and wandb_mode != "disabled":
             try:
@@ -45,10 +52,13 @@ class Tracker:
         for key in metrics:
             if not key.startswith(NAMESPACES):
                 raise ValueError(f"metric {key!r} must be namespaced with one of {NAMESPACES}")
-        clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-        self.jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        values = {k: float(v) for k, v in metrics.items() if v is not None}
+        # NaN/inf are logged, never dropped (they are how a diverging run shows); JSONL writes them as the
+        # strings "nan", "inf", "-inf" so that every line stays strict JSON.
+        row = {k: v if math.isfinite(v) else str(v) for k, v in values.items()}
+        self.jsonl.write(json.dumps({"step": step, **row}) + "\n")
         if self.wandb_run is not None:
-            self.wandb_run.log(clean, step=step)
+            self.wandb_run.log(values, step=step)
 
     @staticmethod
     def console_line(step: int, total: int, metrics: dict[str, float]) -> str:
@@ -61,3 +71,24 @@ class Tracker:
         self.jsonl.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Keep the rows of ``path`` whose step is <= ``step`` (a torn last line goes too); atomic."""
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row_step = json.loads(line).get("step")
+        except ValueError:
+            dropped += 1
+            continue
+        if isinstance(row_step, (int, float)) and row_step > step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        log.info("metrics.jsonl: dropped %d row(s) past step %d (logged after the checkpoint being resumed)",
+                 dropped, step)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)

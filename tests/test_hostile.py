@@ -1,0 +1,265 @@
+"""A hostile or careless user: non-finite values, damaged and planted checkpoints, reused run and eval
+dirs, values that cannot work. Each case failed (silently or with a raw traceback) before it was fixed."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from agent_rl.config import ConfigError, resume_changes, validate
+from agent_rl.train import check_finite_updates, compose_config, train
+from trainers.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from trainers.learner import Learner, LearnerSettings
+from trainers.losses import LOSSES, policy_loss
+from trainers.models import build_tiny_model, load_model_and_tokenizer
+from trainers.tracking import Tracker
+
+from test_learner import make_batch  # noqa: E402  (a batch of random trajectories)
+from test_rollout import ENV_ID as DOOR_ENV  # noqa: E402  (an in-test env with admissible actions)
+from test_train import quick  # noqa: E402  (a one-turn train config on an in-test env)
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_path):
+    return load_model_and_tokenizer(tiny_path)[0]
+
+
+# ----------------------------------------------------------------------------- non-finite values
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES.names()))
+@pytest.mark.parametrize("p", [2.0, 1.0, 0.0, -2.0])
+@pytest.mark.parametrize("delta", [100.0, -100.0, 1e4])
+def test_losses_stay_finite_for_any_finite_log_ratio(loss, p, delta):
+    lp = torch.tensor([[delta, 0.1, -0.2], [-delta, 0.0, 0.3]], requires_grad=True)  # [B, T]
+    out = policy_loss(loss, logprobs=lp, old_logprobs=torch.zeros(2, 3), advantages=torch.tensor([1.0, -1.0]),
+                      loss_mask=torch.ones(2, 3), p=p)
+    (grad,) = torch.autograd.grad(out.loss, lp)
+    assert math.isfinite(float(out.loss)) and bool(torch.isfinite(grad).all())
+
+
+def test_nan_logprobs_never_reach_the_weights(tiny):
+    model = copy.deepcopy(tiny)
+    with torch.no_grad():  # one huge weight: logits overflow to inf, logprobs to NaN
+        model.lm_head.weight[0, 0] = 1e38
+        model.lm_head.weight[1, 0] = -1e38
+    before = [t.detach().clone() for t in model.parameters()]
+    learner = Learner(model, torch.optim.AdamW(model.parameters(), lr=1e-2), LearnerSettings(num_minibatches=2))
+    m = learner.update(make_batch("per_step", seed=1), torch.tensor([1.0, -1.0, 1.0, -1.0]), p=1.0)
+    assert m["train/nonfinite_updates"] == 2 and m["perf/optimizer_steps"] == 0
+    assert not (math.isfinite(m["loss/policy"]) and math.isfinite(m["loss/grad_norm"]))  # reported, not hidden
+    for a, b in zip(before, model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_nan_advantages_skip_the_step_and_finite_ones_still_train(tiny):
+    model = copy.deepcopy(tiny)
+    learner = Learner(model, torch.optim.SGD(model.parameters(), lr=0.1), LearnerSettings())
+    batch = make_batch("per_step", seed=2)
+    m = learner.update(batch, torch.tensor([float("nan"), 1.0, -1.0, 0.0]), p=1.0)
+    assert m["train/nonfinite_updates"] == 1 and all(torch.isfinite(t).all() for t in model.parameters())
+    m = learner.update(batch, torch.tensor([1.0, 1.0, -1.0, -1.0]), p=1.0)
+    assert m["train/nonfinite_updates"] == 0 and m["perf/optimizer_steps"] == 1
+
+
+def test_max_grad_norm_zero_means_no_clipping(tiny):
+    batch, adv = make_batch("per_step", seed=3), torch.tensor([1.0, -1.0, 1.0, -1.0])
+    deltas = {}
+    for bound in (0.0, None, 1e-6):
+        model = copy.deepcopy(tiny)
+        Learner(model, torch.optim.SGD(model.parameters(), lr=1.0), LearnerSettings(max_grad_norm=bound)).update(
+            batch, adv, p=1.0)
+        deltas[bound] = sum(float((a - b).abs().sum()) for a, b in zip(model.parameters(), tiny.parameters()))
+    assert deltas[0.0] == pytest.approx(deltas[None]) and deltas[0.0] > 1000 * deltas[1e-6] > 0
+
+
+def test_the_trainer_stops_after_steps_whose_updates_were_all_non_finite(tiny_path, tmp_path):
+    cfg = quick(tiny_path, tmp_path / "r", "train.max_nonfinite_steps=2")
+    bad = {"train/nonfinite_updates": 1.0, "perf/optimizer_steps": 0.0, "loss/policy": float("nan")}
+    assert check_finite_updates(cfg, bad, 0, 1) == 1
+    assert check_finite_updates(cfg, {"train/nonfinite_updates": 0.0, "perf/optimizer_steps": 1.0}, 1, 2) == 0
+    with pytest.raises(RuntimeError, match="last 2 steps had a NaN/inf loss"):
+        check_finite_updates(cfg, bad, 1, 3)
+
+
+def test_non_finite_metrics_are_logged_not_dropped(tmp_path):
+    tracker = Tracker(tmp_path, config={}, use_wandb=False)
+    tracker.log(1, {"loss/policy": float("nan"), "loss/grad_norm": float("inf"), "loss/p": 1.0})
+    tracker.close()
+    row = json.loads((tmp_path / "metrics.jsonl").read_text())  # strict JSON
+    assert row == {"step": 1, "loss/policy": "nan", "loss/grad_norm": "inf", "loss/p": 1.0}
+
+
+def test_a_model_with_non_finite_weights_is_never_saved(tiny, tmp_path):
+    model = copy.deepcopy(tiny)
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    with pytest.raises(RuntimeError, match="refusing to save step 1"):
+        save_checkpoint(tmp_path, model=model, tokenizer=None, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                        step=1, p=1.0, config_yaml="")
+    assert latest_checkpoint(tmp_path) is None
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _save(model, run: Path, step: int) -> Path:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return save_checkpoint(run, model=model, tokenizer=None, optimizer=opt, step=step, p=1.0, config_yaml="x: 1\n",
+                           keep=5)
+
+
+class _Planted:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_planted_pickles_are_never_run(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ckpt = _save(tiny, tmp_path / "run", 1)
+    torch.save({"x": _Planted()}, ckpt / "rng.pt")
+    load_trainer_state(ckpt)  # rng states are skipped with a warning
+    torch.save({"state": _Planted()}, ckpt / "optimizer.pt")
+    with pytest.raises(RuntimeError, match="not loaded"):
+        load_trainer_state(ckpt, torch.optim.AdamW(tiny.parameters(), lr=1e-3))
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_rng_and_optimizer_state_round_trip_without_pickle(tiny, tmp_path):
+    ckpt = _save(tiny, tmp_path / "run", 1)
+    state = load_trainer_state(ckpt)
+    a = [torch.rand(1).item(), __import__("random").random(), __import__("numpy").random.rand()]
+    state = load_trainer_state(ckpt)
+    b = [torch.rand(1).item(), __import__("random").random(), __import__("numpy").random.rand()]
+    assert a == b and state.step == 1
+
+
+def test_latest_never_points_outside_the_run(tiny, tmp_path):
+    run = tmp_path / "run"
+    _save(tiny, run, 1)
+    elsewhere = _save(tiny, tmp_path / "other", 7)
+    (run / "checkpoints" / "latest").write_text(str(elsewhere))
+    assert latest_checkpoint(run) == run / "checkpoints" / "step_000001"
+    (run / "checkpoints" / "latest").write_text("../../other/checkpoints/step_000007")
+    assert latest_checkpoint(run) == run / "checkpoints" / "step_000001"
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+DAMAGE = {
+    "truncated weights": lambda c: _truncate(c / "model.safetensors"),
+    "truncated optimizer": lambda c: _truncate(c / "optimizer.pt"),
+    "missing weights": lambda c: (c / "model.safetensors").unlink(),
+    "missing rng": lambda c: (c / "rng.pt").unlink(),
+    "garbage trainer_state": lambda c: (c / "trainer_state.json").write_text("{not json"),
+    "trainer_state without p": lambda c: (c / "trainer_state.json").write_text('{"step": 2}'),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tiny, tmp_path, damage, caplog):
+    run = tmp_path / "run"
+    _save(tiny, run, 1)
+    newest = _save(tiny, run, 2)
+    DAMAGE[damage](newest)
+    assert latest_checkpoint(run) == run / "checkpoints" / "step_000001"
+    assert "is damaged" in caplog.text
+
+
+def test_resume_after_a_damaged_checkpoint_never_logs_a_step_twice(tiny_path, tmp_path):
+    run = tmp_path / "run"
+    train(quick(tiny_path, run, "train.steps=2", "train.keep_checkpoints=3"))
+    _truncate(run / "checkpoints" / "step_000002" / "model.safetensors")
+    train(quick(tiny_path, run, "train.steps=3", "train.keep_checkpoints=3"))  # resumes at step 1
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- reused dirs
+
+
+def test_a_run_dir_of_another_configuration_is_not_resumed(tiny_path, tmp_path):
+    run = tmp_path / "run"
+    train(quick(tiny_path, run, "train.steps=1"))
+    with pytest.raises(ConfigError, match=r"another configuration \(algo.loss: 'holder' there, 'grpo' now"):
+        train(quick(tiny_path, run, "train.steps=2", "algo=grpo"))
+    with pytest.raises(ConfigError, match="env.id"):
+        train(quick(tiny_path, run, "train.steps=2", env=("env=custom", "env.id=test_user/Echo-v0")))
+    metrics = train(quick(tiny_path, run, "train.steps=2", "train.eval_every=0", "logging.project=other"))
+    assert metrics["train/step"] == 2  # length, logging and eval settings may change
+
+
+def test_resume_changes_ignores_safe_keys_and_new_fields():
+    saved = {"train": {"steps": 4, "lr": 1e-5}, "logging": {"project": "a"}, "algo": {"loss": "holder"}}
+    now = {"train": {"steps": 8, "lr": 1e-5, "new_field": 1}, "logging": {"project": "b"}, "algo": {"loss": "gspo"}}
+    assert resume_changes(saved, now) == ["algo.loss"]
+
+
+def test_an_episode_log_without_its_config_or_with_wrong_types_is_refused(tmp_path):
+    from eval import report
+    from eval.runner import EvalConfigError, evaluate
+
+    out = tmp_path / "ev"
+    out.mkdir()
+    record = {"task_index": 0, "task_id": "a", "task_type": "t", "sample": 0, "won": False, "steps": 3,
+              "invalid_actions": 0}
+    (out / report.EPISODES_FILE).write_text(json.dumps(record) + "\n")
+    with pytest.raises(EvalConfigError, match="no eval_config.json"):
+        evaluate("random", env_id=DOOR_ENV, episodes=1, out_dir=out, plot=False)
+    (out / report.EPISODES_FILE).write_text(json.dumps({**record, "won": "false"}) + "\n")
+    with pytest.raises(report.EpisodeLogError, match="won='false'"):
+        report.EpisodeLog(out / report.EPISODES_FILE)
+
+
+def test_eval_resume_refuses_other_generation_settings(tmp_path):
+    from eval.runner import EvalConfigError, evaluate
+
+    out = tmp_path / "ev"
+    evaluate("random", env_id=DOOR_ENV, episodes=1, out_dir=out, plot=False, max_new_tokens=64)
+    with pytest.raises(EvalConfigError, match="max_new_tokens: 64 there, 128 now"):
+        evaluate("random", env_id=DOOR_ENV, episodes=1, out_dir=out, plot=False, max_new_tokens=128)
+    with pytest.raises(EvalConfigError, match="backend"):
+        evaluate("random", env_id=DOOR_ENV, episodes=1, out_dir=out, plot=False, max_new_tokens=64,
+                 identity={"backend": "vllm"})
+
+
+# ----------------------------------------------------------------------------- values that cannot work
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["train.max_grad_norm=-1"], "reverses every update"),
+    (["train.max_grad_norm=nan"], "train.max_grad_norm"),
+    (["train.save_every=0"], "save_every"),
+    (["train.eval_every=1", "train.eval_episodes=0"], "train.eval_episodes"),
+    (["train.eval_every=-1"], "train.eval_every"),
+    (["rollout.tasks_per_step=100000"], "episodes per step"),
+    (["rollout.invalid_action_penalty=nan"], "rollout.invalid_action_penalty"),
+    (["algo.p_start=nan"], "algo.p_start"),
+    (["rollout.history_k=-1"], "rollout.history_k"),
+    (["model.lora.enabled=true", "model.lora.r=0"], "model.lora.r"),
+    (["model.lora.enabled=true", "model.lora.target_modules=[]"], "target_modules"),
+    (["train.lr=inf"], "train.lr"),
+])
+def test_values_that_cannot_work_are_refused_before_anything_loads(overrides, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        validate(compose_config(overrides))
+    assert "Fix:" in str(info.value)
+
+
+def test_a_custom_env_needs_its_id():
+    with pytest.raises(ConfigError, match="env.id"):
+        validate(compose_config(["env=custom"]))
