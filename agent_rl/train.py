@@ -486,7 +486,17 @@ def run_cli(job, prog: str, argv: list[str] | None, errors: dict[type, str]) -> 
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
+    sys.argv[1:] = hydra_dir_in_run_dir(sys.argv[1:])
     _run()
+
+
+def hydra_dir_in_run_dir(args: list[str]) -> list[str]:
+    """With ``train.run_dir`` set, Hydra's own files (.hydra/config.yaml, the job log) go into it too,
+    instead of a new ``./outputs/<date>/<time>/`` in whatever directory the command ran from."""
+    run_dir = next((a.split("=", 1)[1] for a in args if a.split("=", 1)[0].lstrip("+~") == "train.run_dir"), None)
+    if run_dir in (None, "", "null") or any(a.startswith(("hydra.run.dir=", "hydra/")) for a in args):
+        return args
+    return [*args, f"hydra.run.dir={run_dir}"]
 
 
 def main(argv: list[str] | None = None) -> None:

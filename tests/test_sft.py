@@ -4,8 +4,10 @@ a tiny-model run that learns and writes a checkpoint train and eval load, DAgger
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import gymnasium as gym
 import pytest
@@ -28,6 +30,8 @@ from trainers.demonstrations import (
 )
 from trainers.models import build_tiny_model, load_model_and_tokenizer
 from trainers.policies.base import Generation, SamplingParams
+
+ROOT = Path(__file__).resolve().parents[1]
 from trainers.rollout import RolloutEngine
 from trainers.sft import SftLearner, SftSettings, sft_sequences
 
@@ -242,8 +246,10 @@ def test_bad_demo_file_stops_sft_before_any_model_loads_and_keeps_written_demos(
     proc = subprocess.run(
         [sys.executable, "-m", "agent_rl.sft", "env=custom", f"env.id={ENV_ID}", "env.import_modules=[tests.test_sft]",
          "model.name=/nonexistent/model", f"sft.demos=[{good},{bad}]", f"train.run_dir={tmp_path / 'run'}",
-         "logging.wandb=false"], capture_output=True, text=True, timeout=300)
+         "logging.wandb=false"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])))
     assert proc.returncode == 2, proc.stderr[-2000:]
+    assert not (tmp_path / "outputs").exists() and (tmp_path / "run" / ".hydra").is_dir()  # Hydra's files in the run
     assert f"{bad}:2: not a JSON object" in proc.stderr and "Fix:" in proc.stderr
     assert good.read_text().count("\n") == 2 and bad.read_text().endswith("{broken\n")
     # a torn last line of our own writer (killed mid-line) is dropped when asked

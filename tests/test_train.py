@@ -10,7 +10,7 @@ import gymnasium as gym
 import pytest
 import torch
 
-from agent_rl.config import ConfigError
+from agent_rl.config import ConfigError, validate
 from agent_rl.train import compose_config, train
 from envs.spaces import UnicodeText
 from trainers.models import build_tiny_model
@@ -238,3 +238,33 @@ def test_sigkill_mid_run_loses_at_most_the_step_in_flight(tiny_model, tmp_path):
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[-(3 - done):] == list(range(done + 1, 4))  # continued after the last complete step
     assert latest_checkpoint(run).name == "step_000003"
+
+
+def _readme_commands(module: str) -> list[list[str]]:
+    """Every `python -m <module> ...` command of the README's code blocks (line continuations joined),
+    as Hydra overrides."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    out = []
+    for line in lines:
+        line = line.split(" #", 1)[0]
+        if f"python -m {module} " in line + " ":
+            out.append(shlex.split(line.split(f"python -m {module}", 1)[1]))
+    return out
+
+
+def test_every_readme_train_and_sft_command_composes_and_validates():
+    from agent_rl.config import validate_sft
+
+    commands = _readme_commands("agent_rl.train") + _readme_commands("agent_rl.sft")
+    assert len(commands) >= 9
+    for args in commands:
+        cfg = compose_config(args)
+        validate(cfg)
+        if "sft." in " ".join(args):
+            validate_sft(cfg)
