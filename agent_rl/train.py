@@ -257,7 +257,7 @@ def train(cfg: Config) -> dict[str, float]:
     from trainers.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
     from trainers.learner import Learner, LearnerSettings
     from trainers.policies.base import SamplingParams
-    from trainers.rollout import RolloutEngine
+    from trainers.rollout import RolloutEngine, drop_failed_groups
     from trainers.tracking import Tracker
 
     validate(cfg)
@@ -334,6 +334,8 @@ def train(cfg: Config) -> dict[str, float]:
             model.eval()
             tasks = sample_tasks(task_rng, num_tasks, cfg.rollout.tasks_per_step, step, cfg.train.seed)
             trajectories, metrics = engine.run(tasks, cfg.rollout.group_size)
+            trajectories, dropped = drop_failed_groups(trajectories)  # env faults are not the policy's doing
+            metrics["rollout/dropped_episodes"] = float(dropped)
             t_rollout = time.perf_counter() - t0
             # 2. advantages per group
             batch = TrajectoryBatch(trajectories)

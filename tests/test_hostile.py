@@ -263,3 +263,27 @@ def test_values_that_cannot_work_are_refused_before_anything_loads(overrides, ma
 def test_a_custom_env_needs_its_id():
     with pytest.raises(ConfigError, match="env.id"):
         validate(compose_config(["env=custom"]))
+
+
+# ----------------------------------------------------------------------------- lost episodes
+
+
+def test_groups_with_an_env_failure_are_left_out_of_the_update(tiny):
+    from agent_rl.types import TrajectoryBatch
+    from trainers.rollout import drop_failed_groups
+
+    batch = make_batch("per_step", seed=6, n_traj=6)  # groups g0, g1, g2 of two episodes each
+    trajs = list(batch.trajectories)
+    trajs[3].info["error"] = "worker 1 died (EOFError)"
+    kept, dropped = drop_failed_groups(trajs)
+    assert dropped == 2 and [t.group_id for t in kept] == ["g0", "g0", "g2", "g2"]
+    # a step whose every group failed trains on nothing, and nothing breaks
+    for t in kept:
+        t.info["error"] = "pool closed"
+    kept, dropped = drop_failed_groups(kept)
+    assert kept == [] and dropped == 4
+    model = copy.deepcopy(tiny)
+    m = Learner(model, torch.optim.SGD(model.parameters(), lr=0.1), LearnerSettings()).update(
+        TrajectoryBatch(kept), torch.zeros(0), p=1.0)
+    assert m["perf/optimizer_steps"] == 0 and m["train/nonfinite_updates"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), tiny.parameters()))

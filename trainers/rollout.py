@@ -16,13 +16,15 @@ pairs first when it exceeds ``max_prompt_tokens`` (never the instruction);
 only its new prompt tokens. An episode ends when the env terminates it, at
 ``max_turns`` (truncated), when its prompt no longer fits (truncated,
 ``info["truncated_reason"] = "context_full"``), or when the env fails
-(truncated, ``info["error"]``): failures are recorded, never dropped.
+(truncated, ``info["error"]``): failures are recorded, never dropped here; the trainer leaves
+their groups out of the update (:func:`drop_failed_groups`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from agent_rl.types import PROMPT_MODES, TaskSpec, Trajectory, Turn
 from prompts.render import ConversationTokens, PromptContext, chat_prompt_ids, get_template
 from trainers.policies.base import Generation, SamplingParams
 
+log = logging.getLogger(__name__)
 _RUN_IDS = itertools.count()
 
 
@@ -410,6 +413,18 @@ class RolloutEngine:
             bar.update(1)
         if self._on_episode is not None:  # the episode is final now: report it (see run's on_episode)
             self._on_episode(ep)
+
+
+def drop_failed_groups(trajectories: list[Trajectory]) -> tuple[list[Trajectory], int]:
+    """The training batch without the groups that had an env/worker failure (``info["error"]``): an
+    infrastructure fault is not the policy's doing, and a group missing a member's true return has a
+    biased baseline for the others. Returns (kept, number of episodes dropped)."""
+    failed = {t.group_id for t in trajectories if "error" in t.info}
+    kept = [t for t in trajectories if t.group_id not in failed]
+    if failed:
+        log.warning("dropped %d group(s) (%d episodes) with an env/worker failure from this training step",
+                    len(failed), len(trajectories) - len(kept))
+    return kept, len(trajectories) - len(kept)
 
 
 @dataclass
