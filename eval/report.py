@@ -103,7 +103,8 @@ class EpisodeLog:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        # ensure_ascii: a lone surrogate in a model's action (invalid UTF-8) is written as \udXXX, not a crash
+        self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
         self.records.append(record)

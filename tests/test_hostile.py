@@ -287,3 +287,29 @@ def test_groups_with_an_env_failure_are_left_out_of_the_update(tiny):
         TrajectoryBatch(kept), torch.zeros(0), p=1.0)
     assert m["perf/optimizer_steps"] == 0 and m["train/nonfinite_updates"] == 0
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), tiny.parameters()))
+
+
+# ----------------------------------------------------------------------------- data edge cases
+
+
+def test_math_data_edge_cases_name_the_file_and_line(tmp_path):
+    from envs.math.datasets import MathDataError, load_jsonl
+
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"problem": "1+1", "answer": "2"}\n{"problem": "caf\xe9", "answer": "3"}\n')
+    with pytest.raises(MathDataError, match=rf"{latin}:2: not UTF-8"):
+        load_jsonl(latin)
+    listed = tmp_path / "list.jsonl"
+    listed.write_text('{"problem": "roots?", "answer": ["1", "2"]}\n')
+    with pytest.raises(MathDataError, match=rf"{listed}:1: .*expected text or a number"):
+        load_jsonl(listed)
+
+
+def test_an_action_with_a_lone_surrogate_is_logged(tmp_path):
+    from eval import report
+
+    record = {"task_index": 0, "task_id": "a", "task_type": "t", "sample": 0, "won": False, "steps": 1,
+              "invalid_actions": 1, "last_action": "go to \udcff shelf"}
+    with report.EpisodeLog(tmp_path / "episodes.jsonl") as log_:
+        log_.append(record)
+    assert report.EpisodeLog(tmp_path / "episodes.jsonl").records[0]["last_action"] == "go to \udcff shelf"

@@ -69,8 +69,9 @@ def _register(name: str, required: tuple[str, ...], description: str, detect: Ca
 
 
 def _text(value: Any, what: str) -> str:
-    if isinstance(value, bool) or value is None:
-        raise ValueError(f"{what} is {value!r}, expected text or a number")
+    if isinstance(value, bool) or value is None or isinstance(value, (list, tuple, dict)):
+        raise ValueError(f"{what} is {value!r:.80}, expected text or a number (several answers: write them as one "
+                         f"string, e.g. \"1, 2\")")
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() else repr(value)
     text = str(value).strip()
@@ -249,8 +250,15 @@ def load_jsonl(path: str | os.PathLike, dataset_format: str | None = None) -> li
     fmt = BENCHMARKS.get(dataset_format) if dataset_format else None
 
     def rows():
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
+        with path.open("rb") as f:
+            for line_no, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise MathDataError(
+                        f"{path}:{line_no}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line); JSONL is "
+                        f"UTF-8. Fix: re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                    ) from None
                 if not line.strip():
                     continue
                 try:
