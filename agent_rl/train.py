@@ -114,6 +114,11 @@ def load_model(cfg: Config, checkpoint: Path | None = None):
             from peft import PeftModel
 
             return PeftModel.from_pretrained(model, checkpoint, is_trainable=True), tokenizer
+        names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+        unknown = [m for m in lc.target_modules if m not in names]
+        if unknown:
+            raise ConfigError(f"model.lora.target_modules: {unknown} are not linear layers of {cfg.model.name}; "
+                              f"its linear layers are {sorted(names)}. Fix: pick from those")
         model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
                                                  target_modules=list(lc.target_modules), task_type="CAUSAL_LM"))
     return model, tokenizer

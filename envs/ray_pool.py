@@ -26,8 +26,31 @@ def init_ray(init_kwargs: dict | None = None, *, user: str, instead: str):
     except ImportError as exc:
         raise ImportError(f"{user} needs ray ({exc}); `pip install 'agent-rl[ray]'` or {instead}") from exc
     if not ray.is_initialized():
+        check_reachable((init_kwargs or {}).get("address"))
         ray.init(**(init_kwargs or {}))
     return ray
+
+
+def check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
+    """Fail in seconds, not after minutes of Ray's retries, when ``address`` (``host:port`` or
+    ``ray://host:port``) accepts no connection. ``None``/``"auto"``/``"local"`` are left to Ray."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"ray.address must be host:port, ray://host:port, auto or null; got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ConnectionError(
+            f"ray.address={address!r}: nothing accepts connections at {host}:{port} ({exc}). Fix: start the "
+            f"cluster (`ray start --head` on that machine), correct the address, or use ray.address=null for "
+            f"a local Ray"
+        ) from None
 
 class RayEnvPool(PoolFront):
     """``num_envs`` copies of ``env_id`` on Ray actors.

@@ -313,3 +313,30 @@ def test_an_action_with_a_lone_surrogate_is_logged(tmp_path):
     with report.EpisodeLog(tmp_path / "episodes.jsonl") as log_:
         log_.append(record)
     assert report.EpisodeLog(tmp_path / "episodes.jsonl").records[0]["last_action"] == "go to \udcff shelf"
+
+
+def test_a_dead_ray_address_fails_in_seconds():
+    import socket
+    import time
+
+    from envs.ray_pool import check_reachable
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.time()
+    with pytest.raises(ConnectionError, match="nothing accepts connections"):
+        check_reachable(f"127.0.0.1:{port}", timeout_s=5)
+    with pytest.raises(ConnectionError):
+        check_reachable(f"ray://127.0.0.1:{port}", timeout_s=5)
+    assert time.time() - t0 < 10
+    with pytest.raises(ValueError, match="host:port"):
+        check_reachable("not-an-address")
+    check_reachable("auto")  # left to Ray
+
+
+def test_lora_target_modules_must_exist(tiny_path, tmp_path):
+    pytest.importorskip("peft")
+    cfg = quick(tiny_path, tmp_path / "lora", "model.lora.enabled=true", "model.lora.target_modules=[q_proj,qq_proj]")
+    with pytest.raises(ConfigError, match=r"\['qq_proj'\] are not linear layers"):
+        train(cfg)
