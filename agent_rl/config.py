@@ -84,6 +84,11 @@ class AlgoConfig:
     # Optimizer steps per rollout batch: epochs × num_minibatches (1 × 1 is on-policy).
     epochs: int = 1
     num_minibatches: int = 1
+    # DAPO's dynamic sampling: groups whose rewards are all equal (advantage 0: no signal) are dropped and more
+    # tasks are played, up to dynamic_sampling_rounds extra rounds, until the step holds rollout.tasks_per_step
+    # informative groups; a step without any skips its update (rollout/informative_groups says so).
+    dynamic_sampling: bool = False
+    dynamic_sampling_rounds: int = 3
 
     def p_at(self, step: int, total_steps: int) -> float:
         from trainers.schedules import make_schedule
@@ -390,6 +395,8 @@ def validate(cfg: Config) -> None:
          "leave algo.p_steps=null to anneal over the whole run, or shorten it")
     need(cfg.algo.epochs >= 1 and cfg.algo.num_minibatches >= 1, "algo.epochs/num_minibatches",
          (cfg.algo.epochs, cfg.algo.num_minibatches), "each must be at least 1", "use 1 for on-policy updates")
+    need(cfg.algo.dynamic_sampling_rounds >= 0, "algo.dynamic_sampling_rounds", cfg.algo.dynamic_sampling_rounds,
+         "it counts extra rollout rounds per step", "use 3, or 0 to only drop uninformative groups")
     need(cfg.algo.kl_coef >= 0 and cfg.algo.entropy_coef >= 0, "algo.kl_coef/entropy_coef",
          (cfg.algo.kl_coef, cfg.algo.entropy_coef), "coefficients are non-negative weights", "use 0 to disable")
     need(cfg.rollout.backend in ROLLOUT_PRESETS, "rollout.backend", cfg.rollout.backend,

@@ -247,17 +247,57 @@ def env_num_tasks(pool) -> int | None:
         return None
 
 
-def sample_tasks(rng: random.Random, num_tasks: int | None, count: int, step: int, seed: int):
+def sample_tasks(rng: random.Random, num_tasks: int | None, count: int, step: int, seed: int, offset: int = 0):
     """``count`` distinct tasks (with replacement only when the env has fewer), each with
     its own reset seed; all G members of a group will share one TaskSpec. An env without
-    ``num_tasks`` gets seeds only: its ``reset(seed)`` chooses the task."""
+    ``num_tasks`` gets seeds only: its ``reset(seed)`` chooses the task. ``offset``: tasks already
+    drawn this step (dynamic sampling's extra rounds), so reset seeds never repeat within a step."""
     from agent_rl.types import TaskSpec
 
-    reset_seed = [seed * 1_000_003 + step * 1_009 + k for k in range(count)]
+    reset_seed = [seed * 1_000_003 + step * 1_009 + offset + k for k in range(count)]
     if num_tasks is None:
         return [TaskSpec(task_id=f"seed{s}", seed=s, options={}) for s in reset_seed]
     picks = rng.sample(range(num_tasks), count) if count <= num_tasks else [rng.randrange(num_tasks) for _ in range(count)]
     return [TaskSpec(task_id=str(i), seed=s, options={"task": i}) for i, s in zip(picks, reset_seed)]
+
+
+def collect_rollouts(cfg: Config, engine, tasks, num_tasks: int | None, step: int):
+    """One step's training trajectories and rollout metrics: ``tasks`` × G episodes, less the groups with an
+    env/worker failure (an infrastructure fault is not the policy's doing). With ``algo.dynamic_sampling``,
+    groups whose rewards are all equal are dropped too, and more tasks are played (at most
+    ``algo.dynamic_sampling_rounds`` extra rounds, drawn from a per-step stream so a resumed run replays the
+    same tasks) until ``rollout.tasks_per_step`` informative groups are held. ``rollout/*`` success metrics
+    are those of the first round, comparable with runs without dynamic sampling."""
+    from trainers.rollout import drop_failed_groups
+
+    trajectories, metrics = engine.run(tasks, cfg.rollout.group_size)
+    trajectories, dropped = drop_failed_groups(trajectories)
+    if cfg.algo.dynamic_sampling:
+        want, played, rounds = cfg.rollout.tasks_per_step, len(tasks), 0
+        rng = random.Random(cfg.train.seed * 7_919 + step)
+        kept = informative_groups(trajectories)
+        while len(kept) < want and rounds < cfg.algo.dynamic_sampling_rounds:
+            rounds += 1
+            more = sample_tasks(rng, num_tasks, want - len(kept), step, cfg.train.seed, offset=played)
+            played += len(more)
+            extra, _ = engine.run(more, cfg.rollout.group_size)
+            extra, lost = drop_failed_groups(extra)
+            dropped += lost
+            kept += informative_groups(extra)
+        kept = kept[:want]
+        trajectories = [t for group in kept for t in group]
+        metrics.update({"rollout/informative_groups": float(len(kept)), "rollout/extra_rounds": float(rounds),
+                        "rollout/tasks_played": float(played)})
+    metrics["rollout/dropped_episodes"] = float(dropped)
+    return trajectories, metrics
+
+
+def informative_groups(trajectories) -> list[list]:
+    """The groups (in order of first appearance) whose members' rewards are not all equal."""
+    groups: dict[str, list] = {}
+    for t in trajectories:
+        groups.setdefault(t.group_id, []).append(t)
+    return [g for g in groups.values() if len({t.reward for t in g}) > 1]
 
 
 # ---------------------------------------------------------------------------------------- the loop
@@ -272,7 +312,7 @@ def train(cfg: Config) -> dict[str, float]:
     from trainers.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
     from trainers.learner import Learner, LearnerSettings
     from trainers.policies.base import SamplingParams
-    from trainers.rollout import RolloutEngine, drop_failed_groups
+    from trainers.rollout import RolloutEngine
     from trainers.tracking import Tracker
 
     validate(cfg)
@@ -348,9 +388,7 @@ def train(cfg: Config) -> dict[str, float]:
             # 1. rollouts: B tasks × G episodes, each group from one identical start state
             model.eval()
             tasks = sample_tasks(task_rng, num_tasks, cfg.rollout.tasks_per_step, step, cfg.train.seed)
-            trajectories, metrics = engine.run(tasks, cfg.rollout.group_size)
-            trajectories, dropped = drop_failed_groups(trajectories)  # env faults are not the policy's doing
-            metrics["rollout/dropped_episodes"] = float(dropped)
+            trajectories, metrics = collect_rollouts(cfg, engine, tasks, num_tasks, step)
             t_rollout = time.perf_counter() - t0
             # 2. advantages per group
             batch = TrajectoryBatch(trajectories)

@@ -298,3 +298,57 @@ def test_bf16_lora_keeps_the_base_in_bf16_and_the_adapter_in_float32(tiny_model)
     assert trainable and all(p.dtype == torch.float32 for p in trainable)
     assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
     assert learner_autocast(cfg) is True
+
+
+class _ScriptedEngine:
+    """RolloutEngine stand-in: a group's rewards are ``rewards[task_id]`` (default all 0); records the tasks."""
+
+    def __init__(self, rewards):
+        self.rewards, self.runs = rewards, []
+
+    def run(self, tasks, group_size):
+        from agent_rl.types import Trajectory
+
+        self.runs.append([t.task_id for t in tasks])
+        self.seeds = getattr(self, "seeds", []) + [t.seed for t in tasks]
+        out = []
+        for k, task in enumerate(tasks):
+            rs = self.rewards.get(task.task_id, [0.0] * group_size)
+            out += [Trajectory(traj_id=f"{len(self.runs)}:{k}:{j}", group_id=f"{len(self.runs)}:{k}", task_id=task.task_id,
+                               reward=r) for j, r in enumerate(rs)]
+        return out, {"rollout/success_rate": 0.0}
+
+
+def test_dynamic_sampling_keeps_informative_groups_and_plays_more_tasks():
+    import random
+
+    from agent_rl.train import collect_rollouts, sample_tasks
+
+    cfg = compose_config(["rollout.group_size=2", "rollout.tasks_per_step=3", "algo.dynamic_sampling=true",
+                          "algo.dynamic_sampling_rounds=4"])
+    informative = {str(i): [0.0, 1.0] for i in range(0, 20, 2)}  # every other task's group has signal
+    engine = _ScriptedEngine(informative)
+    tasks = sample_tasks(random.Random(0), 20, 3, 0, 0)
+    trajs, m = collect_rollouts(cfg, engine, tasks, 20, step=0)
+    groups = {t.group_id for t in trajs}
+    assert len(groups) == 3 and all(t.task_id in informative for t in trajs)
+    assert m["rollout/informative_groups"] == 3 and m["rollout/extra_rounds"] == len(engine.runs) - 1
+    assert m["rollout/tasks_played"] == sum(len(r) for r in engine.runs)
+    assert len(engine.seeds) == len(set(engine.seeds)) > 3  # extra rounds never reuse a reset seed of this step
+    # no signal anywhere: the extra rounds are bounded and the batch is empty
+    engine = _ScriptedEngine({})
+    trajs, m = collect_rollouts(cfg, engine, tasks, 20, step=1)
+    assert trajs == [] and m["rollout/informative_groups"] == 0 and m["rollout/extra_rounds"] == 4
+    assert len(engine.runs) == 5
+    # off: everything is kept
+    cfg = compose_config(["rollout.group_size=2", "rollout.tasks_per_step=3"])
+    trajs, m = collect_rollouts(cfg, _ScriptedEngine({}), tasks, 20, step=0)
+    assert len(trajs) == 6 and "rollout/informative_groups" not in m
+
+
+def test_dynamic_sampling_step_without_signal_skips_the_update(tiny_model, tmp_path):
+    """Echo: a random model never says the word, every group is all-zero; the step trains on nothing."""
+    m = train(quick(tiny_model, tmp_path / "ds", "train.steps=1", "algo.dynamic_sampling=true",
+                    "algo.dynamic_sampling_rounds=1", env=("env=custom", "env.id=test_user/Echo-v0")))
+    assert m["rollout/informative_groups"] == 0 and m["rollout/extra_rounds"] == 1
+    assert m["rollout/tasks_played"] == 4 and m["perf/optimizer_steps"] == 0
