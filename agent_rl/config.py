@@ -89,6 +89,10 @@ class AlgoConfig:
     # informative groups; a step without any skips its update (rollout/informative_groups says so).
     dynamic_sampling: bool = False
     dynamic_sampling_rounds: int = 3
+    # What one ratio covers: trajectory (M_p over all agent tokens of all turns: the default) or turn (each turn a
+    # loss row with M_p over its own tokens and its episode's advantage, normalised over the group's turn rows;
+    # the HölderPO authors' ALFWorld code). turn needs rollout.prompt_mode=per_step.
+    ratio_unit: str = "trajectory"
 
     def p_at(self, step: int, total_steps: int) -> float:
         from trainers.schedules import make_schedule
@@ -395,6 +399,11 @@ def validate(cfg: Config) -> None:
          "leave algo.p_steps=null to anneal over the whole run, or shorten it")
     need(cfg.algo.epochs >= 1 and cfg.algo.num_minibatches >= 1, "algo.epochs/num_minibatches",
          (cfg.algo.epochs, cfg.algo.num_minibatches), "each must be at least 1", "use 1 for on-policy updates")
+    need(cfg.algo.ratio_unit in ("trajectory", "turn"), "algo.ratio_unit", cfg.algo.ratio_unit,
+         "a ratio covers a trajectory or a turn", "use trajectory (default) or turn")
+    need(cfg.algo.ratio_unit != "turn" or cfg.rollout.prompt_mode == "per_step", "algo.ratio_unit", "turn",
+         "per-turn rows need one sequence per turn, and conversation mode makes the episode one sequence",
+         "use rollout.prompt_mode=per_step with algo.ratio_unit=turn")
     need(cfg.algo.dynamic_sampling_rounds >= 0, "algo.dynamic_sampling_rounds", cfg.algo.dynamic_sampling_rounds,
          "it counts extra rollout rounds per step", "use 3, or 0 to only drop uninformative groups")
     need(cfg.algo.kl_coef >= 0 and cfg.algo.entropy_coef >= 0, "algo.kl_coef/entropy_coef",

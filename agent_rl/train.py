@@ -292,6 +292,23 @@ def collect_rollouts(cfg: Config, engine, tasks, num_tasks: int | None, step: in
     return trajectories, metrics
 
 
+def row_advantages(cfg: Config, batch):
+    """Group-relative advantages, one per loss row (``TrajectoryBatch.rows``): per trajectory, or with
+    ``algo.ratio_unit=turn`` per turn, each turn carrying its episode's reward and normalised over all turn
+    rows of its group (so a long episode weighs more, as in the HölderPO authors' per-turn ALFWorld code)."""
+    import torch
+
+    from trainers.advantages import compute_advantages
+
+    owners = batch.row_trajectories(cfg.algo.ratio_unit)  # [R]
+    rewards = torch.tensor([batch.trajectories[k].reward for k in owners], dtype=torch.float32)  # [R]
+    groups = torch.tensor([batch.group_ids[k] for k in owners])  # [R]
+    advantages = compute_advantages(cfg.algo.advantage, rewards, groups)  # [R]
+    if cfg.algo.ratio_unit == "trajectory":
+        batch.advantages = advantages.tolist()
+    return advantages
+
+
 def informative_groups(trajectories) -> list[list]:
     """The groups (in order of first appearance) whose members' rewards are not all equal."""
     groups: dict[str, list] = {}
@@ -308,7 +325,6 @@ def train(cfg: Config) -> dict[str, float]:
     from omegaconf import OmegaConf
 
     from agent_rl.types import TrajectoryBatch
-    from trainers.advantages import compute_advantages
     from trainers.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
     from trainers.learner import Learner, LearnerSettings
     from trainers.policies.base import SamplingParams
@@ -360,7 +376,8 @@ def train(cfg: Config) -> dict[str, float]:
         loss=cfg.algo.loss, clip_low=cfg.algo.clip_low, clip_high=cfg.algo.clip_high, kl_coef=cfg.algo.kl_coef,
         entropy_coef=cfg.algo.entropy_coef, micro_batch_tokens=cfg.train.micro_batch_tokens,
         num_minibatches=cfg.algo.num_minibatches, epochs=cfg.algo.epochs, max_grad_norm=cfg.train.max_grad_norm,
-        bf16_autocast=learner_autocast(cfg), temperature=cfg.rollout.temperature), ref_model=ref_model,
+        bf16_autocast=learner_autocast(cfg), temperature=cfg.rollout.temperature,
+        ratio_unit=cfg.algo.ratio_unit), ref_model=ref_model,
         seed=cfg.train.seed + start_step)
     policy = make_rollout_policy(cfg, model, tokenizer)
     if ckpt is not None and cfg.rollout.backend != "hf" and not cfg.ray.rollout_in_actor:
@@ -390,11 +407,9 @@ def train(cfg: Config) -> dict[str, float]:
             tasks = sample_tasks(task_rng, num_tasks, cfg.rollout.tasks_per_step, step, cfg.train.seed)
             trajectories, metrics = collect_rollouts(cfg, engine, tasks, num_tasks, step)
             t_rollout = time.perf_counter() - t0
-            # 2. advantages per group
+            # 2. advantages per group, one per loss row (trajectory, or turn)
             batch = TrajectoryBatch(trajectories)
-            advantages = compute_advantages(cfg.algo.advantage, torch.tensor(batch.rewards, dtype=torch.float32),
-                                            torch.tensor(batch.group_ids))
-            batch.advantages = advantages.tolist()
+            advantages = row_advantages(cfg, batch)
             # 3. learner: old logprobs recomputed, K updates with the scheduled p
             model.train()
             metrics.update(learner.update(batch, advantages, p))

@@ -166,6 +166,27 @@ class TrajectoryBatch:
     def sequences(self) -> list[Sequence]:
         return [s for i, t in enumerate(self.trajectories) for s in t.sequences(i)]
 
+    def rows(self, unit: str = "trajectory") -> list[list[int]]:
+        """The loss rows: for each, the indices (into :meth:`sequences`) of the sequences whose agent tokens form
+        one ratio. ``trajectory``: one row per trajectory, all its turns (the default, M_p over the episode);
+        ``turn``: one row per turn (``per_step`` prompts, where each turn is its own sequence)."""
+        seqs = self.sequences()
+        if unit == "turn":
+            if any(t.prompt_mode != "per_step" for t in self.trajectories):
+                raise ValueError("ratio_unit='turn' needs per_step prompts (one sequence per turn); a conversation "
+                                 "trajectory is one sequence. Fix: rollout.prompt_mode=per_step or ratio_unit=trajectory")
+            return [[i] for i in range(len(seqs))]
+        if unit != "trajectory":
+            raise ValueError(f"ratio unit must be 'trajectory' or 'turn', got {unit!r}")
+        rows: list[list[int]] = [[] for _ in self.trajectories]
+        for i, s in enumerate(seqs):
+            rows[s.traj_index].append(i)
+        return rows
+
+    def row_trajectories(self, unit: str = "trajectory") -> list[int]:  # [R]: the trajectory of each row
+        seqs = self.sequences()
+        return [seqs[r[0]].traj_index if r else k for k, r in enumerate(self.rows(unit))]
+
 
 @dataclass
 class LossOutput:

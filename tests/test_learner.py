@@ -268,3 +268,56 @@ def test_bf16_autocast_on_cpu_only_when_asked(tiny, bf16):
         lp32 = Learner(copy.deepcopy(tiny), None, LearnerSettings(bf16_autocast=False)).sequence_logprobs(tiny, seqs, [0])[0]
         lp16 = learner.sequence_logprobs(tiny, seqs, [0])[0]
         assert not torch.equal(lp16, lp32) and torch.allclose(lp16, lp32, atol=0.1)
+
+
+def direct_turn_gradient(model, batch, adv, p, loss):
+    """Reference for ratio_unit=turn: every turn its own row (M_p over that turn's tokens only)."""
+    model = copy.deepcopy(model)
+    model.zero_grad()
+    rows = []
+    for i, s in enumerate(batch.sequences()):
+        mb = pack_sequences(batch.sequences(), 10_000, [i])[0]
+        lp, _ = token_logprobs_and_entropy(model, mb)
+        rows.append(lp[0][torch.tensor(s.loss_mask, dtype=torch.bool)])
+    T = max(len(r) for r in rows)
+    lp_mat = torch.stack([torch.cat([r, r.new_zeros(T - len(r))]) for r in rows])  # [R, T]
+    mask = torch.stack([torch.cat([torch.ones(len(r)), torch.zeros(T - len(r))]) for r in rows])  # [R, T]
+    out = policy_loss(loss, logprobs=lp_mat, old_logprobs=lp_mat.detach(), advantages=adv, loss_mask=mask, p=p)
+    out.loss.backward()
+    return {n: p_.grad.clone() for n, p_ in model.named_parameters() if p_.grad is not None}
+
+
+@pytest.mark.parametrize("loss,p", [("holder", 2.0), ("holder_token", -1.0), ("grpo", 1.0)])
+def test_turn_rows_update_equals_direct_per_turn_gradient(tiny, loss, p):
+    batch = make_batch("per_step", seed=7)
+    n_rows = len(batch.sequences())
+    assert n_rows > len(batch) and batch.rows("turn") == [[i] for i in range(n_rows)]
+    adv = torch.linspace(-1.0, 1.0, n_rows)
+    expected = direct_turn_gradient(tiny, batch, adv, p, loss)
+    model = copy.deepcopy(tiny)
+    before = {n: t.detach().clone() for n, t in model.named_parameters()}
+    learner = Learner(model, torch.optim.SGD(model.parameters(), lr=1.0),
+                      LearnerSettings(loss=loss, micro_batch_tokens=24, max_grad_norm=None, ratio_unit="turn"))
+    learner.update(batch, adv, p=p)
+    for name, t in model.named_parameters():
+        assert torch.allclose(before[name] - t.detach(), expected[name], atol=1e-5, rtol=1e-4), name
+    with pytest.raises(ValueError, match=r"\[turns\]"):
+        learner.update(batch, torch.zeros(len(batch)), p=p)
+    with pytest.raises(ValueError, match="per_step"):
+        make_batch("conversation").rows("turn")
+
+
+def test_turn_advantages_are_normalised_over_the_groups_turn_rows():
+    """float64 by hand: a group of a won 2-turn and a lost 3-turn episode gives rows [1, 1, 0, 0, 0]."""
+    from agent_rl.train import compose_config, row_advantages
+
+    batch = make_batch("per_step", seed=0, n_traj=2)
+    batch.trajectories[0].turns = batch.trajectories[0].turns[:1] * 2
+    batch.trajectories[1].turns = batch.trajectories[1].turns[:1] * 3
+    batch.trajectories[0].reward, batch.trajectories[1].reward = 1.0, 0.0
+    got = row_advantages(compose_config(["algo.ratio_unit=turn"]), batch)
+    r = torch.tensor([1, 1, 0, 0, 0], dtype=torch.float64)
+    want = (r - r.mean()) / (r.std() + 1e-6)
+    assert torch.allclose(got.double(), want, atol=1e-5)
+    per_traj = row_advantages(compose_config([]), batch)
+    assert per_traj.shape == (2,) and batch.advantages == per_traj.tolist()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -352,3 +353,10 @@ def test_dynamic_sampling_step_without_signal_skips_the_update(tiny_model, tmp_p
                     "algo.dynamic_sampling_rounds=1", env=("env=custom", "env.id=test_user/Echo-v0")))
     assert m["rollout/informative_groups"] == 0 and m["rollout/extra_rounds"] == 1
     assert m["rollout/tasks_played"] == 4 and m["perf/optimizer_steps"] == 0
+
+
+def test_trainer_runs_with_per_turn_ratio_rows(tiny_model, tmp_path):
+    m = train(quick(tiny_model, tmp_path / "turn", "train.steps=1", "algo.ratio_unit=turn"))
+    assert m["perf/optimizer_steps"] == 1 and math.isfinite(m["loss/policy"])
+    with pytest.raises(ConfigError, match="prompt_mode=per_step"):
+        validate(compose_config(["algo.ratio_unit=turn", "rollout.prompt_mode=conversation"]))

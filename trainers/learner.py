@@ -70,6 +70,10 @@ class LearnerSettings:
     # Skip the passes over zero-advantage trajectories where that leaves the update unchanged (module
     # docstring). False computes them anyway (the reference the tests compare against).
     skip_zero_advantage: bool = True
+    # What one Hölder ratio covers: "trajectory" (M_p over every agent token of all turns, the default) or
+    # "turn" (M_p over one turn's tokens, each turn a loss row with its episode's advantage: the HölderPO
+    # authors' ALFWorld code). See TrajectoryBatch.rows.
+    ratio_unit: str = "trajectory"
 
 
 class Learner:
@@ -132,17 +136,19 @@ class Learner:
 
     # ------------------------------------------------------------------ the update
     def update(self, batch: TrajectoryBatch, advantages: torch.Tensor, p: float) -> dict[str, float]:
-        """K = epochs × num_minibatches optimizer steps on ``batch``; returns averaged metrics."""
-        if advantages.shape != (len(batch),):
-            raise ValueError(f"advantages must be [B]=[{len(batch)}], got {tuple(advantages.shape)}")
+        """K = epochs × num_minibatches optimizer steps on ``batch``; returns averaged metrics.
+
+        ``advantages``: one per loss row (``batch.rows(ratio_unit)``): [B] per trajectory, or one per turn."""
         t0 = time.perf_counter()
         sequences = batch.sequences()
+        seqs_of = batch.rows(self.s.ratio_unit)  # per loss row, its sequences (a trajectory's turns, or one turn)
+        if advantages.shape != (len(seqs_of),):
+            what = "[B]" if self.s.ratio_unit == "trajectory" else "[turns]"
+            raise ValueError(f"advantages must be {what}=[{len(seqs_of)}] (one per {self.s.ratio_unit}), got "
+                             f"{tuple(advantages.shape)}")
         masks = [torch.tensor(s.loss_mask, dtype=torch.bool) for s in sequences]
-        seqs_of: list[list[int]] = [[] for _ in range(len(batch))]
-        for i, s in enumerate(sequences):
-            seqs_of[s.traj_index].append(i)
         all_idx = list(range(len(sequences)))
-        inert = self._inert_sequences(sequences, advantages)
+        inert = self._inert_sequences(seqs_of, advantages)
         # Inert sequences take their placeholder as both old and current logprobs: ratio exactly 1.
         placeholder = {i: torch.zeros(len(sequences[i])) for i in inert}
         old = self.sequence_logprobs(self.model, sequences, [i for i in all_idx if i not in inert])
@@ -152,7 +158,7 @@ class Learner:
         sampled.update(placeholder)  # no recomputed logprob to compare with
         metrics_sum: dict[str, float] = {}
 
-        traj_ids = list(range(len(batch)))
+        traj_ids = list(range(len(seqs_of)))  # loss rows
         n_updates = n_skipped = 0
         fresh = True  # weights unchanged since `old` was computed
         tokens = 0
@@ -245,13 +251,13 @@ class Learner:
         for key, v in metrics.items():
             metrics_sum[key] = metrics_sum.get(key, 0.0) + v
 
-    def _inert_sequences(self, sequences: list[Sequence], advantages: torch.Tensor) -> set[int]:
-        """Sequences of zero-advantage trajectories whose passes can be skipped (module docstring)."""
+    def _inert_sequences(self, rows: list[list[int]], advantages: torch.Tensor) -> set[int]:
+        """Sequences of zero-advantage rows whose passes can be skipped (module docstring)."""
         if not (self.s.skip_zero_advantage and self.s.loss in ZERO_ADVANTAGE_INERT
                 and self.s.kl_coef == 0 and self.s.entropy_coef == 0):
             return set()
         zero = (advantages == 0).tolist()
-        return {i for i, s in enumerate(sequences) if zero[s.traj_index]}
+        return {i for r, seqs in enumerate(rows) if zero[r] for i in seqs}
 
     @staticmethod
     def _scatter(g_mat, traj_seqs, masks, sequences) -> dict[int, torch.Tensor]:
