@@ -140,6 +140,8 @@ class RolloutConfig:
     prompt_mode: str = "per_step"
     # Reward penalty for a reply without a parseable action.
     invalid_action_penalty: float = 0.1
+    # Stop strings that end a reply: null = the template's (alfworld: </action>); [] = end-of-sequence only.
+    stop: Optional[list[str]] = None
     # Prompt template (prompts.render.TEMPLATES): null = the env's own (metadata["prompt_template"]);
     # alfworld (reason in <think>, then <action>) or alfworld_act (the action alone: small models, SFT).
     template: Optional[str] = None
@@ -369,6 +371,8 @@ def validate(cfg: Config) -> None:
     need(cfg.train.eval_episodes >= 1 or not (cfg.train.eval_every or cfg.train.eval_at_start), "train.eval_episodes",
          cfg.train.eval_episodes, "periodic eval is on (train.eval_every/eval_at_start) and needs episodes",
          "use e.g. 16, or train.eval_every=0")
+    need(cfg.rollout.stop is None or all(isinstance(x, str) and x for x in cfg.rollout.stop), "rollout.stop",
+         cfg.rollout.stop, "stop strings must be non-empty", "use null (the template's) or [] (end-of-sequence only)")
     need(cfg.rollout.history_k >= 0, "rollout.history_k", cfg.rollout.history_k,
          "it counts past (observation, action) pairs shown in the prompt", "use 2 (the paper) or 0")
     need(cfg.rollout.invalid_action_penalty >= 0, "rollout.invalid_action_penalty", cfg.rollout.invalid_action_penalty,
@@ -457,13 +461,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The HölderPO paper's ALFWorld settings.
     "paper_alfworld": {
         "model": {"name": "Qwen/Qwen2.5-1.5B-Instruct", "dtype": "bfloat16"},
+        # reward 10 for a win (the authors' ALFWorld reward), so the 0.1 invalid-action penalty weighs as theirs does
+        "env": {"kwargs": {"reward_scale": 10.0}},
         # num_minibatches: several updates per rollout batch (verl's ppo_mini_batch_size < batch), so all but
         # the first are off-policy; at the on-policy point every p gives the same gradient.
         "algo": {"loss": "holder", "p_schedule": "linear", "p_start": 2.0, "p_end": -2.0, "kl_coef": 0.01,
                  "entropy_coef": 0.001, "num_minibatches": 4},
         "rollout": {"group_size": 8, "tasks_per_step": 16, "max_turns": 50, "history_k": 2, "max_new_tokens": 512,
-                    "max_prompt_tokens": 2048, "invalid_action_penalty": 0.1, "temperature": 1.0},
-        "train": {"lr": 1e-6},
+                    "max_prompt_tokens": 2048, "invalid_action_penalty": 0.1, "temperature": 1.0,
+                    "stop": []},  # replies end at end-of-sequence, as theirs do
+        "train": {"lr": 1e-6, "weight_decay": 0.01, "steps": 150},
     },
     # A few minutes on a 2-core CPU: the README's first run.
     "cpu_quick": {

@@ -385,7 +385,8 @@ def train(cfg: Config) -> dict[str, float]:
     pool = make_pool(cfg, env_id, cfg.episodes_per_step, dict(cfg.env.kwargs))
     engine = RolloutEngine(policy, pool, max_turns=cfg.rollout.max_turns, history_k=cfg.rollout.history_k,
                            sampling=SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                                   max_tokens=cfg.rollout.max_new_tokens),
+                                                   max_tokens=cfg.rollout.max_new_tokens,
+                                                   stop=None if cfg.rollout.stop is None else list(cfg.rollout.stop)),
                            prompt_mode=cfg.rollout.prompt_mode, max_prompt_tokens=cfg.rollout.max_prompt_tokens,
                            invalid_action_penalty=cfg.rollout.invalid_action_penalty, template=template,
                            constrain_actions=cfg.rollout.constrain_actions, progress=cfg.train.progress)

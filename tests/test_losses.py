@@ -174,3 +174,11 @@ def test_kl_low_var_is_zero_at_reference_and_positive_elsewhere():
     d = (old - new.detach())
     direct = torch.stack([((d[i].exp() - d[i] - 1)[mask[i] > 0]).mean() for i in range(d.shape[0])]).mean()
     assert float(kl) == pytest.approx(float(direct), rel=1e-10) and float(kl) > 0
+
+
+def test_kl_per_token_is_clamped_like_verl_low_var_kl():
+    from trainers.losses import KL_BOUND, kl_low_var
+
+    lp = torch.zeros(1, 2)
+    ref = torch.tensor([[15.0, 0.0]])  # k3 = e^15 - 16 for the first token, 0 for the second
+    assert float(kl_low_var(lp, ref, torch.ones(1, 2))) == pytest.approx(KL_BOUND / 2)

@@ -369,3 +369,18 @@ def test_constrained_actions_need_a_reply_format_and_admissible_actions(tokenize
                                progress=False)
         with pytest.raises(ValueError, match="gave no admissible actions"):
             engine.run([TaskSpec("p0", seed=0, options={"task": 0})], group_size=1)
+
+
+def test_an_empty_stop_list_means_end_of_sequence_only(tokenizer):
+    seen = []
+
+    class Recorder(ScriptedPolicy):
+        def generate(self, prompts, params):
+            seen.append(params.stop)
+            return super().generate(prompts, params)
+
+    with EnvPool(ENV_ID, num_envs=1) as pool:
+        for stop, want in ((None, ["</action>"]), ([], [])):
+            RolloutEngine(Recorder(tokenizer, _solver), pool, max_turns=1, sampling=SamplingParams(stop=stop),
+                          progress=False).run([TaskSpec("door-red", seed=0, options={"task": 0})], group_size=1)
+            assert seen[-1] == want

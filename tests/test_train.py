@@ -360,3 +360,12 @@ def test_trainer_runs_with_per_turn_ratio_rows(tiny_model, tmp_path):
     assert m["perf/optimizer_steps"] == 1 and math.isfinite(m["loss/policy"])
     with pytest.raises(ConfigError, match="prompt_mode=per_step"):
         validate(compose_config(["algo.ratio_unit=turn", "rollout.prompt_mode=conversation"]))
+
+
+def test_paper_preset_has_the_authors_alfworld_settings():
+    cfg = compose_config(["preset=paper_alfworld"])
+    validate(cfg)
+    assert cfg.env.kwargs["reward_scale"] == 10.0 and cfg.train.weight_decay == 0.01 and cfg.train.steps == 150
+    assert cfg.rollout.stop == [] and (cfg.algo.kl_coef, cfg.algo.entropy_coef) == (0.01, 0.001)
+    with pytest.raises(ConfigError, match="rollout.stop"):
+        validate(compose_config(["rollout.stop=['']"]))

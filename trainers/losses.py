@@ -37,6 +37,7 @@ from agent_rl.types import LossOutput
 from trainers.holder import holder_log_mean_factored, token_weight_stats
 
 LOG_RATIO_BOUND = 20.0  # |logπ − logπ_old| past this is clamped (module docstring)
+KL_BOUND = 10.0  # per-token k3 KL values are clamped to ±this (verl's low_var_kl)
 
 LossFn = Callable[..., LossOutput]
 LOSSES: Registry[LossFn] = Registry("loss")
@@ -210,11 +211,12 @@ def policy_loss(
 
 
 def kl_low_var(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """The low-variance KL estimator (k3) exp(ref − logp) − (ref − logp) − 1, per trajectory
-    token mean, then averaged over trajectories: a scalar. Shapes [B, T]."""
+    """The low-variance KL estimator (k3) exp(ref − logp) − (ref − logp) − 1, clamped to [−10, 10] per token
+    (verl's low_var_kl, which the HölderPO authors use), per trajectory token mean, then averaged over
+    trajectories: a scalar. Shapes [B, T]."""
     mask = loss_mask.to(logprobs.dtype)  # [B, T]
-    d = (ref_logprobs - logprobs).clamp(-20.0, 20.0)  # [B, T]; clamp as verl does, for stability
-    k3 = (d.exp() - d - 1.0) * mask  # [B, T]
+    d = (ref_logprobs - logprobs).clamp(-20.0, 20.0)  # [B, T]; keeps exp finite
+    k3 = (d.exp() - d - 1.0).clamp(-KL_BOUND, KL_BOUND) * mask  # [B, T]
     n = mask.sum(-1)  # [B]
     rows = n > 0
     return ((k3.sum(-1) / n.clamp_min(1.0)) * rows).sum() / rows.sum().clamp_min(1)
