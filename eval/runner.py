@@ -217,6 +217,7 @@ def evaluate(
         episodes_per_s=round(len(new_records) / wall, 4) if wall > 0 and new_records else 0.0,
         versions=versions(),
     )
+    results.update(identity or {})  # backend, dtype, protocol: named in results.json too
     result = EvalResult(results, report.metrics_from(results, prefix), final)
     if out_dir is not None:
         result.out_dir = Path(out_dir)

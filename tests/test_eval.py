@@ -169,6 +169,7 @@ def test_cli_expert_wins_alfworld_games(tmp_path, capsys):
                  "--no-progress"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["successes"] == 2 and results["success_rate"] == 1.0
+    assert results["protocol"] == "default" and results["temperature"] == 0.0
     assert results["task_set"]["num_games"] == 134 and len(results["task_set"]["sha256"]) == 64
     assert results["invalid_action_rate"] == 0.0 and results["mean_steps"] > 0
     assert results["versions"]["alfworld"] == "0.4.2" and results["versions"]["textworld"] == "1.7.0"
@@ -321,3 +322,18 @@ def test_evaluate_with_an_in_memory_policy_as_the_trainer_does(tiny_model, tmp_p
     assert {"eval/success_rate", "eval/invalid_action_rate", "eval/mean_steps"} <= set(result.metrics)
     assert any(k.startswith("eval/generated/level1/") for k in result.metrics)
     assert result.results["model"] == "HFPolicy"
+
+
+def test_eval_protocols_set_their_flags_and_refuse_contradictions():
+    from agent_rl.eval import apply_protocol, build_parser
+
+    args = build_parser().parse_args(["--protocol", "verl-agent"])
+    apply_protocol(args)
+    assert (args.split, args.episodes, args.temperature) == ("valid_seen", 128, 0.4)
+    args = build_parser().parse_args([])
+    apply_protocol(args)
+    assert args.temperature == 0.0 and args.split is None and args.episodes is None
+    with pytest.raises(SystemExit, match="--temperature 0.4, but --temperature 0.0"):
+        apply_protocol(build_parser().parse_args(["--protocol", "verl-agent", "--temperature", "0"]))
+    with pytest.raises(SystemExit, match="ALFWorld protocol"):
+        apply_protocol(build_parser().parse_args(["--protocol", "verl-agent", "--env", "math"]))
