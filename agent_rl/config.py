@@ -71,6 +71,8 @@ class AlgoConfig:
     p_start: float = 2.0
     p_end: float = -2.0
     # Steps to anneal p over; null = the run's total steps (a schedule longer than the run never reaches p_end).
+    # Steps count from 1, as verl's global step does: update k of n uses the schedule at k/n, so the first update
+    # has already moved off p_start (2 → 1.973 over 150 steps) and the last one uses p_end exactly.
     p_steps: Optional[int] = None
     # Clip range of the ratio: [1 - clip_low, 1 + clip_high].
     clip_low: float = 0.2
@@ -97,10 +99,11 @@ class AlgoConfig:
     def p_at(self, step: int, total_steps: int) -> float:
         from trainers.schedules import make_schedule
 
+        """p of the update at 0-based ``step`` of a ``total_steps`` run: the schedule at global step ``step + 1``."""
         if self.p_schedule == "constant":
             return make_schedule("constant", value=self.p_start)(step)
         steps = self.p_steps or max(total_steps, 1)
-        return make_schedule(self.p_schedule, start=self.p_start, end=self.p_end, steps=steps)(step)
+        return make_schedule(self.p_schedule, start=self.p_start, end=self.p_end, steps=steps)(step + 1)
 
 
 @dataclass
@@ -397,6 +400,10 @@ def validate(cfg: Config) -> None:
          cfg.algo.p_schedule, f"schedules are constant, {', '.join(SCHEDULES.names())}", "pick one of them")
     need(0 <= cfg.algo.clip_low < 1, "algo.clip_low", cfg.algo.clip_low, "the ratio's lower bound 1-clip_low must be in (0, 1]", "use e.g. 0.2")
     need(cfg.algo.clip_high >= 0, "algo.clip_high", cfg.algo.clip_high, "the upper bound must be >= 1", "use e.g. 0.2 or 0.28")
+    need(cfg.algo.p_schedule != "step" or (cfg.algo.p_steps is not None and cfg.algo.p_steps < cfg.train.steps),
+         "algo.p_steps", cfg.algo.p_steps, f"p_schedule=step switches from p_start to p_end at step p_steps; without "
+         f"one below train.steps={cfg.train.steps} it never switches (or only at the last step)",
+         "set algo.p_steps to the step where p should switch")
     need(cfg.algo.p_steps is None or cfg.algo.p_steps >= 1, "algo.p_steps", cfg.algo.p_steps, "it is a number of steps", "use null (= train.steps) or a positive integer")
     need(cfg.algo.p_steps is None or cfg.algo.p_steps <= cfg.train.steps, "algo.p_steps", cfg.algo.p_steps,
          f"a schedule longer than the run (train.steps={cfg.train.steps}) never reaches p_end={cfg.algo.p_end}",

@@ -96,12 +96,12 @@ def test_two_steps_change_parameters_checkpoint_and_resume(tiny_model, tmp_path)
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2]
     p_run = [x["loss/p"] for x in lines]
-    assert p_run == [2.0, 0.0]  # linear 2 → -2 over the 2-step run
+    assert p_run == [0.0, -2.0]  # linear 2 → -2 over the 2-step run, steps counted from 1: the last reaches p_end
     # resume: same run_dir, more steps → continues at step 3 with the schedule of a 4-step run
     train(quick(tiny_model, run, "train.steps=4"))
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3, 4]
-    assert lines[2]["loss/p"] == 0.0 and lines[3]["loss/p"] == -1.0
+    assert lines[2]["loss/p"] == -1.0 and lines[3]["loss/p"] == -2.0
     assert latest_checkpoint(run).name == "step_000004"
 
 
@@ -360,6 +360,15 @@ def test_trainer_runs_with_per_turn_ratio_rows(tiny_model, tmp_path):
     assert m["perf/optimizer_steps"] == 1 and math.isfinite(m["loss/policy"])
     with pytest.raises(ConfigError, match="prompt_mode=per_step"):
         validate(compose_config(["algo.ratio_unit=turn", "rollout.prompt_mode=conversation"]))
+
+
+def test_p_reaches_p_end_on_the_last_step_and_step_schedules_need_p_steps():
+    algo = compose_config(["train.steps=150"]).algo
+    assert algo.p_at(0, 150) == pytest.approx(2 - 4 / 150) and algo.p_at(149, 150) == -2.0  # the authors' indexing
+    assert [compose_config([]).algo.p_at(k, 4) for k in range(4)] == [1.0, 0.0, -1.0, -2.0]
+    with pytest.raises(ConfigError, match="never switches"):
+        validate(compose_config(["algo.p_schedule=step", "train.steps=10"]))
+    validate(compose_config(["algo.p_schedule=step", "algo.p_steps=5", "train.steps=10"]))
 
 
 def test_paper_preset_has_the_authors_alfworld_settings():
