@@ -75,11 +75,10 @@ def sft(cfg: Config) -> dict[str, float]:
     import torch
     from omegaconf import OmegaConf
 
-    from agent_rl.train import (env_num_tasks, learner_autocast, load_model, make_pool, make_run_dir, resolve_env,
-                                resolve_template)
+    from agent_rl.train import (env_num_tasks, learner_autocast, load_model, make_pool, make_rollout_policy,
+                                make_run_dir, resolve_env, resolve_template, sync_weights)
     from trainers.checkpoint import latest_checkpoint, save_checkpoint
     from trainers.demonstrations import TokenizerOnlyPolicy, read_jsonl, write_jsonl
-    from trainers.policies import make_policy
     from trainers.sft import SftLearner, SftSettings, sft_sequences
     from trainers.tracking import Tracker
 
@@ -115,7 +114,7 @@ def sft(cfg: Config) -> dict[str, float]:
     budget = _TrainingBudget(s.time_budget_s)  # training time only: collection is not counted
     demos_dir = run_dir / "demos"
     metrics: dict[str, float] = {}
-    pool = None
+    pool = policy = None
 
     def log_step(step: int, m: dict[str, float]) -> None:
         tracker.log(step, m)
@@ -157,7 +156,9 @@ def sft(cfg: Config) -> dict[str, float]:
                 log.info("time budget spent: skipping DAgger rounds %d..%d", k, s.dagger_rounds)
                 break
             model.eval()
-            policy = make_policy("hf", model=model, tokenizer=tokenizer)
+            if policy is None:  # rollout.backend as in train (auto: vLLM where it works), started once
+                policy = make_rollout_policy(cfg, model, tokenizer)
+            sync_weights(cfg, policy, model)  # the engine plays the weights SFT has trained so far
             new, m = collect_round(cfg, env_id, template, policy, round_index=k, games=s.dagger_games,
                                    beta=s.dagger_beta ** k, temperature=s.dagger_temperature, num_tasks=num_tasks,
                                    pool=pool)
@@ -178,6 +179,8 @@ def sft(cfg: Config) -> dict[str, float]:
         log.info("SFT checkpoint: %s", final)
         metrics["sft/demonstrations"] = float(len(train_demos))
     finally:
+        if policy is not None:
+            policy.close()
         if pool is not None:
             pool.close()
         tracker.close()

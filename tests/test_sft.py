@@ -204,10 +204,17 @@ def test_sft_run_learns_and_train_and_eval_load_its_checkpoint(tiny_model, tmp_p
     assert results["episodes"] == 3
 
 
-def test_dagger_round_labels_the_states_the_model_reaches(tiny_model, tmp_path):
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
+def test_dagger_round_labels_the_states_the_model_reaches(tiny_model, tmp_path, backend):
+    """The model's turns are played by the rollout backend (vllm: an engine synced with the SFT weights)."""
+    if backend == "vllm":
+        from test_policies import need_vllm
+
+        need_vllm()
     run = tmp_path / "dagger"
     metrics = sft(_sft_cfg(tiny_model, run, "sft.epochs=2", "sft.dagger_rounds=1", "sft.dagger_games=4",
-                           "sft.dagger_beta=0.0"))
+                           "sft.dagger_beta=0.0", f"rollout.backend={backend}", "rollout.vllm.dtype=float32",
+                           "rollout.vllm.max_model_len=1024"))
     round1 = read_jsonl([run / "demos" / "round_1.jsonl"])
     assert {d.stamp["actor"] for d in round1} == {"policy"} and {d.stamp["round"] for d in round1} == {1}
     # every label is the expert's action for the state the model was in (its reply format)
