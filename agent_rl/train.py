@@ -142,19 +142,15 @@ def make_rollout_policy(cfg: Config, model, tokenizer):
     hf (with a warning that says why). The choice is written back to ``cfg.rollout.backend``, so weight
     sync and resume below act for the backend actually in use."""
     from trainers.policies import make_policy
-    from trainers.policies.base import resolve_backend
+    from trainers.policies.base import start_backend
 
     if cfg.rollout.backend == "auto":
-        cfg.rollout.backend = resolve_backend("auto")
-        log.info("rollout.backend=auto: using %s", cfg.rollout.backend)
-        if cfg.rollout.backend == "vllm":
-            try:
-                return make_rollout_policy(cfg, model, tokenizer)
-            except Exception as exc:  # auto promises a working backend: fall back, loudly
-                log.warning("rollout.backend=auto: the vLLM engine did not start (%s: %s); rolling out with hf "
-                            "instead (rollout=vllm shows the full error)", type(exc).__name__, exc)
-                cfg.rollout.backend = "hf"
-        return make_rollout_policy(cfg, model, tokenizer)
+        def build(backend: str):
+            cfg.rollout.backend = backend
+            return make_rollout_policy(cfg, model, tokenizer)
+
+        policy, cfg.rollout.backend = start_backend("auto", build, what="rollout.backend=auto", explicit="rollout=vllm")
+        return policy
     in_actor = cfg.ray.rollout_in_actor
     if cfg.rollout.backend == "hf" and not in_actor:  # generation uses the very model being trained: nothing to sync
         return make_policy("hf", model=model, tokenizer=tokenizer)

@@ -234,6 +234,12 @@ def test_auto_backend_falls_back_to_hf_when_the_engine_fails(tiny_path, monkeypa
     pol = make_rollout_policy(cfg, model, tok)
     assert isinstance(pol, HFPolicy) and pol.model is model  # the trained model itself: sync is free
     assert cfg.rollout.backend == "hf"  # weight sync and resume read the backend in use
+    # eval's --backend auto goes through the same fallback
+    from agent_rl.eval import build_parser, make_policy_from_args
+
+    args = build_parser().parse_args(["--model", str(tiny_path)])
+    pol, name = make_policy_from_args(args)
+    assert isinstance(pol, HFPolicy) and args.backend == "hf" and name == str(tiny_path)
 
 
 def test_vllm_dtype_auto_is_bf16_where_native():

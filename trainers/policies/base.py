@@ -165,6 +165,23 @@ def check_choices(choices: Any, num_prompts: int) -> list[list[str] | None]:
     return [None if c is None else list(c) for c in choices]
 
 
+def start_backend(name: str, build: Any, *, what: str, explicit: str) -> tuple[Any, str]:
+    """``(build(backend), backend)`` for backend ``name``. For ``"auto"``: the first usable backend of
+    :data:`AUTO_ORDER`; when its engine then fails to start, hf instead, with a warning (``what`` names the
+    setting, ``explicit`` how to see the full error). Used by train, sft and eval alike."""
+    if name != "auto":
+        return build(name), name
+    chosen = resolve_backend("auto")
+    log.info("%s: using %s", what, chosen)
+    if chosen != "hf":
+        try:
+            return build(chosen), chosen
+        except Exception as exc:  # auto promises a working backend: fall back, loudly
+            log.warning("%s: the %s engine did not start (%s: %s); using hf instead (%s shows the full error)",
+                        what, chosen, type(exc).__name__, exc, explicit)
+    return build("hf"), "hf"
+
+
 def check_prompts(prompts: list[list[int]], vocab_size: int | None = None) -> None:
     """Reject prompts a backend would choke on, with a message that says which one."""
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, (list, tuple)):
