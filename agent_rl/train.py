@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_rl.config import Config, ConfigError, validate
+from trainers.batch import collect_rollouts, env_num_tasks, row_advantages, sample_tasks  # the step's batch
 
 log = logging.getLogger("agent_rl")
 
@@ -233,84 +234,6 @@ def _merged_lora_state(model) -> dict:
         finally:
             model.unmerge_adapter()
     return state
-
-
-def env_num_tasks(pool) -> int | None:
-    """The env's task count (``env.unwrapped.num_tasks``), or None for an env without one."""
-    try:
-        return int(pool.get_attr("num_tasks"))
-    except (AttributeError, RuntimeError, TypeError, ValueError):
-        return None
-
-
-def sample_tasks(rng: random.Random, num_tasks: int | None, count: int, step: int, seed: int, offset: int = 0):
-    """``count`` distinct tasks (with replacement only when the env has fewer), each with
-    its own reset seed; all G members of a group will share one TaskSpec. An env without
-    ``num_tasks`` gets seeds only: its ``reset(seed)`` chooses the task. ``offset``: tasks already
-    drawn this step (dynamic sampling's extra rounds), so reset seeds never repeat within a step."""
-    from agent_rl.types import TaskSpec
-
-    reset_seed = [seed * 1_000_003 + step * 1_009 + offset + k for k in range(count)]
-    if num_tasks is None:
-        return [TaskSpec(task_id=f"seed{s}", seed=s, options={}) for s in reset_seed]
-    picks = rng.sample(range(num_tasks), count) if count <= num_tasks else [rng.randrange(num_tasks) for _ in range(count)]
-    return [TaskSpec(task_id=str(i), seed=s, options={"task": i}) for i, s in zip(picks, reset_seed)]
-
-
-def collect_rollouts(cfg: Config, engine, tasks, num_tasks: int | None, step: int):
-    """One step's training trajectories and rollout metrics: ``tasks`` × G episodes, less the groups with an
-    env/worker failure (an infrastructure fault is not the policy's doing). With ``algo.dynamic_sampling``,
-    groups whose rewards are all equal are dropped too, and more tasks are played (at most
-    ``algo.dynamic_sampling_rounds`` extra rounds, drawn from a per-step stream so a resumed run replays the
-    same tasks) until ``rollout.tasks_per_step`` informative groups are held. ``rollout/*`` success metrics
-    are those of the first round, comparable with runs without dynamic sampling."""
-    from trainers.rollout import drop_failed_groups
-
-    trajectories, metrics = engine.run(tasks, cfg.rollout.group_size)
-    trajectories, dropped = drop_failed_groups(trajectories)
-    if cfg.algo.dynamic_sampling:
-        want, played, rounds = cfg.rollout.tasks_per_step, len(tasks), 0
-        rng = random.Random(cfg.train.seed * 7_919 + step)
-        kept = informative_groups(trajectories)
-        while len(kept) < want and rounds < cfg.algo.dynamic_sampling_rounds:
-            rounds += 1
-            more = sample_tasks(rng, num_tasks, want - len(kept), step, cfg.train.seed, offset=played)
-            played += len(more)
-            extra, _ = engine.run(more, cfg.rollout.group_size)
-            extra, lost = drop_failed_groups(extra)
-            dropped += lost
-            kept += informative_groups(extra)
-        kept = kept[:want]
-        trajectories = [t for group in kept for t in group]
-        metrics.update({"rollout/informative_groups": float(len(kept)), "rollout/extra_rounds": float(rounds),
-                        "rollout/tasks_played": float(played)})
-    metrics["rollout/dropped_episodes"] = float(dropped)
-    return trajectories, metrics
-
-
-def row_advantages(cfg: Config, batch):
-    """Group-relative advantages, one per loss row (``TrajectoryBatch.rows``): per trajectory, or with
-    ``algo.ratio_unit=turn`` per turn, each turn carrying its episode's reward and normalised over all turn
-    rows of its group (so a long episode weighs more, as in the HölderPO authors' per-turn ALFWorld code)."""
-    import torch
-
-    from trainers.advantages import compute_advantages
-
-    owners = batch.row_trajectories(cfg.algo.ratio_unit)  # [R]
-    rewards = torch.tensor([batch.trajectories[k].reward for k in owners], dtype=torch.float32)  # [R]
-    groups = torch.tensor([batch.group_ids[k] for k in owners])  # [R]
-    advantages = compute_advantages(cfg.algo.advantage, rewards, groups)  # [R]
-    if cfg.algo.ratio_unit == "trajectory":
-        batch.advantages = advantages.tolist()
-    return advantages
-
-
-def informative_groups(trajectories) -> list[list]:
-    """The groups (in order of first appearance) whose members' rewards are not all equal."""
-    groups: dict[str, list] = {}
-    for t in trajectories:
-        groups.setdefault(t.group_id, []).append(t)
-    return [g for g in groups.values() if len({t.reward for t in g}) > 1]
 
 
 # ---------------------------------------------------------------------------------------- the loop

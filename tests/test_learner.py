@@ -309,7 +309,8 @@ def test_turn_rows_update_equals_direct_per_turn_gradient(tiny, loss, p):
 
 def test_turn_advantages_are_normalised_over_the_groups_turn_rows():
     """float64 by hand: a group of a won 2-turn and a lost 3-turn episode gives rows [1, 1, 0, 0, 0]."""
-    from agent_rl.train import compose_config, row_advantages
+    from agent_rl.train import compose_config
+    from trainers.batch import row_advantages
 
     batch = make_batch("per_step", seed=0, n_traj=2)
     batch.trajectories[0].turns = batch.trajectories[0].turns[:1] * 2

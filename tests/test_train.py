@@ -323,7 +323,7 @@ class _ScriptedEngine:
 def test_dynamic_sampling_keeps_informative_groups_and_plays_more_tasks():
     import random
 
-    from agent_rl.train import collect_rollouts, sample_tasks
+    from trainers.batch import collect_rollouts, sample_tasks
 
     cfg = compose_config(["rollout.group_size=2", "rollout.tasks_per_step=3", "algo.dynamic_sampling=true",
                           "algo.dynamic_sampling_rounds=4"])
