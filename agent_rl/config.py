@@ -77,8 +77,12 @@ class AlgoConfig:
     # Clip range of the ratio: [1 - clip_low, 1 + clip_high].
     clip_low: float = 0.2
     clip_high: float = 0.2
-    # Advantage estimator from trainers.advantages.ADVANTAGES: grpo, dr_grpo, rloo.
+    # Advantage estimator (trainers.advantages): grpo, dr_grpo, rloo; per turn (ratio_unit=turn): gigpo.
     advantage: str = "grpo"
+    # GiGPO (algo.advantage=gigpo, with ratio_unit=turn): discount of the step returns and weight ω of the
+    # step-level (anchor-state) advantage added to the episode-level one.
+    gigpo_gamma: float = 0.95
+    gigpo_omega: float = 1.0
     # Weight of the low-variance (k3) KL to the reference model, as a loss term (0 disables; no reference is loaded).
     kl_coef: float = 0.0
     # Weight of the entropy bonus (token mean per trajectory).
@@ -394,8 +398,17 @@ def validate(cfg: Config) -> None:
              "use [q_proj,k_proj,v_proj,o_proj] (Llama/Qwen) or the names of your model's linear layers")
     need(cfg.algo.loss in LOSSES, "algo.loss", cfg.algo.loss, f"registered losses are {LOSSES.names()}",
          "pick one of them or register yours with @LOSSES.register")
-    need(cfg.algo.advantage in ADVANTAGES, "algo.advantage", cfg.algo.advantage,
-         f"registered estimators are {ADVANTAGES.names()}", "pick one of them")
+    from trainers.advantages import TURN_ADVANTAGES
+
+    need(cfg.algo.advantage in ADVANTAGES or cfg.algo.advantage in TURN_ADVANTAGES, "algo.advantage",
+         cfg.algo.advantage, f"registered estimators are {ADVANTAGES.names()} and, per turn, {TURN_ADVANTAGES.names()}",
+         "pick one of them")
+    need(cfg.algo.advantage not in TURN_ADVANTAGES or cfg.algo.ratio_unit == "turn", "algo.advantage",
+         cfg.algo.advantage, "it gives one advantage per turn, so the loss needs per-turn rows",
+         "add algo.ratio_unit=turn (or use algo=gigpo)")
+    need(0 <= cfg.algo.gigpo_gamma <= 1 and cfg.algo.gigpo_omega >= 0, "algo.gigpo_gamma/gigpo_omega",
+         (cfg.algo.gigpo_gamma, cfg.algo.gigpo_omega), "gamma is a discount in [0, 1] and omega a weight >= 0",
+         "use 0.95 and 1.0 (the GiGPO paper)")
     need(cfg.algo.p_schedule == "constant" or cfg.algo.p_schedule in SCHEDULES, "algo.p_schedule",
          cfg.algo.p_schedule, f"schedules are constant, {', '.join(SCHEDULES.names())}", "pick one of them")
     need(0 <= cfg.algo.clip_low < 1, "algo.clip_low", cfg.algo.clip_low, "the ratio's lower bound 1-clip_low must be in (0, 1]", "use e.g. 0.2")
@@ -506,6 +519,10 @@ ALGO_PRESETS: dict[str, dict[str, Any]] = {
     "gspo": {"loss": "gspo", "p_schedule": "constant", "p_start": 0.0, "p_end": 0.0},
     "gmpo": {"loss": "gmpo", "p_schedule": "constant", "p_start": 0.0, "p_end": 0.0},
     "dr_grpo": {"loss": "dr_grpo", "advantage": "dr_grpo", "p_schedule": "constant", "p_start": 1.0, "p_end": 1.0},
+    # GiGPO: GRPO's token loss on per-turn rows with episode + anchor-state step advantages (verl-agent's).
+    # Hölder with GiGPO credit: algo=holder algo.advantage=gigpo algo.ratio_unit=turn.
+    "gigpo": {"loss": "grpo", "advantage": "gigpo", "ratio_unit": "turn", "p_schedule": "constant",
+              "p_start": 1.0, "p_end": 1.0},
 }
 
 ENV_PRESETS: dict[str, dict[str, Any]] = {

@@ -92,3 +92,73 @@ def test_registry_rejects_duplicates_and_suggests_names():
     with pytest.raises(RegistryError, match="Did you mean 'alpha'"):
         reg.get("alpah")
     assert "grpo" in ADVANTAGES and "cubic" in SCHEDULES
+
+
+# ----------------------------------------------------------------------------- GiGPO
+
+
+def _episode(group, steps, penalty_turns=()):
+    """A per_step trajectory from (observation, reward) steps; turns listed in penalty_turns are invalid."""
+    from agent_rl.types import Trajectory, Turn
+
+    turns = [Turn(observation=o, prompt_ids=[1], response_ids=[2], response_logprobs=[-0.1], reward=r,
+                  action_valid=i not in penalty_turns) for i, (o, r) in enumerate(steps)]
+    env_return = sum(r for _, r in steps)
+    return Trajectory(traj_id=f"{group}-{len(steps)}-{steps[0][0]}", group_id=group, task_id=group, turns=turns,
+                      reward=env_return - 0.1 * len(penalty_turns), prompt_mode="per_step")
+
+
+def _gigpo_reference(trajs, gamma, omega, penalty):
+    """GiGPO by hand in float64 python: episode z-scores per group, step z-scores per (group, observation)."""
+    import statistics
+
+    def z(values, x):
+        if len(values) < 2 or statistics.stdev(values) < 1e-12:
+            return 0.0
+        return (x - statistics.mean(values)) / (statistics.stdev(values) + 1e-6)
+
+    rows, anchor = [], {}
+    for t in trajs:
+        group = [u.reward for u in trajs if u.group_id == t.group_id]
+        r = [u.reward - penalty * (not u.action_valid) for u in t.turns]
+        rets = [sum(gamma ** (k - i) * r[k] for k in range(i, len(r))) for i in range(len(r))]
+        for u, ret in zip(t.turns, rets):
+            rows.append((z(group, t.reward), (t.group_id, u.observation), ret))
+            anchor.setdefault((t.group_id, u.observation), []).append(ret)
+    return [a_e + omega * z(anchor[key], ret) for a_e, key, ret in rows]
+
+
+@pytest.mark.parametrize("case", ["repeated_states", "no_repeats", "one_trajectory"])
+def test_gigpo_equals_a_direct_implementation(case):
+    from agent_rl.types import TrajectoryBatch
+    from trainers.advantages import gigpo_advantages
+
+    if case == "repeated_states":  # both start in s0; a revisits s0 and s1 is shared; b wins; group h: two losses
+        trajs = [_episode("g", [("s0", 0), ("s1", 0), ("s0", 0)], penalty_turns=(2,)),
+                 _episode("g", [("s0", 0), ("s1", 0), ("s2", 1.0)]),
+                 _episode("g", [("s0", 0), ("s3", 1.0)]),
+                 _episode("h", [("x", 0), ("y", 0)]), _episode("h", [("x", 0)])]
+    elif case == "no_repeats":
+        trajs = [_episode("g", [("a", 0), ("b", 1.0)]), _episode("g", [("c", 0), ("d", 0)])]
+    else:
+        trajs = [_episode("g", [("a", 0), ("a", 1.0)])]
+    got = gigpo_advantages(TrajectoryBatch(trajs), gamma=0.9, omega=0.7, invalid_action_penalty=0.1)
+    want = _gigpo_reference(trajs, 0.9, 0.7, 0.1)
+    assert got.shape == (sum(len(t.turns) for t in trajs),)
+    assert got.tolist() == pytest.approx(want, abs=1e-5)
+    if case == "no_repeats":  # no anchor state is shared: GiGPO is GRPO given to every turn
+        assert got.tolist() == pytest.approx([1 / (2 ** 0.5)] * 2 + [-1 / (2 ** 0.5)] * 2, abs=1e-5)
+    if case == "one_trajectory":  # nothing to compare within the group; its repeated state "a" still has signal
+        assert got[0] != 0 and got[0] == pytest.approx(-got[1])
+
+
+def test_gigpo_runs_in_the_trainer_config():
+    from agent_rl.config import ConfigError, validate
+    from agent_rl.train import compose_config
+
+    cfg = compose_config(["algo=gigpo"])
+    validate(cfg)
+    assert (cfg.algo.loss, cfg.algo.advantage, cfg.algo.ratio_unit) == ("grpo", "gigpo", "turn")
+    validate(compose_config(["algo=holder", "algo.advantage=gigpo", "algo.ratio_unit=turn"]))
+    with pytest.raises(ConfigError, match="per-turn rows"):
+        validate(compose_config(["algo.advantage=gigpo"]))

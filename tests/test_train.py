@@ -378,3 +378,8 @@ def test_paper_preset_has_the_authors_alfworld_settings():
     assert cfg.rollout.stop == [] and (cfg.algo.kl_coef, cfg.algo.entropy_coef) == (0.01, 0.001)
     with pytest.raises(ConfigError, match="rollout.stop"):
         validate(compose_config(["rollout.stop=['']"]))
+
+
+def test_trainer_runs_gigpo(tiny_model, tmp_path):
+    m = train(quick(tiny_model, tmp_path / "gigpo", "train.steps=1", "algo=gigpo", "rollout.max_turns=2"))
+    assert m["perf/optimizer_steps"] == 1 and math.isfinite(m["loss/policy"])

@@ -11,6 +11,16 @@ of one, get 0: there is nothing to compare against.
 * ``rloo``: r − mean of the *other* members (RLOO; equals G/(G − 1)·(r − mean_g))
 
 Add one with ``@ADVANTAGES.register("name")``.
+
+Per-turn estimators (``TURN_ADVANTAGES``, for ``algo.ratio_unit=turn``) see the whole batch and give one
+advantage per turn row (``TrajectoryBatch.rows("turn")`` order):
+
+* ``gigpo`` (GiGPO, Feng et al. 2025): A = A^E + ω·A^S. The episode part A^E is ``grpo`` over the group's
+  trajectories, given to each of a trajectory's turns. The step part groups the turns of a group that acted
+  on the same *anchor state* (identical observation text), and normalises their discounted returns
+  R_t = Σ_k γ^(k−t) r_k within that anchor group as ``grpo`` does; a state seen once gets A^S = 0. Step
+  rewards r_t are the env's reward minus the invalid-action penalty on an invalid turn, so they sum to the
+  trajectory's reward.
 """
 
 from __future__ import annotations
@@ -69,3 +79,31 @@ def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Ten
 def compute_advantages(name: str, rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """``ADVANTAGES.get(name)(rewards, group_ids)``: [B] → [B]."""
     return ADVANTAGES.get(name)(rewards, group_ids)
+
+
+TURN_ADVANTAGES: Registry[Callable[..., torch.Tensor]] = Registry("per-turn advantage estimator")
+
+
+@TURN_ADVANTAGES.register("gigpo")
+def gigpo_advantages(batch, *, gamma: float = 0.95, omega: float = 1.0,
+                     invalid_action_penalty: float = 0.0) -> torch.Tensor:
+    """GiGPO advantages, one per turn row of ``batch`` (a ``TrajectoryBatch`` of per_step trajectories)."""
+    trajs = batch.trajectories
+    group_ids = torch.tensor(batch.group_ids)  # [B]
+    episode = grpo_advantages(torch.tensor([t.reward for t in trajs], dtype=torch.float64), group_ids)  # [B]
+    owner, returns, anchors = [], [], []
+    anchor_index: dict[tuple[int, str], int] = {}
+    for k, t in enumerate(trajs):
+        rewards = [turn.reward - invalid_action_penalty * (not turn.action_valid) for turn in t.turns]
+        running, ret = 0.0, [0.0] * len(rewards)
+        for i in range(len(rewards) - 1, -1, -1):  # discounted return from each turn on
+            running = rewards[i] + gamma * running
+            ret[i] = running
+        for turn, r in zip(t.turns, ret):
+            owner.append(k)
+            returns.append(r)
+            anchors.append(anchor_index.setdefault((int(group_ids[k]), turn.observation), len(anchor_index)))
+    if len(owner) != len(batch.rows("turn")):
+        raise ValueError("gigpo needs one sequence per turn (rollout.prompt_mode=per_step)")
+    step = grpo_advantages(torch.tensor(returns, dtype=torch.float64), torch.tensor(anchors))  # [R]
+    return (episode[torch.tensor(owner, dtype=torch.long)] + omega * step).float()  # [R]

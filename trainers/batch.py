@@ -73,8 +73,12 @@ def row_advantages(cfg: Config, batch):
     rows of its group (so a long episode weighs more, as in the HölderPO authors' per-turn ALFWorld code)."""
     import torch
 
-    from trainers.advantages import compute_advantages
+    from trainers.advantages import TURN_ADVANTAGES, compute_advantages
 
+    if cfg.algo.advantage in TURN_ADVANTAGES:  # estimators that see each turn (GiGPO's anchor states)
+        return TURN_ADVANTAGES.get(cfg.algo.advantage)(
+            batch, gamma=cfg.algo.gigpo_gamma, omega=cfg.algo.gigpo_omega,
+            invalid_action_penalty=cfg.rollout.invalid_action_penalty)
     owners = batch.row_trajectories(cfg.algo.ratio_unit)  # [R]
     rewards = torch.tensor([batch.trajectories[k].reward for k in owners], dtype=torch.float32)  # [R]
     groups = torch.tensor([batch.group_ids[k] for k in owners])  # [R]
