@@ -340,3 +340,15 @@ def test_lora_target_modules_must_exist(tiny_path, tmp_path):
     cfg = quick(tiny_path, tmp_path / "lora", "model.lora.enabled=true", "model.lora.target_modules=[q_proj,qq_proj]")
     with pytest.raises(ConfigError, match=r"\['qq_proj'\] are not linear layers"):
         train(cfg)
+
+
+def test_an_unparseable_reference_answer_is_flagged_when_the_env_loads(caplog):
+    from envs.math.datasets import MathProblem
+    from envs.math.env import MathEnv
+
+    bad = r"x_{0} \cos (\omega t)+$ $\dot{x}_{0} \sin (\omega t) / \omega"  # minerva_math's own (real)
+    problems = [MathProblem(problem_id="ok", problem="1+1?", answer="2", source="t"),
+                MathProblem(problem_id="minerva-bad", problem="x?", answer=bad, source="t")]
+    env = MathEnv(problems=problems)
+    assert env.unparseable_references == [1]
+    assert "cannot be parsed by math-verify" in caplog.text and "minerva-bad" in caplog.text

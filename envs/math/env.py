@@ -8,6 +8,8 @@ JSONL files, Hugging Face).
 
 from __future__ import annotations
 
+import logging
+
 import os
 from typing import Any, Sequence
 
@@ -17,8 +19,10 @@ import numpy as np
 from agent_rl.registry import RegistryError
 from envs.math.datasets import BENCHMARKS, MathProblem, load_dataset
 from envs.math.generated import generate_problems
-from envs.math.grader import EXTRACTOR_INSTRUCTIONS, Extractor, grade, get_extractor
+from envs.math.grader import EXTRACTOR_INSTRUCTIONS, Extractor, grade, get_extractor, unparseable_references
 from envs.spaces import UnicodeText
+
+log = logging.getLogger(__name__)
 
 DEFAULT_NUM_GENERATED = 1000
 
@@ -130,6 +134,14 @@ class MathEnv(gymnasium.Env[str, str]):
         if not self.problems:
             raise ValueError("the math env has no problems to pose (empty problem list)")
         self.dataset = dataset
+        # A reference math-verify cannot parse fails every grade: say so now, once, not one wrong answer at a time.
+        self.unparseable_references = unparseable_references(self.problems)
+        if self.unparseable_references:
+            ids = [self.problems[i].problem_id for i in self.unparseable_references]
+            log.warning("math env (%s): %d reference answer(s) cannot be parsed by math-verify, so those problems "
+                        "can never be graded correct: %s%s. Fix the answers in the data, or drop those problems",
+                        dataset if problems is None else "given problems", len(ids), ", ".join(ids[:5]),
+                        " ..." if len(ids) > 5 else "")
 
         self.observation_space = UnicodeText()
         self.action_space = UnicodeText()

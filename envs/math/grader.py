@@ -176,6 +176,19 @@ def _parse_gold(reference: str, timeout_s: int | None) -> list:
     return list(_parse_gold_cached(reference, timeout_s))
 
 
+def unparseable_references(problems, timeout_s: int = 5) -> list[int]:
+    """Indices of ``problems`` whose reference answer math-verify cannot parse (they can never be graded
+    correct). Parses are cached by reference, so envs of one process share the work (~1-4 s per benchmark)."""
+    bad = []
+    for i, p in enumerate(problems):
+        try:
+            if not _parse_gold(p.answer, timeout_s if _in_main_thread() else None):
+                bad.append(i)
+        except Exception:  # sympy/antlr fail in many ways on odd input: unparseable
+            bad.append(i)
+    return bad
+
+
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGALRM")
 
