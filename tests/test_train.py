@@ -383,3 +383,31 @@ def test_paper_preset_has_the_authors_alfworld_settings():
 def test_trainer_runs_gigpo(tiny_model, tmp_path):
     m = train(quick(tiny_model, tmp_path / "gigpo", "train.steps=1", "algo=gigpo", "rollout.max_turns=2"))
     assert m["perf/optimizer_steps"] == 1 and math.isfinite(m["loss/policy"])
+
+
+def test_failed_groups_are_replayed_once_and_dropped_if_they_fail_again():
+    import random
+
+    from trainers.batch import collect_rollouts, sample_tasks
+
+    class Flaky(_ScriptedEngine):
+        def __init__(self, fail_runs):
+            super().__init__({})
+            self.fail_runs = fail_runs
+
+        def run(self, tasks, group_size):
+            out, m = super().run(tasks, group_size)
+            if len(self.runs) in self.fail_runs:  # this run's first group lost a worker
+                for t in out:
+                    if t.group_id.endswith(":0"):
+                        t.info["error"] = "worker died"
+            return out, m
+
+    cfg = compose_config(["rollout.group_size=2", "rollout.tasks_per_step=3"])
+    tasks = sample_tasks(random.Random(0), 20, 3, 0, 0)
+    engine = Flaky({1})
+    trajs, m = collect_rollouts(cfg, engine, tasks, 20, step=0)
+    assert len(trajs) == 6 and m["rollout/retried_groups"] == 1 and engine.runs[1] == [tasks[0].task_id]
+    engine = Flaky({1, 2})  # fails again: left out
+    trajs, m = collect_rollouts(cfg, engine, tasks, 20, step=0)
+    assert len(trajs) == 4 and m["rollout/dropped_episodes"] == 2 and len(engine.runs) == 2

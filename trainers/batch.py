@@ -38,7 +38,8 @@ def sample_tasks(rng: random.Random, num_tasks: int | None, count: int, step: in
 
 def collect_rollouts(cfg: Config, engine, tasks, num_tasks: int | None, step: int):
     """One step's training trajectories and rollout metrics: ``tasks`` × G episodes, less the groups with an
-    env/worker failure (an infrastructure fault is not the policy's doing). With ``algo.dynamic_sampling``,
+    env/worker failure (an infrastructure fault is not the policy's doing; their tasks are played once more,
+    and what fails again is left out: ``rollout/dropped_episodes``, ``rollout/retried_groups``). With ``algo.dynamic_sampling``,
     groups whose rewards are all equal are dropped too, and more tasks are played (at most
     ``algo.dynamic_sampling_rounds`` extra rounds, drawn from a per-step stream so a resumed run replays the
     same tasks) until ``rollout.tasks_per_step`` informative groups are held. ``rollout/*`` success metrics
@@ -46,7 +47,14 @@ def collect_rollouts(cfg: Config, engine, tasks, num_tasks: int | None, step: in
     from trainers.rollout import drop_failed_groups
 
     trajectories, metrics = engine.run(tasks, cfg.rollout.group_size)
+    failed = {t.task_id for t in trajectories if "error" in t.info}
     trajectories, dropped = drop_failed_groups(trajectories)
+    if failed:  # replay the failed groups' tasks once (same start states), so a fault does not shrink the step
+        retry = [task for task in tasks if task.task_id in failed]
+        again, _ = engine.run(retry, cfg.rollout.group_size)
+        again, _ = drop_failed_groups(again)
+        trajectories += again
+        metrics["rollout/retried_groups"] = float(len(retry))
     if cfg.algo.dynamic_sampling:
         want, played, rounds = cfg.rollout.tasks_per_step, len(tasks), 0
         rng = random.Random(cfg.train.seed * 7_919 + step)
