@@ -182,6 +182,9 @@ class TrainConfig:
     eval_episodes: int = 16
     # Also evaluate before the first step (a baseline for the curve).
     eval_at_start: bool = False
+    # Periodic eval protocol (eval.tasks.PROTOCOLS): default (env.eval_kwargs, eval_episodes, greedy) or verl-agent
+    # (ALFWorld valid_seen, 128 episodes, temperature 0.4: the HölderPO authors' eval).
+    eval_protocol: str = "default"
     # Save a checkpoint every N steps (and at the end); keep the newest `keep_checkpoints`.
     save_every: int = 1
     keep_checkpoints: int = 2
@@ -380,6 +383,13 @@ def validate(cfg: Config) -> None:
          "use e.g. 16, or train.eval_every=0")
     need(cfg.rollout.stop is None or all(isinstance(x, str) and x for x in cfg.rollout.stop), "rollout.stop",
          cfg.rollout.stop, "stop strings must be non-empty", "use null (the template's) or [] (end-of-sequence only)")
+    from eval.tasks import PROTOCOLS
+
+    need(cfg.train.eval_protocol in PROTOCOLS, "train.eval_protocol", cfg.train.eval_protocol,
+         f"protocols are {', '.join(PROTOCOLS)}", "use default or verl-agent")
+    need(cfg.train.eval_protocol != "verl-agent" or cfg.env.id in ("alfworld", "agent_rl/ALFWorld-v0"),
+         "train.eval_protocol", cfg.train.eval_protocol, "verl-agent's protocol plays ALFWorld valid_seen games",
+         "use train.eval_protocol=default for this env")
     need(cfg.rollout.history_k >= 0, "rollout.history_k", cfg.rollout.history_k,
          "it counts past (observation, action) pairs shown in the prompt", "use 2 (the paper) or 0")
     need(cfg.rollout.invalid_action_penalty >= 0, "rollout.invalid_action_penalty", cfg.rollout.invalid_action_penalty,

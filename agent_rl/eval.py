@@ -130,13 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Eval protocols: the flags each one sets (an explicit flag that disagrees is refused). "default" is ours.
-PROTOCOLS: dict[str, dict[str, Any]] = {
-    "default": {"temperature": 0.0},
-    # verl-agent's ALFWorld validation (and the HölderPO authors'): val batch of 128 seeded valid_seen
-    # episodes, sampled at temperature 0.4.
-    "verl-agent": {"split": "valid_seen", "episodes": 128, "temperature": 0.4},
-}
+from eval.tasks import PROTOCOLS  # noqa: E402  (the flags each eval protocol sets)
 
 
 def apply_protocol(args: argparse.Namespace) -> None:

@@ -414,10 +414,14 @@ def check_finite_updates(cfg: Config, metrics: dict[str, float], in_a_row: int, 
 
 def run_periodic_eval(cfg: Config, env_id: str, policy, step: int) -> dict[str, float]:
     from eval.runner import evaluate
+    from eval.tasks import PROTOCOLS
 
+    protocol = PROTOCOLS[cfg.train.eval_protocol]
     kwargs = dict(cfg.env.eval_kwargs) or dict(cfg.env.kwargs)
-    result = evaluate(policy, env_id=env_id, env_kwargs=kwargs, episodes=cfg.train.eval_episodes,
-                      max_steps=cfg.rollout.max_turns, temperature=0.0, workers=cfg.env.num_workers,
+    if "split" in protocol:
+        kwargs["split"] = protocol["split"]
+    result = evaluate(policy, env_id=env_id, env_kwargs=kwargs, episodes=protocol.get("episodes", cfg.train.eval_episodes),
+                      max_steps=cfg.rollout.max_turns, temperature=protocol["temperature"], workers=cfg.env.num_workers,
                       seed=cfg.train.seed, import_modules=list(cfg.env.import_modules),
                       max_new_tokens=cfg.rollout.max_new_tokens, progress=False,
                       rollout_kwargs={"history_k": cfg.rollout.history_k, "prompt_mode": cfg.rollout.prompt_mode,

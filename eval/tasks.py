@@ -20,6 +20,14 @@ from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
 
+# Eval protocols: what each one sets (the CLI refuses an explicit flag that disagrees; training's periodic eval
+# follows train.eval_protocol). "default" is ours: every game of valid_unseen once, greedy.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "default": {"temperature": 0.0},
+    # verl-agent's ALFWorld validation (and the HölderPO authors'): 128 seeded valid_seen episodes at temperature 0.4.
+    "verl-agent": {"split": "valid_seen", "episodes": 128, "temperature": 0.4},
+}
+
 MAX_ACTION_CHARS = 2000  # the last reply kept per episode record (a math answer, an ALFWorld command)
 
 

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import gymnasium as gym
 import pytest
@@ -411,3 +412,24 @@ def test_failed_groups_are_replayed_once_and_dropped_if_they_fail_again():
     engine = Flaky({1, 2})  # fails again: left out
     trajs, m = collect_rollouts(cfg, engine, tasks, 20, step=0)
     assert len(trajs) == 4 and m["rollout/dropped_episodes"] == 2 and len(engine.runs) == 2
+
+
+def test_periodic_eval_follows_the_eval_protocol(monkeypatch):
+    import eval.runner
+    from agent_rl.train import run_periodic_eval
+
+    seen = {}
+
+    def fake_evaluate(policy, **kwargs):
+        seen.update(kwargs)
+        return SimpleNamespace(metrics={"eval/success_rate": 0.5, "other": 1.0})
+
+    monkeypatch.setattr(eval.runner, "evaluate", fake_evaluate)
+    cfg = compose_config(["env=alfworld", "train.eval_protocol=verl-agent"])
+    validate(cfg)
+    assert run_periodic_eval(cfg, "agent_rl/ALFWorld-v0", None, 0) == {"eval/success_rate": 0.5}
+    assert (seen["env_kwargs"]["split"], seen["episodes"], seen["temperature"]) == ("valid_seen", 128, 0.4)
+    run_periodic_eval(compose_config(["env=alfworld", "train.eval_episodes=7"]), "agent_rl/ALFWorld-v0", None, 0)
+    assert (seen["env_kwargs"]["split"], seen["episodes"], seen["temperature"]) == ("valid_unseen", 7, 0.0)
+    with pytest.raises(ConfigError, match="valid_seen"):
+        validate(compose_config(["env=math", "train.eval_protocol=verl-agent"]))
