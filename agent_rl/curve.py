@@ -151,7 +151,8 @@ def report(rows: list[dict], args) -> None:
     ax.set_xticks(list(xs), [x["stage"] for x in overall])
     ax.set_ylabel(f"success on {args.episodes} {args.source} valid_unseen games")
     ax.set_ylim(0, 1)
-    ax.set_title("SmolLM2-135M-Instruct on ALFWorld (CPU), Wilson 95%")
+    mode = ", actions constrained to the admissible ones" if getattr(args, "constrain_actions", False) else ""
+    ax.set_title(f"SmolLM2-135M-Instruct on ALFWorld (CPU{mode}), Wilson 95%", fontsize=10)
     fig.tight_layout()
     fig.savefig(args.out / "curve.png", dpi=120)
     print(f"alfworld_curve wrote {args.out / 'curve.csv'} and {args.out / 'curve.png'}")
