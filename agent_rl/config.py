@@ -168,7 +168,7 @@ class TrainConfig:
     # Gradient-norm clipping bound; 0 or null: no clipping (Hugging Face's convention). Must be >= 0.
     max_grad_norm: Optional[float] = 1.0
     # An update whose loss or gradient is NaN/inf takes no optimizer step (counted in train/nonfinite_updates);
-    # this many steps in a row with every update skipped stop the run with an error.
+    # this many steps in a row with every update skipped stop the run with an error (SFT: batches in a row).
     max_nonfinite_steps: int = 3
     # Token budget of one packed micro-batch in the learner (padding-free); gradient accumulation covers the rest.
     micro_batch_tokens: int = 4096
@@ -325,19 +325,20 @@ RESUME_SAFE = ("train.steps", "train.run_dir", "train.resume", "train.progress",
                "rollout.vllm.", "env.num_workers", "env.eval_kwargs.")
 
 
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {dotted key: leaf value} (an empty dict is a leaf)."""
+    if not isinstance(d, dict):
+        return {prefix[:-1]: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
 def resume_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Keys (dotted) whose value differs between a checkpoint's config and this run's, other than
     :data:`RESUME_SAFE` ones; keys one side lacks (a field added since) are not compared."""
-
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(d, dict):
-            return {prefix[:-1]: d}
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
-        return out
-
-    a, b = flat(saved), flat(current)
+    a, b = flatten(saved), flatten(current)
     return sorted(k for k in set(a) & set(b) if a[k] != b[k]
                   and not any(k == s or (s.endswith(".") and k.startswith(s)) for s in RESUME_SAFE))
 

@@ -364,7 +364,7 @@ def check_resume_config(cfg: Config, ckpt) -> None:
     import yaml
     from omegaconf import OmegaConf
 
-    from agent_rl.config import resume_changes
+    from agent_rl.config import flatten, resume_changes
 
     meta = json.loads((ckpt / "trainer_state.json").read_text())  # readable: latest_checkpoint checked it
     if (meta.get("extra") or {}).get("kind") == "sft":
@@ -380,18 +380,13 @@ def check_resume_config(cfg: Config, ckpt) -> None:
     current = OmegaConf.to_container(OmegaConf.structured(cfg))
     changed = resume_changes(saved, current)
     if changed:
-        details = "; ".join(f"{k}: {_dig(saved, k)!r} there, {_dig(current, k)!r} now" for k in changed[:8])
+        was, now = flatten(saved), flatten(current)
+        details = "; ".join(f"{k}: {was[k]!r} there, {now[k]!r} now" for k in changed[:8])
         raise ConfigError(
             f"train.run_dir={cfg.train.run_dir} holds a run with another configuration ({details}); resuming "
             f"would continue that run as if it were this one. Fix: use a new train.run_dir, or rerun with the "
             f"saved settings (they are in {path})"
         )
-
-
-def _dig(d: dict, dotted: str):
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
 
 
 def check_finite_updates(cfg: Config, metrics: dict[str, float], in_a_row: int, step: int) -> int:

@@ -166,11 +166,12 @@ class TrajectoryBatch:
     def sequences(self) -> list[Sequence]:
         return [s for i, t in enumerate(self.trajectories) for s in t.sequences(i)]
 
-    def rows(self, unit: str = "trajectory") -> list[list[int]]:
+    def rows(self, unit: str = "trajectory", sequences: list[Sequence] | None = None) -> list[list[int]]:
         """The loss rows: for each, the indices (into :meth:`sequences`) of the sequences whose agent tokens form
         one ratio. ``trajectory``: one row per trajectory, all its turns (the default, M_p over the episode);
-        ``turn``: one row per turn (``per_step`` prompts, where each turn is its own sequence)."""
-        seqs = self.sequences()
+        ``turn``: one row per turn (``per_step`` prompts, where each turn is its own sequence).
+        ``sequences``: :meth:`sequences` when the caller has built them already (they copy every token)."""
+        seqs = self.sequences() if sequences is None else sequences
         if unit == "turn":
             if any(t.prompt_mode != "per_step" for t in self.trajectories):
                 raise ValueError("ratio_unit='turn' needs per_step prompts (one sequence per turn); a conversation "
@@ -185,7 +186,7 @@ class TrajectoryBatch:
 
     def row_trajectories(self, unit: str = "trajectory") -> list[int]:  # [R]: the trajectory of each row
         seqs = self.sequences()
-        return [seqs[r[0]].traj_index if r else k for k, r in enumerate(self.rows(unit))]
+        return [seqs[r[0]].traj_index if r else k for k, r in enumerate(self.rows(unit, seqs))]
 
 
 @dataclass

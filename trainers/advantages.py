@@ -89,6 +89,8 @@ def gigpo_advantages(batch, *, gamma: float = 0.95, omega: float = 1.0,
                      invalid_action_penalty: float = 0.0) -> torch.Tensor:
     """GiGPO advantages, one per turn row of ``batch`` (a ``TrajectoryBatch`` of per_step trajectories)."""
     trajs = batch.trajectories
+    if any(t.prompt_mode != "per_step" for t in trajs):
+        raise ValueError("gigpo needs one sequence per turn (rollout.prompt_mode=per_step)")
     group_ids = torch.tensor(batch.group_ids)  # [B]
     episode = grpo_advantages(torch.tensor([t.reward for t in trajs], dtype=torch.float64), group_ids)  # [B]
     owner, returns, anchors = [], [], []
@@ -103,7 +105,5 @@ def gigpo_advantages(batch, *, gamma: float = 0.95, omega: float = 1.0,
             owner.append(k)
             returns.append(r)
             anchors.append(anchor_index.setdefault((int(group_ids[k]), turn.observation), len(anchor_index)))
-    if len(owner) != len(batch.rows("turn")):
-        raise ValueError("gigpo needs one sequence per turn (rollout.prompt_mode=per_step)")
     step = grpo_advantages(torch.tensor(returns, dtype=torch.float64), torch.tensor(anchors))  # [R]
     return (episode[torch.tensor(owner, dtype=torch.long)] + omega * step).float()  # [R]

@@ -141,7 +141,7 @@ class Learner:
         ``advantages``: one per loss row (``batch.rows(ratio_unit)``): [B] per trajectory, or one per turn."""
         t0 = time.perf_counter()
         sequences = batch.sequences()
-        seqs_of = batch.rows(self.s.ratio_unit)  # per loss row, its sequences (a trajectory's turns, or one turn)
+        seqs_of = batch.rows(self.s.ratio_unit, sequences)  # per loss row, its sequences (a trajectory's turns, or one turn)
         if advantages.shape != (len(seqs_of),):
             what = "[B]" if self.s.ratio_unit == "trajectory" else "[turns]"
             raise ValueError(f"advantages must be {what}=[{len(seqs_of)}] (one per {self.s.ratio_unit}), got "

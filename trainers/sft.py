@@ -23,9 +23,6 @@ import torch
 
 from agent_rl.types import Sequence
 from prompts.render import messages_prompt_ids
-
-# Batches in a row whose loss or gradient is NaN/inf (each skipped) before SFT stops with an error.
-MAX_NONFINITE_IN_A_ROW = 3
 from trainers.attention import enable_varlen_attention, is_varlen
 from trainers.packing import pack_sequences, token_logprobs_and_entropy
 
@@ -43,6 +40,7 @@ class SftSettings:
     micro_batch_tokens: int = 8192
     bf16_autocast: bool | None = None
     seed: int = 0
+    max_nonfinite_steps: int = 3  # batches in a row with a NaN/inf loss or gradient (each skipped) before stopping
 
 
 def sft_sequences(demos: Seq[Any], tokenizer: Any) -> list[Sequence]:
@@ -133,7 +131,7 @@ class SftLearner:
                 if log is not None:
                     log(self.steps, {"sft/loss": nll / max(n, 1), "sft/grad_norm": float(grad_norm),
                                      "train/nonfinite_updates": float(nonfinite)})
-                if nonfinite >= MAX_NONFINITE_IN_A_ROW:
+                if nonfinite >= self.s.max_nonfinite_steps:
                     raise RuntimeError(
                         f"SFT stopped: {nonfinite} batches in a row had a NaN/inf loss or gradient and were skipped "
                         f"(the weights are unchanged since). Fix: lower sft.lr, check the demonstrations and the "
