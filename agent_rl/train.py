@@ -8,6 +8,10 @@ Data flow of one step (read :func:`train` from top to bottom):
 
 Configuration is Hydra (see :mod:`agent_rl.config` for every field); Hydra, Ray and vLLM
 are imported only inside the functions that need them.
+
+Under ``torchrun --nproc_per_node=N -m agent_rl.train ...`` the learner is data-parallel
+(:mod:`trainers.distributed`): rank 0 owns rollouts, eval, weight sync, checkpoints and logging
+(``dp.from_main``/``dp.on_main`` below) and every rank updates on its shard of the batch.
 """
 
 from __future__ import annotations
@@ -129,6 +133,20 @@ def load_model(cfg: Config, checkpoint: Path | None = None):
     return model, tokenizer
 
 
+def make_rollout_engine(cfg: Config, policy, pool, template):
+    """The multi-turn rollout engine over ``pool`` with ``policy`` (rollout.* settings)."""
+    from trainers.policies.base import SamplingParams
+    from trainers.rollout import RolloutEngine
+
+    return RolloutEngine(policy, pool, max_turns=cfg.rollout.max_turns, history_k=cfg.rollout.history_k,
+                         sampling=SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                                 max_tokens=cfg.rollout.max_new_tokens,
+                                                 stop=None if cfg.rollout.stop is None else list(cfg.rollout.stop)),
+                         prompt_mode=cfg.rollout.prompt_mode, max_prompt_tokens=cfg.rollout.max_prompt_tokens,
+                         invalid_action_penalty=cfg.rollout.invalid_action_penalty, template=template,
+                         constrain_actions=cfg.rollout.constrain_actions, progress=cfg.train.progress)
+
+
 def learner_autocast(cfg: Config) -> bool | None:
     """bf16 autocast for the learner: on whenever the model's dtype is bfloat16 (its float32 master weights
     then compute in bf16, see load_model), else ``train.bf16`` (null: on CUDA only)."""
@@ -245,13 +263,13 @@ def train(cfg: Config) -> dict[str, float]:
 
     from agent_rl.types import TrajectoryBatch
     from trainers.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+    from trainers.distributed import init_data_parallel
     from trainers.learner import Learner, LearnerSettings
-    from trainers.policies.base import SamplingParams
-    from trainers.rollout import RolloutEngine
-    from trainers.tracking import Tracker
+    from trainers.tracking import NullTracker, Tracker
 
     validate(cfg)
-    run_dir = make_run_dir(cfg)
+    dp = init_data_parallel()  # one process, or this rank of torchrun's
+    run_dir = Path(dp.broadcast(str(make_run_dir(cfg))))  # rank 0's, should Hydra's clock differ between ranks
     ckpt = latest_checkpoint(run_dir)
     resume = str(cfg.train.resume).lower()
     if resume == "true" and ckpt is None:
@@ -271,6 +289,7 @@ def train(cfg: Config) -> dict[str, float]:
     env_id = resolve_env(cfg)
     template = resolve_template(cfg, env_id)
     model, tokenizer = load_model(cfg, ckpt)
+    dp.broadcast_parameters(model)  # identical replicas whatever each rank's initialisation (a LoRA adapter's)
     ref_model = None
     if cfg.algo.kl_coef > 0 and not cfg.model.lora.enabled:
         from trainers.models import load_model_and_tokenizer
@@ -290,26 +309,21 @@ def train(cfg: Config) -> dict[str, float]:
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
     tracker = Tracker(run_dir, config=OmegaConf.to_container(OmegaConf.structured(cfg)), use_wandb=cfg.logging.wandb,
                       wandb_mode=cfg.logging.wandb_mode, project=cfg.logging.project, run_name=cfg.logging.run_name,
-                      resume_id=wandb_id, start_step=start_step)
+                      resume_id=wandb_id, start_step=start_step) if dp.is_main else NullTracker()
     learner = Learner(model, optimizer, LearnerSettings(
         loss=cfg.algo.loss, clip_low=cfg.algo.clip_low, clip_high=cfg.algo.clip_high, kl_coef=cfg.algo.kl_coef,
         entropy_coef=cfg.algo.entropy_coef, micro_batch_tokens=cfg.train.micro_batch_tokens,
         num_minibatches=cfg.algo.num_minibatches, epochs=cfg.algo.epochs, max_grad_norm=cfg.train.max_grad_norm,
         bf16_autocast=learner_autocast(cfg), temperature=cfg.rollout.temperature,
         ratio_unit=cfg.algo.ratio_unit), ref_model=ref_model,
-        seed=cfg.train.seed + start_step)
-    policy = make_rollout_policy(cfg, model, tokenizer)
+        seed=cfg.train.seed + start_step, dp=dp)
+    # the rollout side lives on rank 0 only (None on the other ranks)
+    policy = dp.on_main(make_rollout_policy, cfg, model, tokenizer)
     if ckpt is not None and cfg.rollout.backend != "hf" and not cfg.ray.rollout_in_actor:
-        sync_weights(cfg, policy, model)  # the engine started from model.name, not from the resumed weights
-    pool = make_pool(cfg, env_id, cfg.episodes_per_step, dict(cfg.env.kwargs))
-    engine = RolloutEngine(policy, pool, max_turns=cfg.rollout.max_turns, history_k=cfg.rollout.history_k,
-                           sampling=SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                                   max_tokens=cfg.rollout.max_new_tokens,
-                                                   stop=None if cfg.rollout.stop is None else list(cfg.rollout.stop)),
-                           prompt_mode=cfg.rollout.prompt_mode, max_prompt_tokens=cfg.rollout.max_prompt_tokens,
-                           invalid_action_penalty=cfg.rollout.invalid_action_penalty, template=template,
-                           constrain_actions=cfg.rollout.constrain_actions, progress=cfg.train.progress)
-    num_tasks = env_num_tasks(pool)
+        dp.on_main(sync_weights, cfg, policy, model)  # the engine started from model.name, not the resumed weights
+    pool = dp.on_main(make_pool, cfg, env_id, cfg.episodes_per_step, dict(cfg.env.kwargs))
+    engine = dp.on_main(make_rollout_engine, cfg, policy, pool, template)
+    num_tasks = dp.from_main(env_num_tasks, pool)
     task_rng = random.Random(cfg.train.seed)
     for _ in range(start_step):  # replay the task stream so a resumed run sees the same tasks
         sample_tasks(task_rng, num_tasks, cfg.rollout.tasks_per_step, 0, cfg.train.seed)
@@ -318,14 +332,14 @@ def train(cfg: Config) -> dict[str, float]:
     nonfinite_steps = 0  # steps in a row whose every update was NaN/inf (and so skipped)
     try:
         if cfg.train.eval_at_start and start_step == 0:
-            tracker.log(0, run_periodic_eval(cfg, env_id, policy, 0))
+            tracker.log(0, dp.from_main(run_periodic_eval, cfg, env_id, policy, 0))
         for step in range(start_step, cfg.train.steps):
             t0 = time.perf_counter()
             p = cfg.algo.p_at(step, cfg.train.steps)
             # 1. rollouts: B tasks × G episodes, each group from one identical start state
             model.eval()
             tasks = sample_tasks(task_rng, num_tasks, cfg.rollout.tasks_per_step, step, cfg.train.seed)
-            trajectories, metrics = collect_rollouts(cfg, engine, tasks, num_tasks, step)
+            trajectories, metrics = dp.from_main(collect_rollouts, cfg, engine, tasks, num_tasks, step)
             t_rollout = time.perf_counter() - t0
             # 2. advantages per group, one per loss row (trajectory, or turn)
             batch = TrajectoryBatch(trajectories)
@@ -335,26 +349,27 @@ def train(cfg: Config) -> dict[str, float]:
             metrics.update(learner.update(batch, advantages, p))
             metrics["loss/p"] = p
             # 4. weight sync to the rollout engine
-            sync_weights(cfg, policy, model)
+            dp.on_main(sync_weights, cfg, policy, model)
             # 5. periodic eval, with the same rollout engine code
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0:
-                metrics.update(run_periodic_eval(cfg, env_id, policy, step))
+                metrics.update(dp.from_main(run_periodic_eval, cfg, env_id, policy, step))
             metrics["perf/step_seconds"] = time.perf_counter() - t0
             metrics["perf/rollout_seconds"] = t_rollout
             metrics["train/step"] = step + 1
             # 6. checkpoint (atomic) and metrics
             if (step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps:
-                save_checkpoint(run_dir, model=model, tokenizer=tokenizer, optimizer=optimizer, step=step + 1, p=p,
-                                config_yaml=config_yaml, extra={"wandb_id": tracker.wandb_id},
-                                keep=cfg.train.keep_checkpoints)
+                dp.on_main(save_checkpoint, run_dir, model=model, tokenizer=tokenizer, optimizer=optimizer,
+                           step=step + 1, p=p, config_yaml=config_yaml, extra={"wandb_id": tracker.wandb_id},
+                           keep=cfg.train.keep_checkpoints)
             tracker.log(step + 1, metrics)
-            if cfg.train.progress:
+            if cfg.train.progress and dp.is_main:
                 print(Tracker.console_line(step + 1, cfg.train.steps, metrics), flush=True)
             nonfinite_steps = check_finite_updates(cfg, metrics, nonfinite_steps, step + 1)
     finally:
-        pool.close()
-        policy.close()
-        tracker.close()
+        for part in (pool, policy, tracker):
+            if part is not None:
+                part.close()
+        dp.close()
     return metrics
 
 

@@ -44,6 +44,7 @@ import torch
 from agent_rl.types import Sequence, TrajectoryBatch
 from trainers.losses import ZERO_ADVANTAGE_INERT, kl_low_var, policy_loss
 from trainers.attention import enable_varlen_attention, is_varlen
+from trainers.distributed import DataParallel
 from trainers.packing import pack_sequences, token_logprobs_and_entropy
 
 
@@ -77,11 +78,15 @@ class LearnerSettings:
 
 
 class Learner:
-    def __init__(self, model, optimizer, settings: LearnerSettings, *, ref_model=None, seed: int = 0):
+    def __init__(self, model, optimizer, settings: LearnerSettings, *, ref_model=None, seed: int = 0,
+                 dp: DataParallel | None = None):
         self.model = model
         self.optimizer = optimizer
         self.s = settings
         self.ref_model = ref_model
+        # Data-parallel ranks (trainers.distributed): each computes its shard of the sequences, the logprobs
+        # are gathered so every rank evaluates the same loss, the gradient shares are summed. One rank: no-op.
+        self.dp = dp or DataParallel()
         self.rng = random.Random(seed)
         if settings.varlen_attention:
             for m in (model, ref_model):
@@ -106,13 +111,18 @@ class Learner:
             out.update(mb.gather(lp.float().cpu()))
         return out
 
+    def _all_logprobs(self, model, sequences: list[Sequence], indices: list[int]) -> dict[int, torch.Tensor]:
+        """sequence_logprobs of ``indices``, each rank computing its shard, gathered on every rank."""
+        mine = self.dp.shard(indices, [len(s) for s in sequences])
+        return self.dp.gather_dict(self.sequence_logprobs(model, sequences, mine))
+
     def _row_tokens(self, model) -> int | None:
         # varlen flash-attention kernels make long packed rows free; dense masks do not
         return self.s.micro_batch_tokens if is_varlen(model) else None
 
     def ref_logprobs(self, sequences, indices) -> dict[int, torch.Tensor]:
         if self.ref_model is not None:
-            return self.sequence_logprobs(self.ref_model, sequences, indices)
+            return self._all_logprobs(self.ref_model, sequences, indices)
         disable = getattr(self.model, "disable_adapter", None)  # LoRA: the base model is the reference
         if disable is None:
             raise ValueError(
@@ -120,7 +130,7 @@ class Learner:
                 "(then the adapter-free base model is the reference)"
             )
         with disable():
-            return self.sequence_logprobs(self.model, sequences, indices)
+            return self._all_logprobs(self.model, sequences, indices)
 
     @staticmethod
     def _traj_matrix(per_seq: dict[int, torch.Tensor], traj_seqs: list[list[int]], masks: list[torch.Tensor]):
@@ -151,7 +161,7 @@ class Learner:
         inert = self._inert_sequences(seqs_of, advantages)
         # Inert sequences take their placeholder as both old and current logprobs: ratio exactly 1.
         placeholder = {i: torch.zeros(len(sequences[i])) for i in inert}
-        old = self.sequence_logprobs(self.model, sequences, [i for i in all_idx if i not in inert])
+        old = self._all_logprobs(self.model, sequences, [i for i in all_idx if i not in inert])
         old.update(placeholder)
         ref = self.ref_logprobs(sequences, all_idx) if self.s.kl_coef > 0 else None
         sampled = {i: torch.tensor(s.logprobs) for i, s in enumerate(sequences)}
@@ -174,7 +184,7 @@ class Learner:
                 if fresh:
                     current = old
                 else:
-                    current = self.sequence_logprobs(self.model, sequences, live_idx)
+                    current = self._all_logprobs(self.model, sequences, live_idx)
                     current.update({i: placeholder[i] for i in seq_idx if i in inert})
                 lp_mat, mask = self._traj_matrix(current, [seqs_of[t] for t in trajs], masks)  # [b, T]
                 old_mat, _ = self._traj_matrix(old, [seqs_of[t] for t in trajs], masks)  # [b, T]
@@ -217,7 +227,9 @@ class Learner:
                     metrics["perf/skipped_zero_gradient"] = 1.0
                 else:
                     grad_seq = self._scatter(g_mat, [seqs_of[t] for t in trajs], masks, sequences)
-                    entropy_sum, ent_tokens = self._backward(sequences, live_idx, grad_seq, ent_coef)
+                    mine = self.dp.shard(live_idx, [len(s) for s in sequences])
+                    entropy_sum, ent_tokens = self.dp.sum_floats(list(self._backward(sequences, mine, grad_seq, ent_coef)))
+                    self.dp.reduce_gradients(self.model)  # the shares of one sum: the single-process gradient
                     if ent_tokens:
                         metrics["loss/entropy"] = entropy_sum / ent_tokens
                 # max_grad_norm 0/None: no clipping (Hugging Face's convention); the norm is still reported

@@ -73,6 +73,18 @@ class Tracker:
             self.wandb_run.finish()
 
 
+class NullTracker:
+    """The tracker of a data-parallel rank other than 0: rank 0 logs for the run."""
+
+    wandb_id = None
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _truncate_after(path: Path, step: int) -> None:
     """Keep the rows of ``path`` whose step is <= ``step`` (a torn last line goes too); atomic."""
     kept, dropped = [], 0

@@ -1,0 +1,51 @@
+"""Worker for tests/test_distributed.py, launched with torchrun: one learner update per case on a float64
+tiny model, data-parallel over the ranks (gloo); rank 0 saves the parameters after each case."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from test_learner import make_batch  # tests/ is this script's directory, so first on sys.path
+from trainers.distributed import init_data_parallel
+from trainers.learner import Learner, LearnerSettings
+from trainers.models import load_model_and_tokenizer
+
+CASES = {
+    # name: (prompt mode, trajectories, advantages, settings)
+    "holder_minibatches": ("per_step", 5, [1.0, 0.0, -1.0, 0.5, -0.5],
+                           dict(loss="holder", num_minibatches=2, epochs=2)),
+    "grpo_turn_rows": ("per_step", 4, None, dict(loss="grpo", ratio_unit="turn")),
+    "gspo_entropy": ("per_step", 3, [1.0, -1.0, 0.0], dict(loss="gspo", entropy_coef=0.01)),
+    "one_sequence": ("conversation", 1, [1.0], dict(loss="holder")),  # rank 1 has nothing to compute
+}
+P = {"holder_minibatches": -1.5, "grpo_turn_rows": 1.0, "gspo_entropy": 0.0, "one_sequence": 2.0}
+
+
+def run_case(name: str, model_path: str, dp) -> tuple[torch.nn.Module, dict]:
+    mode, n, adv, settings = CASES[name]
+    model, _ = load_model_and_tokenizer(model_path)
+    model = model.double()
+    batch = make_batch(mode, seed=7, n_traj=n)
+    rows = batch.rows(settings.get("ratio_unit", "trajectory"))
+    advantages = torch.tensor(adv if adv is not None else [(-1.0) ** k * (k % 3) for k in range(len(rows))])
+    learner = Learner(model, torch.optim.SGD(model.parameters(), lr=0.5),
+                      LearnerSettings(micro_batch_tokens=48, **settings), seed=1, dp=dp)
+    return model, learner.update(batch, advantages, p=P[name])
+
+
+def main() -> None:
+    model_path, out = sys.argv[1], sys.argv[2]
+    dp = init_data_parallel()
+    results = {}
+    for name in CASES:
+        model, metrics = run_case(name, model_path, dp)
+        results[name] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, metrics)
+    if dp.is_main:
+        torch.save(results, out)
+    dp.close()
+
+
+if __name__ == "__main__":
+    main()

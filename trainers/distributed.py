@@ -1,0 +1,151 @@
+"""Data parallelism for the learner over torch.distributed, launched with torchrun.
+
+Place in the data flow: rank 0 runs env → rollout → TrajectoryBatch and **broadcasts** the batch;
+every rank runs the learner's two passes on **its shard** of the batch's sequences; the per-token
+logprobs are **all-gathered** so that each rank evaluates the same trajectory-level loss; the
+gradients are **summed** over ranks before clipping and the optimizer step. Rank 0 then syncs
+weights to the rollout engine, evaluates, checkpoints and logs.
+
+Why the gradient stays exact: the learner's second pass back-propagates Σ_t g_t·logπ_t with
+g_t = ∂loss/∂logπ_t of the *global* mini-batch loss (its normaliser counts every rank's tokens), so
+each rank's accumulated gradient is its shard's share of one sum, and the all-reduce SUM of the
+shares is the single-process gradient (not a mean of per-rank means when shards differ in size).
+
+Why not wrap the model in DDP or FSDP2: both reduce gradients inside every ``backward()`` call and
+FSDP2 also all-gathers weights inside every forward, so every rank must run the same number of
+micro-batches in lockstep. A rank's shard here is a set of packed variable-length micro-batches
+(and zero-advantage sequences are skipped), so the counts differ between ranks; the parameters are
+replicated and the gradient is reduced once per update instead (what DDP's no_sync + one reduction
+does). Replicated weights also keep rank 0's rollout model, weight sync and checkpoint unchanged: a
+checkpoint is a full state dict written by rank 0, loadable on any number of ranks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass
+class DataParallel:
+    """This process's place among the learner ranks; ``world_size`` 1 is the single-process trainer
+    (every method then does nothing but call through)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    # ------------------------------------------------------------------ sharding
+    def shard(self, indices: list[int], sizes: list[int]) -> list[int]:
+        """This rank's share of ``indices`` (sequence ids with token counts ``sizes[i]``): largest first to
+        the least-loaded rank, the same on every rank (deterministic), returned in the input order."""
+        if not self.enabled:
+            return list(indices)
+        load = [0] * self.world_size
+        owner: dict[int, int] = {}
+        for i in sorted(indices, key=lambda i: (-sizes[i], i)):
+            r = min(range(self.world_size), key=lambda r: (load[r], r))
+            owner[i] = r
+            load[r] += sizes[i]
+        return [i for i in indices if owner[i] == self.rank]
+
+    # ------------------------------------------------------------------ collectives
+    def gather_dict(self, local: dict[int, Any]) -> dict[int, Any]:
+        """The union of every rank's ``local`` (disjoint keys), on every rank."""
+        if not self.enabled:
+            return local
+        parts: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(parts, local)
+        out: dict[int, Any] = {}
+        for part in parts:
+            out.update(part)
+        return out
+
+    def sum_floats(self, values: list[float]) -> list[float]:
+        if not self.enabled:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+        return t.tolist()
+
+    def reduce_gradients(self, model) -> None:
+        """Sum ``.grad`` over ranks, in one flat buffer (a rank without a micro-batch adds zeros)."""
+        if not self.enabled:
+            return
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])  # [N]
+        torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+        pos = 0
+        for p in params:
+            n = p.grad.numel()
+            p.grad.copy_(flat[pos: pos + n].view_as(p.grad))
+            pos += n
+
+    def broadcast_parameters(self, model) -> None:
+        """Rank 0's weights on every rank (as DDP does when it wraps a model)."""
+        if not self.enabled:
+            return
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                torch.distributed.broadcast(t.data, src=0)
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (pickled)."""
+        if not self.enabled:
+            return obj
+        box = [obj if self.is_main else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def from_main(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        """Run ``fn`` on rank 0 only and give its result to every rank (rollouts, eval, env sizes).
+        An exception on rank 0 reaches the other ranks as an error instead of a hang."""
+        result = None
+        if self.is_main:
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # the other ranks wait in broadcast: tell them, then re-raise
+                if self.enabled:
+                    self.broadcast(("error", f"{type(exc).__name__}: {exc}"))
+                raise
+        if not self.enabled:
+            return result
+        tag, value = self.broadcast(("ok", result))
+        if tag == "error":
+            raise RuntimeError(f"rank 0 failed, so rank {self.rank} stops too: {value}")
+        return value
+
+    def on_main(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        """Run ``fn`` on rank 0 only (weight sync, checkpoint, logging); None elsewhere."""
+        return fn(*args, **kwargs) if self.is_main else None
+
+    def close(self) -> None:
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def init_data_parallel() -> DataParallel:
+    """The learner ranks torchrun started (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``), or one process.
+    gloo on CPU, nccl on CUDA (each rank on GPU ``LOCAL_RANK``)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DataParallel()
+    rank = int(os.environ["RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return DataParallel(rank=rank, world_size=world)
