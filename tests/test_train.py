@@ -243,8 +243,8 @@ def test_sigkill_mid_run_loses_at_most_the_step_in_flight(tiny_model, tmp_path):
 
 
 def _readme_commands(module: str) -> list[list[str]]:
-    """Every `python -m <module> ...` command of the README's code blocks (line continuations joined),
-    as Hydra overrides."""
+    """Every `python -m <module> ...` (or `torchrun ... -m <module> ...`) command of the README's code blocks
+    (line continuations joined), as Hydra overrides."""
     import re
     import shlex
     from pathlib import Path
@@ -255,8 +255,8 @@ def _readme_commands(module: str) -> list[list[str]]:
     out = []
     for line in lines:
         line = line.split(" #", 1)[0]
-        if f"python -m {module} " in line + " ":
-            out.append(shlex.split(line.split(f"python -m {module}", 1)[1]))
+        if f" -m {module} " in f" {line} ":
+            out.append(shlex.split(line.split(f"-m {module}", 1)[1]))
     return out
 
 
