@@ -194,6 +194,13 @@ class TrainConfig:
     resume: str = "auto"
     # Progress bars and console metric lines.
     progress: bool = True
+    # Asynchronous rollouts (trainers.async_rollout): step k+1's batch is played, with step k's weights, while the
+    # learner updates on step k's; the ratios' old logprobs are recomputed under the weights that sampled the batch.
+    # Needs an engine with weights of its own: rollout=vllm, or ray.enabled=true with ray.rollout_actor=true.
+    async_rollouts: bool = False
+    # How many updates old the weights that sampled a batch may be: 1 (one step off policy) or 0 (each rollout
+    # starts at its own step: the synchronous trainer, through the asynchronous machinery).
+    max_staleness: int = 1
 
 
 @dataclass
@@ -391,6 +398,12 @@ def validate(cfg: Config) -> None:
     need(cfg.train.eval_protocol != "verl-agent" or cfg.env.id in ("alfworld", "agent_rl/ALFWorld-v0"),
          "train.eval_protocol", cfg.train.eval_protocol, "verl-agent's protocol plays ALFWorld valid_seen games",
          "use train.eval_protocol=default for this env")
+    need(cfg.train.max_staleness in (0, 1), "train.max_staleness", cfg.train.max_staleness,
+         "one rollout is in flight at a time, so a batch is at most one update old", "use 1 (or 0)")
+    need(not cfg.train.async_rollouts or cfg.rollout.backend == "vllm" or cfg.ray.rollout_in_actor,
+         "train.async_rollouts", f"true with rollout.backend={cfg.rollout.backend}, ray.enabled={cfg.ray.enabled}",
+         "the next batch is generated during the update, so the engine needs weights of its own (the in-process hf "
+         "policy is the model being trained)", "use rollout=vllm, or ray.enabled=true (the rollout runs in a Ray actor)")
     need(cfg.rollout.history_k >= 0, "rollout.history_k", cfg.rollout.history_k,
          "it counts past (observation, action) pairs shown in the prompt", "use 2 (the paper) or 0")
     need(cfg.rollout.invalid_action_penalty >= 0, "rollout.invalid_action_penalty", cfg.rollout.invalid_action_penalty,

@@ -147,6 +147,23 @@ def make_rollout_engine(cfg: Config, policy, pool, template):
                          constrain_actions=cfg.rollout.constrain_actions, progress=cfg.train.progress)
 
 
+def make_rollout_stream(cfg: Config, engine, policy, model, num_tasks: int | None, start_step: int):
+    """Each step's batch (trainers.async_rollout): its tasks drawn from one seeded stream (replayed up to
+    ``start_step`` so a resumed run sees the same tasks), played now or ahead of its step."""
+    from trainers.async_rollout import RolloutStream
+
+    task_rng = random.Random(cfg.train.seed)
+    for _ in range(start_step):
+        sample_tasks(task_rng, num_tasks, cfg.rollout.tasks_per_step, 0, cfg.train.seed)
+
+    def produce(step: int):
+        tasks = sample_tasks(task_rng, num_tasks, cfg.rollout.tasks_per_step, step, cfg.train.seed)
+        return collect_rollouts(cfg, engine, tasks, num_tasks, step)
+
+    return RolloutStream(produce, lambda: sync_weights(cfg, policy, model), last_step=cfg.train.steps,
+                         asynchronous=cfg.train.async_rollouts, max_staleness=cfg.train.max_staleness)
+
+
 def learner_autocast(cfg: Config) -> bool | None:
     """bf16 autocast for the learner: on whenever the model's dtype is bfloat16 (its float32 master weights
     then compute in bf16, see load_model), else ``train.bf16`` (null: on CUDA only)."""
@@ -205,7 +222,7 @@ def _ray_rollout_policy(cfg: Config, model, tokenizer, kwargs: dict[str, Any], e
         kwargs = {**kwargs, "device": "cuda" if gpus > 0 else "cpu"}  # the GPU Ray assigned to the actor
     # The same session the env pool joins (make_pool): whichever starts first initialises it.
     policy = RayPolicy(cfg.rollout.backend, kwargs, tokenizer=tokenizer, num_cpus=cfg.ray.rollout_num_cpus,
-                       num_gpus=gpus, env_vars=env_vars, ray_init_kwargs=cfg.ray.init_kwargs)
+                       num_gpus=gpus, env_vars=env_vars, ray_init_kwargs=cfg.ray.init_kwargs, seed=cfg.train.seed)
     try:
         sync_weights(cfg, policy, model)
     except BaseException:
@@ -263,6 +280,7 @@ def train(cfg: Config) -> dict[str, float]:
 
     from agent_rl.types import TrajectoryBatch
     from trainers.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+    from trainers.async_rollout import BehaviourWeights, RolloutStream
     from trainers.distributed import init_data_parallel
     from trainers.learner import Learner, LearnerSettings
     from trainers.tracking import NullTracker, Tracker
@@ -324,37 +342,36 @@ def train(cfg: Config) -> dict[str, float]:
     pool = dp.on_main(make_pool, cfg, env_id, cfg.episodes_per_step, dict(cfg.env.kwargs))
     engine = dp.on_main(make_rollout_engine, cfg, policy, pool, template)
     num_tasks = dp.from_main(env_num_tasks, pool)
-    task_rng = random.Random(cfg.train.seed)
-    for _ in range(start_step):  # replay the task stream so a resumed run sees the same tasks
-        sample_tasks(task_rng, num_tasks, cfg.rollout.tasks_per_step, 0, cfg.train.seed)
+    rollouts = dp.on_main(make_rollout_stream, cfg, engine, policy, model, num_tasks, start_step)  # None off rank 0
+    behaviour = BehaviourWeights(learner, stale=cfg.train.async_rollouts and cfg.train.max_staleness > 0)
 
     metrics: dict[str, float] = {}
     nonfinite_steps = 0  # steps in a row whose every update was NaN/inf (and so skipped)
     try:
         if cfg.train.eval_at_start and start_step == 0:
-            tracker.log(0, dp.from_main(run_periodic_eval, cfg, env_id, policy, 0))
+            tracker.log(0, dp.from_main(RolloutStream.when_idle, rollouts, run_periodic_eval, cfg, env_id, policy, 0))
         for step in range(start_step, cfg.train.steps):
             t0 = time.perf_counter()
             p = cfg.algo.p_at(step, cfg.train.steps)
-            # 1. rollouts: B tasks × G episodes, each group from one identical start state
+            # 1. rollouts: B tasks × G episodes, each group from one identical start state (played now, or
+            #    during the last update with the weights before it: train.async_rollouts)
             model.eval()
-            tasks = sample_tasks(task_rng, num_tasks, cfg.rollout.tasks_per_step, step, cfg.train.seed)
-            trajectories, metrics = dp.from_main(collect_rollouts, cfg, engine, tasks, num_tasks, step)
+            trajectories, metrics = dp.from_main(RolloutStream.next, rollouts, step)
             t_rollout = time.perf_counter() - t0
             # 2. advantages per group, one per loss row (trajectory, or turn)
             batch = TrajectoryBatch(trajectories)
             advantages = row_advantages(cfg, batch)
             # 3. learner: old logprobs recomputed, K updates with the scheduled p
             model.train()
-            metrics.update(learner.update(batch, advantages, p))
+            metrics.update(learner.update(batch, advantages, p, behaviour=behaviour.for_update()))
             metrics["loss/p"] = p
-            # 4. weight sync to the rollout engine
-            dp.on_main(sync_weights, cfg, policy, model)
+            # 4. weight sync to the rollout engine (deferred while an asynchronous rollout is in flight)
+            dp.on_main(RolloutStream.weights_changed, rollouts)
             # 5. periodic eval, with the same rollout engine code
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0:
-                metrics.update(dp.from_main(run_periodic_eval, cfg, env_id, policy, step))
+                metrics.update(dp.from_main(RolloutStream.when_idle, rollouts, run_periodic_eval, cfg, env_id, policy, step))
             metrics["perf/step_seconds"] = time.perf_counter() - t0
-            metrics["perf/rollout_seconds"] = t_rollout
+            metrics["perf/rollout_seconds"] = t_rollout  # async: the wait for a batch played during the last update
             metrics["train/step"] = step + 1
             # 6. checkpoint (atomic) and metrics
             if (step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps:
@@ -366,7 +383,7 @@ def train(cfg: Config) -> dict[str, float]:
                 print(Tracker.console_line(step + 1, cfg.train.steps, metrics), flush=True)
             nonfinite_steps = check_finite_updates(cfg, metrics, nonfinite_steps, step + 1)
     finally:
-        for part in (pool, policy, tracker):
+        for part in (rollouts, pool, policy, tracker):
             if part is not None:
                 part.close()
         dp.close()

@@ -127,18 +127,23 @@ def test_varlen_model_generates_and_saves_like_sdpa(tiny, tmp_path):
     assert "agent_rl_varlen" not in (tmp_path / "config.json").read_text()
 
 
-def direct_gradient(model, batch, adv, p, loss, kl_coef=0.0, entropy_coef=0.0):
-    """Reference: every sequence forward with grad at once, the loss on the in-graph matrix."""
+def direct_gradient(model, batch, adv, p, loss, kl_coef=0.0, entropy_coef=0.0, behaviour_model=None):
+    """Reference: every sequence forward with grad at once, the loss on the in-graph matrix
+    (old logprobs: the model's own, detached, or ``behaviour_model``'s)."""
     model = copy.deepcopy(model)
     model.zero_grad()
     seqs = batch.sequences()
     rows, ent_rows = [[] for _ in batch.trajectories], [[] for _ in batch.trajectories]
+    old_rows = [[] for _ in batch.trajectories]
     for i, s in enumerate(seqs):
         mb = pack_sequences(seqs, 10_000, [i])[0]
         lp, ent = token_logprobs_and_entropy(model, mb, with_entropy=True)
         m = torch.tensor(s.loss_mask, dtype=torch.bool)
         rows[s.traj_index].append(lp[0][m])
         ent_rows[s.traj_index].append(ent[0][m])
+        if behaviour_model is not None:
+            with torch.no_grad():
+                old_rows[s.traj_index].append(token_logprobs_and_entropy(behaviour_model, mb)[0][0][m])
     T = max(sum(len(x) for x in r) for r in rows)
     B = len(rows)
     lp_mat = torch.zeros(B, T)
@@ -148,6 +153,11 @@ def direct_gradient(model, batch, adv, p, loss, kl_coef=0.0, entropy_coef=0.0):
         lp_mat = lp_mat.index_put((torch.full((len(cat),), b), torch.arange(len(cat))), cat)
         mask[b, : len(cat)] = 1
     old = lp_mat.detach()
+    if behaviour_model is not None:
+        old = torch.zeros(B, T)
+        for b, r in enumerate(old_rows):
+            cat = torch.cat(r)
+            old[b, : len(cat)] = cat
     out = policy_loss(loss, logprobs=lp_mat, old_logprobs=old, advantages=adv, loss_mask=mask, p=p)
     total = out.loss + (kl_coef * kl_low_var(lp_mat, old + 0.1 * mask, mask) if kl_coef else 0.0)
     if entropy_coef:
@@ -171,6 +181,34 @@ def test_two_pass_update_equals_direct_trajectory_gradient(tiny, mode, loss, p):
         step = before[name] - t.detach()  # = lr * grad
         assert torch.allclose(step, expected[name], atol=1e-5, rtol=1e-4), name
     assert metrics["perf/optimizer_steps"] == 1.0 and metrics["loss/grad_norm"] > 0
+
+
+@pytest.mark.parametrize("loss,p", [("holder", -1.0), ("grpo", 1.0)])
+def test_behaviour_weights_give_the_old_logprobs_of_an_asynchronous_batch(tiny, loss, p):
+    """A batch sampled by the previous weights (one-step-off-policy rollouts): the update's ratios use
+    logprobs recomputed under those weights, not the current ones, from the first update on."""
+    batch = make_batch("per_step", seed=3)
+    adv = torch.tensor([1.0, -0.5, 0.7, -1.2])
+    behaviour_model = copy.deepcopy(tiny)
+    model = copy.deepcopy(tiny)
+    with torch.no_grad():
+        for t in model.parameters():
+            t.add_(0.02 * torch.randn_like(t))  # the update the learner made while the batch was generated
+    behaviour = {n: t.detach().clone() for n, t in behaviour_model.named_parameters()}
+    expected = direct_gradient(model, batch, adv, p, loss, behaviour_model=behaviour_model)
+    on_policy = direct_gradient(model, batch, adv, p, loss)
+    before = {n: t.detach().clone() for n, t in model.named_parameters()}
+    learner = Learner(model, torch.optim.SGD(model.parameters(), lr=1.0),
+                      LearnerSettings(loss=loss, micro_batch_tokens=24, max_grad_norm=1e9))
+    metrics = learner.update(batch, adv, p=p, behaviour=behaviour)
+    assert metrics["loss/ratio_mean"] != pytest.approx(1.0, abs=1e-4)  # off-policy from the first update
+    moved_apart = False
+    for name, t in model.named_parameters():
+        step = before[name] - t.detach()  # = lr * grad
+        assert torch.allclose(step, expected[name], atol=1e-5, rtol=1e-4), name
+        moved_apart |= not torch.allclose(expected[name], on_policy[name], atol=1e-4, rtol=1e-3)
+    assert moved_apart  # the test can tell the behaviour logprobs from the current ones
+    assert all(torch.equal(a, behaviour[n]) for n, a in behaviour_model.named_parameters())  # swapped back
 
 
 def test_kl_term_uses_the_reference_model(tiny):

@@ -3,6 +3,7 @@ trainer, weights synced after each step, a dead actor is a clear error. One loca
 
 from __future__ import annotations
 
+import json
 import os
 
 import gymnasium as gym
@@ -167,3 +168,65 @@ def test_train_step_rolls_out_in_the_actor_and_syncs_its_weights(ray_local, tiny
     assert seen["digest"] == driver  # bit-equal: the actor holds what the learner produced
     start, _ = load_model_and_tokenizer(tiny_path)
     assert driver != weights_digest(start.named_parameters())  # the step did move the weights
+
+
+def _letters_cfg(tiny_path, run_dir, *extra):
+    from agent_rl.train import compose_config
+
+    return compose_config([
+        "env=custom", f"env.id={LETTERS_ID}", f"env.import_modules=[{THIS_MODULE}]", f"model.name={tiny_path}",
+        "rollout.group_size=2", "rollout.tasks_per_step=2", "rollout.max_new_tokens=8", "rollout.max_turns=1",
+        "rollout.temperature=1.0", "train.steps=3", "train.lr=1e-2", "train.micro_batch_tokens=512",
+        f"train.run_dir={run_dir}", "logging.wandb=false", "train.progress=false", "ray.enabled=true", *extra,
+    ])
+
+
+def test_async_rollouts_with_staleness_zero_reproduce_the_synchronous_trainer(ray_local, tiny_path, tmp_path):
+    from agent_rl.train import train
+    from trainers.checkpoint import latest_checkpoint
+
+    runs = {}
+    for name, extra in (("sync", []), ("async0", ["train.async_rollouts=true", "train.max_staleness=0"])):
+        train(_letters_cfg(tiny_path, tmp_path / name, *extra))
+        rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        model, _ = load_model_and_tokenizer(latest_checkpoint(tmp_path / name))
+        runs[name] = (rows, weights_digest(model.named_parameters()))
+    (sync_rows, sync_w), (a_rows, a_w) = runs["sync"], runs["async0"]
+    assert a_w == sync_w  # bit-equal weights after 3 steps
+    for s, a in zip(sync_rows, a_rows):
+        for key in ("rollout/mean_return", "loss/policy", "loss/grad_norm", "loss/ratio_mean"):
+            assert a[key] == s[key], key
+
+
+def test_one_step_off_policy_training_learns_from_the_previous_weights_batch(ray_local, tiny_path, tmp_path,
+                                                                             monkeypatch):
+    """Staleness 1: from step 2 on the learner's first update is off-policy (ratios ≠ 1: the batch was played
+    by the weights before the last update), and the actor ends with the learner's final weights."""
+    import agent_rl.train as train_mod
+    from agent_rl.train import train
+
+    seen = {}
+    real_close = RayPolicy.close
+
+    def close_after_looking(self):
+        if not self._closed:
+            seen["digest"], seen["info"] = self.weights_digest(), self.info()
+        real_close(self)
+
+    built = {}
+    make = train_mod.make_rollout_policy
+
+    def make_and_keep(cfg, model, tokenizer):
+        built["model"] = model
+        return make(cfg, model, tokenizer)
+
+    monkeypatch.setattr(RayPolicy, "close", close_after_looking)
+    monkeypatch.setattr(train_mod, "make_rollout_policy", make_and_keep)
+    metrics = train(_letters_cfg(tiny_path, tmp_path / "async1", "train.async_rollouts=true", "algo.epochs=1"))
+    rows = [json.loads(x) for x in (tmp_path / "async1" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and metrics["rollout/error_rate"] == 0
+    assert rows[0]["loss/ratio_mean"] == pytest.approx(1.0, abs=1e-6)  # batch 0: played by the current weights
+    assert all(abs(r["loss/ratio_mean"] - 1.0) > 1e-6 for r in rows[1:])  # later batches: one update old
+    assert seen["digest"] == weights_digest(built["model"].named_parameters())
+    assert seen["info"]["sync_calls"] == 3  # the start weights, before step 3's rollout (θ1), after the last update
+    assert seen["info"]["generate_calls"] == 3

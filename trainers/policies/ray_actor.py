@@ -33,11 +33,13 @@ log = logging.getLogger(__name__)
 class PolicyHost:
     """What runs inside the actor: one inner backend and counters for :meth:`RayPolicy.info`."""
 
-    def __init__(self, inner: str, inner_kwargs: dict, num_threads: int | None):
+    def __init__(self, inner: str, inner_kwargs: dict, num_threads: int | None, seed: int | None = None):
         import torch
 
         if num_threads:  # the CPUs this actor reserved; torch would otherwise take every core of the node
             torch.set_num_threads(num_threads)
+        if seed is not None:  # unseeded sampling (hf) draws from this RNG: seeded, the actor's rollouts repeat
+            torch.manual_seed(seed)
         from trainers.policies import make_policy
 
         self.inner = inner
@@ -125,13 +127,14 @@ class RayPolicy:
         env_vars: environment variables for the actor's process (e.g. vLLM's settings).
         ray_init_kwargs: for ``ray.init`` if no Ray session is up yet.
         startup_timeout_s: how long the actor may take to be placed and load its model.
+        seed: seeds the actor's torch RNG, which unseeded sampling draws from (the trainer passes train.seed).
     """
 
     description = "ray"
 
     def __init__(self, inner: str = "hf", inner_kwargs: dict | None = None, *, tokenizer: Any = None,
                  num_cpus: float = 0.0, num_gpus: float = 0.0, env_vars: dict[str, str] | None = None,
-                 ray_init_kwargs: dict | None = None, startup_timeout_s: float = 900.0):
+                 ray_init_kwargs: dict | None = None, startup_timeout_s: float = 900.0, seed: int | None = None):
         if inner == "ray":
             raise ValueError("RayPolicy(inner='ray') would nest actors; name the backend the actor runs: "
                              "'hf' or 'vllm'")
@@ -154,7 +157,7 @@ class RayPolicy:
         if env_vars:
             options["runtime_env"] = {"env_vars": {k: str(v) for k, v in env_vars.items()}}
         threads = int(num_cpus) if num_cpus >= 1 else None
-        self._actor = ray.remote(PolicyHost).options(**options).remote(inner, kwargs, threads)
+        self._actor = ray.remote(PolicyHost).options(**options).remote(inner, kwargs, threads, seed)
         self._closed = False
         self._supports_adapters: bool | None = None
         try:
