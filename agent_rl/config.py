@@ -122,6 +122,9 @@ class VllmConfig:
     max_model_len: int = 4096
     # Run the engine in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0); weight sync is then in-place.
     in_process: bool = True
+    # One GPU for both: vLLM sleeps during the learner's update (KV cache freed, weights in host memory) and wakes
+    # at the weight sync (weights, new weights loaded, then KV cache). GPU only; not with train.async_rollouts.
+    sleep_mode: bool = False
 
 
 @dataclass
@@ -404,6 +407,11 @@ def validate(cfg: Config) -> None:
          "train.async_rollouts", f"true with rollout.backend={cfg.rollout.backend}, ray.enabled={cfg.ray.enabled}",
          "the next batch is generated during the update, so the engine needs weights of its own (the in-process hf "
          "policy is the model being trained)", "use rollout=vllm, or ray.enabled=true (the rollout runs in a Ray actor)")
+    need(not cfg.rollout.vllm.sleep_mode or (cfg.rollout.backend == "vllm" and not cfg.ray.rollout_in_actor
+                                             and not cfg.train.async_rollouts),
+         "rollout.vllm.sleep_mode", True, "sleep mode frees the trainer's GPU from its own vLLM engine during the update: "
+         "it needs rollout.backend=vllm in the trainer's process, and no rollout running during the update",
+         "use rollout=vllm with ray.enabled=false and train.async_rollouts=false, or rollout.vllm.sleep_mode=false")
     need(cfg.rollout.history_k >= 0, "rollout.history_k", cfg.rollout.history_k,
          "it counts past (observation, action) pairs shown in the prompt", "use 2 (the paper) or 0")
     need(cfg.rollout.invalid_action_penalty >= 0, "rollout.invalid_action_penalty", cfg.rollout.invalid_action_penalty,

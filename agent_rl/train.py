@@ -160,8 +160,9 @@ def make_rollout_stream(cfg: Config, engine, policy, model, num_tasks: int | Non
         tasks = sample_tasks(task_rng, num_tasks, cfg.rollout.tasks_per_step, step, cfg.train.seed)
         return collect_rollouts(cfg, engine, tasks, num_tasks, step)
 
+    release = policy.sleep if cfg.rollout.vllm.sleep_mode else None  # the weight sync wakes it
     return RolloutStream(produce, lambda: sync_weights(cfg, policy, model), last_step=cfg.train.steps,
-                         asynchronous=cfg.train.async_rollouts, max_staleness=cfg.train.max_staleness)
+                         asynchronous=cfg.train.async_rollouts, max_staleness=cfg.train.max_staleness, release=release)
 
 
 def learner_autocast(cfg: Config) -> bool | None:
@@ -200,6 +201,8 @@ def make_rollout_policy(cfg: Config, model, tokenizer):
             env_vars["VLLM_ENABLE_V1_MULTIPROCESSING"] = os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
         kwargs = {"model": cfg.model.name, "seed": cfg.train.seed, "dtype": v.dtype,
                   "enforce_eager": v.enforce_eager, "max_model_len": v.max_model_len}
+        if v.sleep_mode:
+            kwargs["sleep_mode"] = True
         if v.gpu_memory_utilization is not None:  # null: the engine's device default (VLLMPolicy)
             kwargs["gpu_memory_utilization"] = v.gpu_memory_utilization
         kwargs.update(vllm_lora_kwargs(cfg))  # a LoRA run: the engine serves base + adapter, syncs the adapter only

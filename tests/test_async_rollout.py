@@ -110,3 +110,69 @@ def test_behaviour_weights_are_the_previous_update_start():
         learner.w += 1
     assert seen[0] is None and float(seen[1]["w"]) == 0.0 and float(seen[2]["w"]) == 1.0
     assert BehaviourWeights(learner, stale=False).for_update() is None
+
+
+# ---------------------------------------------------------------------------------------- sleep mode (colocated vLLM)
+def test_sleep_mode_releases_the_engine_after_each_batch_and_the_sync_wakes_it():
+    run = FakeRun(2, asynchronous=False)
+    run.stream.release = lambda: run.log.append(("release",))
+    run.run(2)
+    assert run.log == [("produce", 0, 0), ("release",), ("sync", 1), ("produce", 1, 1), ("release",), ("sync", 2)]
+
+
+class FakeLLM:
+    """vllm.LLM's sleep/wake/weight-load surface, recording the calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def sleep(self, level):
+        self.calls.append(("sleep", level))
+
+    def wake_up(self, tags=None):
+        self.calls.append(("wake_up", tags))
+
+    def collective_rpc(self, method, kwargs):
+        self.calls.append(("load", sorted(kwargs["weights"])[0][0] if "weights" in kwargs else "path"))
+
+    def reset_prefix_cache(self):
+        self.calls.append(("reset_prefix_cache",))
+
+
+def _policy_on(llm, sleep_mode=True):
+    from trainers.policies.vllm import VLLMPolicy
+
+    policy = VLLMPolicy.__new__(VLLMPolicy)  # the engine itself needs a GPU for sleep mode; its surface is faked
+    policy.llm, policy._in_process, policy.sleep_mode, policy.sleeping = llm, True, sleep_mode, False
+    return policy
+
+
+def test_vllm_policy_wakes_weights_then_loads_then_wakes_the_kv_cache():
+    llm = FakeLLM()
+    policy = _policy_on(llm)
+    policy.sleep()
+    policy.sleep()  # already asleep: no second call
+    assert policy.sleeping and llm.calls == [("sleep", 1)]
+    policy.sync_weights([("w", torch.zeros(2))])
+    assert llm.calls[1:] == [("wake_up", ["weights"]), ("load", "w"), ("wake_up", ["kv_cache"]), ("reset_prefix_cache",)]
+    assert not policy.sleeping
+    llm.calls.clear()
+    policy.sync_weights([("w", torch.zeros(2))])  # awake: a plain load
+    assert llm.calls == [("load", "w"), ("reset_prefix_cache",)]
+    off = _policy_on(FakeLLM(), sleep_mode=False)
+    off.sleep()
+    assert off.llm.calls == [] and not off.sleeping
+
+
+def test_sleep_mode_is_refused_where_it_cannot_work():
+    from agent_rl.config import ConfigError, validate
+    from agent_rl.train import compose_config
+
+    for extra in (["rollout=hf"], ["rollout=vllm", "train.async_rollouts=true"], ["rollout=vllm", "ray.enabled=true"]):
+        with pytest.raises(ConfigError, match="rollout.vllm.sleep_mode"):
+            validate(compose_config(["rollout.vllm.sleep_mode=true", *extra]))
+    validate(compose_config(["rollout=vllm", "rollout.vllm.sleep_mode=true"]))
+    with pytest.raises(ConfigError, match="train.async_rollouts"):
+        validate(compose_config(["rollout=hf", "train.async_rollouts=true"]))
+    with pytest.raises(ConfigError, match="train.max_staleness"):
+        validate(compose_config(["rollout=vllm", "train.async_rollouts=true", "train.max_staleness=2"]))

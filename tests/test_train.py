@@ -433,3 +433,41 @@ def test_periodic_eval_follows_the_eval_protocol(monkeypatch):
     assert (seen["env_kwargs"]["split"], seen["episodes"], seen["temperature"]) == ("valid_unseen", 7, 0.0)
     with pytest.raises(ConfigError, match="valid_seen"):
         validate(compose_config(["env=math", "train.eval_protocol=verl-agent"]))
+
+
+def test_colocated_sleep_mode_order_in_the_trainer(tiny_model, tmp_path, monkeypatch):
+    """rollout.vllm.sleep_mode: each step plays its batch, puts the engine to sleep for the update, then the weight
+    sync wakes it with the new weights. The engine is faked by an hf policy holding its own weights (vLLM's
+    sleep mode needs a GPU; its wake order inside VLLMPolicy is tested in test_async_rollout)."""
+    import agent_rl.train as train_mod
+    from trainers.policies.hf import HFPolicy
+
+    events: list[str] = []
+
+    class Colocated(HFPolicy):
+        sleeping = False
+
+        def generate(self, prompts, params, choices=None):
+            assert not self.sleeping, "a sleeping engine was asked to generate"
+            if not events or events[-1] != "generate":
+                events.append("generate")
+            return super().generate(prompts, params, choices)
+
+        def sleep(self):
+            events.append("sleep")
+            self.sleeping = True
+
+        def sync_weights(self, named_tensors):
+            events.append("wake+sync")
+            self.sleeping = False
+            state = {n: t.detach().clone() for n, t in named_tensors}
+            self.model.load_state_dict(state, strict=False)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(train_mod, "make_rollout_policy", lambda cfg, model, tok: Colocated(cfg.model.name))
+    metrics = train(quick(tiny_model, tmp_path / "sleep", "rollout=vllm", "rollout.vllm.sleep_mode=true",
+                          "train.eval_every=2", "train.eval_episodes=2"))
+    assert metrics["train/step"] == 2 and "eval/success_rate" in metrics
+    assert events == ["generate", "sleep", "wake+sync", "generate", "sleep", "wake+sync", "generate"]  # last: eval

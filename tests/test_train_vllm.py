@@ -74,3 +74,25 @@ def test_vllm_lora_run_syncs_only_the_adapter(tiny_model, tmp_path, monkeypatch)
     versions.clear()
     metrics = train_mod.train(quick(tiny_model, run, "train.steps=3", *VLLM, *lora))
     assert metrics["train/step"] == 3 and versions == [1, 2]  # the resumed adapter, then step 3's
+
+
+@pytest.mark.gpu
+def test_vllm_sleep_mode_wakes_with_the_synced_weights(tiny_model):
+    """Real vLLM sleep mode (GPU only): sleep, sync, and the engine generates as before with the same weights."""
+    from trainers.models import load_model_and_tokenizer
+    from trainers.policies import make_policy
+    from trainers.policies.base import SamplingParams
+
+    policy = make_policy("vllm", model=tiny_model, enforce_eager=True, max_model_len=512, sleep_mode=True,
+                         gpu_memory_utilization=0.2)
+    try:
+        greedy = SamplingParams(n=1, temperature=0.0, max_tokens=8)
+        before = policy.generate([[1, 2, 3]], greedy)
+        policy.sleep()
+        assert policy.sleeping
+        model, _ = load_model_and_tokenizer(tiny_model)
+        policy.sync_weights(model.named_parameters())
+        assert not policy.sleeping
+        assert policy.generate([[1, 2, 3]], greedy)[0][0].token_ids == before[0][0].token_ids
+    finally:
+        policy.close()

@@ -24,13 +24,15 @@ from typing import Any, Callable
 
 class RolloutStream:
     """``produce(step) -> (trajectories, metrics)`` plays one step's batch; ``sync()`` pushes the learner's
-    weights to the engine. ``next(step)`` returns step ``step``'s batch."""
+    weights to the engine; ``release()``, when given, frees the engine's memory once a batch is played and no
+    rollout is in flight (vLLM sleep mode: the next ``sync()`` wakes it). ``next(step)`` returns step ``step``'s
+    batch."""
 
     def __init__(self, produce: Callable[[int], Any], sync: Callable[[], None], *, last_step: int,
-                 asynchronous: bool = False, max_staleness: int = 1):
+                 asynchronous: bool = False, max_staleness: int = 1, release: Callable[[], None] | None = None):
         if max_staleness not in (0, 1):
             raise ValueError(f"max_staleness must be 0 or 1 (one rollout in flight at a time), got {max_staleness}")
-        self.produce, self.sync, self.last_step = produce, sync, last_step
+        self.produce, self.sync, self.last_step, self.release = produce, sync, last_step, release
         self.ahead = 1 if asynchronous and max_staleness == 1 else 0  # rollouts started before their step
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="rollout") if asynchronous else None
         self.pending: tuple[int, Future] | None = None
@@ -53,6 +55,8 @@ class RolloutStream:
         self.pending = None
         if self.ahead and step + 1 < self.last_step:
             self._launch(step + 1)  # with the engine's current weights: this step's update is not applied yet
+        elif self.release is not None:
+            self.release()  # the GPU is the learner's until the weight sync
         return result
 
     def weights_changed(self) -> None:

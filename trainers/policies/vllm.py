@@ -228,6 +228,10 @@ class VLLMPolicy:
             instruction part of every per-step prompt, the G identical first prompts of a group).
         lora_rank: the LoRA rank ``r`` of the adapter the learner trains; enables
             :meth:`sync_adapter` (the engine then serves base weights + that adapter).
+        sleep_mode: colocation with a learner on the same GPU: :meth:`sleep` releases the KV cache and
+            moves the weights to host memory (vLLM sleep level 1) for the update; the next weight sync
+            wakes the weights, loads the new ones, then re-allocates the KV cache (the lower peak);
+            :meth:`generate` wakes a sleeping engine in full. GPU only (vLLM has no sleep on CPU).
         **engine_kwargs: passed to ``vllm.LLM`` (``gpu_memory_utilization``, ...).
     """
 
@@ -242,6 +246,7 @@ class VLLMPolicy:
         enforce_eager: bool = True,
         enable_prefix_caching: bool = True,
         lora_rank: int | None = None,
+        sleep_mode: bool = False,
         **engine_kwargs: Any,
     ):
         if not isinstance(model, (str, os.PathLike)):
@@ -258,6 +263,12 @@ class VLLMPolicy:
         self.dtype = engine_dtype(dtype, current_platform)
         log.info("vLLM engine dtype %s (asked %s; native bf16 here: %s), prefix caching %s", self.dtype, dtype,
                  native_bf16(current_platform), "on" if enable_prefix_caching else "off")
+        if sleep_mode and not current_platform.is_sleep_mode_available():
+            raise ValueError(f"VLLMPolicy(sleep_mode=True): vLLM has no sleep mode on this platform "
+                             f"({current_platform.device_type}); it frees GPU memory for a learner on the same GPU. "
+                             f"Fix: rollout.vllm.sleep_mode=false here (on CPU there is no GPU memory to share)")
+        if sleep_mode:
+            engine_kwargs["enable_sleep_mode"] = True
         if self.is_cpu and not {"gpu_memory_utilization", "kv_cache_memory_bytes"} & set(engine_kwargs):
             # On CPU gpu_memory_utilization reserves that fraction of *host* RAM (0.92 by
             # default), which fails on a shared machine; a fixed KV budget is what we want.
@@ -287,6 +298,21 @@ class VLLMPolicy:
         self._adapter_root: Path | None = None
         self._lora_request: Any = None  # vllm LoRARequest of the adapter generate() uses; None: base model
         self._adapter_version = 0
+        self.sleep_mode, self.sleeping = sleep_mode, False
+
+    # ------------------------------------------------------------------ sleep mode (colocated learner)
+    def sleep(self) -> None:
+        """Free the GPU for the learner's update (KV cache dropped, weights to host memory); no-op
+        without sleep_mode. Level 1, not 2: a LoRA run syncs only the adapter and needs the base weights
+        back, and buffers that no sync rewrites (rotary tables) must survive."""
+        if self.sleep_mode and not self.sleeping:
+            self.llm.sleep(level=1)
+            self.sleeping = True
+
+    def _wake(self, tags: list[str] | None = None) -> None:
+        self.llm.wake_up(tags=tags)
+        if tags is None or "kv_cache" in tags:
+            self.sleeping = False
 
     def _vllm_params(self, params: SamplingParams):
         import vllm
@@ -315,6 +341,8 @@ class VLLMPolicy:
 
         check_prompts(prompts)
         allowed = check_choices(choices, len(prompts))
+        if self.sleeping:
+            self._wake()
         repeat = params.n if params.greedy else 1
         requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts for _ in range(repeat)]
         base = self._vllm_params(params)
@@ -346,7 +374,11 @@ class VLLMPolicy:
         return result
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
-        """Load the learner's weights (HF ``named_parameters()`` names) in place."""
+        """Load the learner's weights (HF ``named_parameters()`` names) in place. A sleeping engine wakes its
+        weights first and its KV cache after the load, so the two are never both re-allocated beside stale ones."""
+        asleep = self.sleeping
+        if asleep:
+            self._wake(["weights"])
         if self._in_process:
             weights = [(name, t.detach()) for name, t in named_tensors]
             self.llm.collective_rpc("agent_rl_load_weights", kwargs={"weights": weights})
@@ -362,6 +394,8 @@ class VLLMPolicy:
             os.replace(tmp, self._shm_dir / "model.safetensors")  # workers never read a half-written file
             del state
             self.llm.collective_rpc("agent_rl_load_weights", kwargs={"weights_path": str(self._shm_dir)})
+        if asleep:
+            self._wake(["kv_cache"])
         self.llm.reset_prefix_cache()
 
     def sync_adapter(self, adapter: Any) -> None:
@@ -379,6 +413,8 @@ class VLLMPolicy:
             )
         from vllm.lora.request import LoRARequest
 
+        if self.sleeping:
+            self._wake()
         version = self._adapter_version + 1
         folder = self._write_adapter(adapter, version)
         try:
