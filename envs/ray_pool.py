@@ -80,15 +80,16 @@ class RayEnvPool(PoolFront):
         self._args = (env_id, env_kwargs or {}, tuple(import_modules))
         # max_restarts=0: Ray must not revive an actor behind our back, the pool reports the lost episodes.
         self._actor_options = {"num_cpus": 1, **(actor_options or {}), "max_restarts": 0}
-        self._actor_cls = ray.remote(EnvHost).options(**self._actor_options)
+        self._actor_cls = ray.remote(RayEnvHost).options(**self._actor_options)
         self._lost: dict[int, str] = {}
         self._closed = False
         self._actors: list[Any] = [None] * self.num_workers
         self._pids: list[int | None] = [None] * self.num_workers
+        self._nodes: list[str | None] = [None] * self.num_workers  # Ray node id of each actor
         try:
             pending = [self._spawn(rank) for rank in range(self.num_workers)]
             for rank, ref in enumerate(pending):
-                self._pids[rank] = self._wait_ready(rank, ref)
+                self._pids[rank], self._nodes[rank] = self._wait_ready(rank, ref)
         except BaseException:
             self.close()
             raise
@@ -102,6 +103,10 @@ class RayEnvPool(PoolFront):
 
     def worker_pids(self) -> list[int]:
         return list(self._pids)
+
+    def worker_nodes(self) -> list[str]:
+        """The Ray node id each env actor runs on (a multi-node cluster spreads them)."""
+        return list(self._nodes)
 
     def close(self) -> None:
         if self._closed:
@@ -122,9 +127,9 @@ class RayEnvPool(PoolFront):
         indices = [i for i in range(self.num_envs) if i % self.num_workers == rank]
         env_id, env_kwargs, modules = self._args
         self._actors[rank] = self._actor_cls.remote(env_id, indices, env_kwargs, modules)
-        return self._actors[rank].pid.remote()
+        return self._actors[rank].where.remote()
 
-    def _wait_ready(self, rank: int, ref) -> int:
+    def _wait_ready(self, rank: int, ref) -> tuple[int, str]:
         ray = self._ray
         try:
             return ray.get(ref, timeout=self.startup_timeout_s)
@@ -172,10 +177,21 @@ class RayEnvPool(PoolFront):
         log.error("%s; restarting it, the episodes of envs %s are lost", reason, indices)
         self._ray.kill(self._actors[rank])
         self.restarts += 1
-        self._pids[rank] = self._wait_ready(rank, self._spawn(rank))
+        self._pids[rank], self._nodes[rank] = self._wait_ready(rank, self._spawn(rank))
         requested = {item[0] for item in batch}
         for index in indices:
             when = f"during {cmd} of env {index}" if index in requested else f"while env {index} was idle"
             self._lost[index] = f"{reason} {when}; the actor was restarted and this episode is lost: reset it"
         return [StepResult.failed(item[0], f"{reason} during {cmd} of env {item[0]}; the actor was restarted "
                                            f"and this episode is lost") for item in batch]
+
+
+class RayEnvHost(EnvHost):
+    """An :class:`envs.pool.EnvHost` that can say where it runs."""
+
+    def where(self) -> tuple[int, str]:
+        import os
+
+        import ray
+
+        return os.getpid(), ray.get_runtime_context().get_node_id()
