@@ -66,7 +66,8 @@ class ModelConfig:
 class AlgoConfig:
     # Policy loss from trainers.losses.LOSSES: holder (sequence clip), holder_token, grpo, gspo, gmpo, dr_grpo.
     loss: str = "holder"
-    # Schedule of the Hölder exponent p (trainers.schedules): constant, linear, cosine, quadratic, cubic, step.
+    # Schedule of the Hölder exponent p (trainers.schedules): constant, linear, cosine, quadratic, cubic, step, or
+    # adaptive (linear toward p_end while the token-weight ESS stays >= p_target_ess, back toward 0 when it does not).
     p_schedule: str = "linear"
     p_start: float = 2.0
     p_end: float = -2.0
@@ -74,6 +75,8 @@ class AlgoConfig:
     # Steps count from 1, as verl's global step does: update k of n uses the schedule at k/n, so the first update
     # has already moved off p_start (2 → 1.973 over 150 steps) and the last one uses p_end exactly.
     p_steps: Optional[int] = None
+    # p_schedule=adaptive: the lowest token-weight ESS (normalised, 1 = uniform weights) p may anneal into.
+    p_target_ess: float = 0.9
     # Clip range of the ratio: [1 - clip_low, 1 + clip_high].
     clip_low: float = 0.2
     clip_high: float = 0.2
@@ -441,8 +444,13 @@ def validate(cfg: Config) -> None:
     need(0 <= cfg.algo.gigpo_gamma <= 1 and cfg.algo.gigpo_omega >= 0, "algo.gigpo_gamma/gigpo_omega",
          (cfg.algo.gigpo_gamma, cfg.algo.gigpo_omega), "gamma is a discount in [0, 1] and omega a weight >= 0",
          "use 0.95 and 1.0 (the GiGPO paper)")
-    need(cfg.algo.p_schedule == "constant" or cfg.algo.p_schedule in SCHEDULES, "algo.p_schedule",
-         cfg.algo.p_schedule, f"schedules are constant, {', '.join(SCHEDULES.names())}", "pick one of them")
+    need(cfg.algo.p_schedule in ("constant", "adaptive") or cfg.algo.p_schedule in SCHEDULES, "algo.p_schedule",
+         cfg.algo.p_schedule, f"schedules are constant, adaptive, {', '.join(SCHEDULES.names())}", "pick one of them")
+    need(cfg.algo.p_schedule != "adaptive" or (cfg.algo.loss in ("holder", "holder_token")
+                                               and 0 < cfg.algo.p_target_ess <= 1), "algo.p_schedule",
+         f"adaptive with loss={cfg.algo.loss}, p_target_ess={cfg.algo.p_target_ess}",
+         "adaptive p steers by the Hölder loss's token-weight ESS, a fraction in (0, 1]",
+         "use algo.loss=holder (or holder_token) and e.g. algo.p_target_ess=0.9")
     need(0 <= cfg.algo.clip_low < 1, "algo.clip_low", cfg.algo.clip_low, "the ratio's lower bound 1-clip_low must be in (0, 1]", "use e.g. 0.2")
     need(cfg.algo.clip_high >= 0, "algo.clip_high", cfg.algo.clip_high, "the upper bound must be >= 1", "use e.g. 0.2 or 0.28")
     need(cfg.algo.p_schedule != "step" or (cfg.algo.p_steps is not None and cfg.algo.p_steps < cfg.train.steps),

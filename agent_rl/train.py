@@ -286,6 +286,7 @@ def train(cfg: Config) -> dict[str, float]:
     from trainers.async_rollout import BehaviourWeights, RolloutStream
     from trainers.distributed import init_data_parallel
     from trainers.learner import Learner, LearnerSettings
+    from trainers.schedules import PControl
     from trainers.tracking import NullTracker, Tracker
 
     validate(cfg)
@@ -323,9 +324,11 @@ def train(cfg: Config) -> dict[str, float]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
                                   weight_decay=cfg.train.weight_decay)
     start_step, wandb_id = 0, None
+    p_control = PControl(cfg.algo, cfg.train.steps)  # p per step (a schedule, or adaptive: trainers.schedules)
     if ckpt is not None:
         state = load_trainer_state(ckpt, optimizer)
         start_step, wandb_id = state.step, state.extra.get("wandb_id")
+        p_control.restore(state.extra)
         log.info("resumed from %s at step %d (p=%.3f)", ckpt, state.step, state.p)
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
     tracker = Tracker(run_dir, config=OmegaConf.to_container(OmegaConf.structured(cfg)), use_wandb=cfg.logging.wandb,
@@ -355,7 +358,7 @@ def train(cfg: Config) -> dict[str, float]:
             tracker.log(0, dp.from_main(RolloutStream.when_idle, rollouts, run_periodic_eval, cfg, env_id, policy, 0))
         for step in range(start_step, cfg.train.steps):
             t0 = time.perf_counter()
-            p = cfg.algo.p_at(step, cfg.train.steps)
+            p = p_control.p_for(step)
             # 1. rollouts: B tasks × G episodes, each group from one identical start state (played now, or
             #    during the last update with the weights before it: train.async_rollouts)
             model.eval()
@@ -368,6 +371,7 @@ def train(cfg: Config) -> dict[str, float]:
             model.train()
             metrics.update(learner.update(batch, advantages, p, behaviour=behaviour.for_update()))
             metrics["loss/p"] = p
+            p_control.observe(metrics)
             # 4. weight sync to the rollout engine (deferred while an asynchronous rollout is in flight)
             dp.on_main(RolloutStream.weights_changed, rollouts)
             # 5. periodic eval, with the same rollout engine code
@@ -379,8 +383,8 @@ def train(cfg: Config) -> dict[str, float]:
             # 6. checkpoint (atomic) and metrics
             if (step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps:
                 dp.on_main(save_checkpoint, run_dir, model=model, tokenizer=tokenizer, optimizer=optimizer,
-                           step=step + 1, p=p, config_yaml=config_yaml, extra={"wandb_id": tracker.wandb_id},
-                           keep=cfg.train.keep_checkpoints)
+                           step=step + 1, p=p, config_yaml=config_yaml, keep=cfg.train.keep_checkpoints,
+                           extra={"wandb_id": tracker.wandb_id, **p_control.state()})
             tracker.log(step + 1, metrics)
             if cfg.train.progress and dp.is_main:
                 print(Tracker.console_line(step + 1, cfg.train.steps, metrics), flush=True)

@@ -162,3 +162,43 @@ def test_gigpo_runs_in_the_trainer_config():
     validate(compose_config(["algo=holder", "algo.advantage=gigpo", "algo.ratio_unit=turn"]))
     with pytest.raises(ConfigError, match="per-turn rows"):
         validate(compose_config(["algo.advantage=gigpo"]))
+
+
+def test_adaptive_p_anneals_while_the_token_weights_stay_spread_and_backs_off_toward_zero():
+    from types import SimpleNamespace
+
+    from trainers.schedules import PControl
+
+    algo = SimpleNamespace(p_schedule="adaptive", p_start=2.0, p_end=-2.0, p_steps=None, p_target_ess=0.9)
+    ctl = PControl(algo, total_steps=4)  # increment −1 per step
+    seen = []
+    for ess in (None, 0.95, 0.95, 0.5, 0.9, 0.99, 0.99, 0.99):
+        if ess is not None:
+            ctl.observe({"loss/token_weight_ess": ess})
+        seen.append(ctl.p_for(len(seen)))
+    # 1 (first step moves off p_start), 0, −1, back to 0 (ESS 0.5 < 0.9), −1, −2, then held at p_end
+    assert seen == [1.0, 0.0, -1.0, 0.0, -1.0, -2.0, -2.0, -2.0]
+    ctl.observe({"loss/token_weight_ess": 0.1})
+    resumed = PControl(algo, total_steps=4)
+    resumed.restore(ctl.state())
+    assert resumed.p_for(8) == ctl.p_for(8) == -1.0  # the saved state continues the same walk
+    ctl.observe({})  # no holder metrics (every update skipped): no ESS, anneal on
+    assert ctl.p_for(9) == -2.0
+    small = PControl(SimpleNamespace(**{**vars(algo), "p_start": 0.5, "p_end": 0.0}), total_steps=1)
+    small.p, small.last_ess = 0.3, 0.0
+    assert small.p_for(0) == 0.0  # backing off never crosses 0
+    fixed = PControl(SimpleNamespace(**{**vars(algo), "p_schedule": "linear", "p_at": lambda s, n: 7.0}), 4)
+    assert fixed.state() == {}
+
+
+def test_adaptive_p_needs_the_holder_loss():
+    import pytest
+
+    from agent_rl.config import ConfigError, validate
+    from agent_rl.train import compose_config
+
+    validate(compose_config(["algo.p_schedule=adaptive"]))
+    with pytest.raises(ConfigError, match="adaptive"):
+        validate(compose_config(["algo=grpo", "algo.p_schedule=adaptive"]))
+    with pytest.raises(ConfigError, match="p_target_ess"):
+        validate(compose_config(["algo.p_schedule=adaptive", "algo.p_target_ess=1.5"]))

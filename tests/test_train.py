@@ -471,3 +471,19 @@ def test_colocated_sleep_mode_order_in_the_trainer(tiny_model, tmp_path, monkeyp
                           "train.eval_every=2", "train.eval_episodes=2"))
     assert metrics["train/step"] == 2 and "eval/success_rate" in metrics
     assert events == ["generate", "sleep", "wake+sync", "generate", "sleep", "wake+sync", "generate"]  # last: eval
+
+
+def test_adaptive_p_in_the_trainer_follows_the_logged_ess_and_resumes(tiny_model, tmp_path):
+    run = tmp_path / "adaptive"
+    args = ("algo.p_schedule=adaptive", "algo.p_target_ess=0.999", "algo.num_minibatches=2")
+    train(quick(tiny_model, run, *args, "train.steps=2"))
+    train(quick(tiny_model, run, *args, "train.steps=3"))  # resumed: continues the walk from the checkpoint
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    incs = [-4.0 / 2, -4.0 / 2, -4.0 / 3]  # (p_end − p_start) / train.steps of the run that made the step
+    p = [r["loss/p"] for r in rows]
+    assert p[0] == 2.0 + incs[0]
+    for k in (1, 2):
+        inc = incs[k]
+        back = rows[k - 1]["loss/token_weight_ess"] < 0.999
+        want = p[k - 1] - math.copysign(min(abs(inc), abs(p[k - 1])), p[k - 1]) if back else max(p[k - 1] + inc, -2.0)
+        assert p[k] == pytest.approx(want), (k, rows[k - 1]["loss/token_weight_ess"])

@@ -14,6 +14,13 @@ default is ``linear`` from 2 to −2. Progress x = min(step, steps)/steps ∈ [0
 * ``step``: start before ``steps``, end from then on
 
 Add one with ``@SCHEDULES.register("name")`` on a function ``x -> fraction of the way``.
+
+:class:`PControl` is what the trainer asks each step: one of those schedules (``algo.p_at``), or
+``adaptive``, the one p schedule that is not a function of the step alone: p walks from ``start``
+toward ``end`` by (end − start)/steps per step while the last update's token-weight ESS (the
+normalised effective sample size of the Hölder mean's token weights, 1 = uniform) stays at or above
+``target_ess``; a step whose ESS fell below it moves p one increment back toward 0, where the
+weights are uniform. So p anneals as far as the weights stay spread over the tokens.
 """
 
 from __future__ import annotations
@@ -79,6 +86,39 @@ def make_schedule(name: str, **params: float) -> Schedule:
             f"anneal over), got {steps!r}"
         )
     return Schedule(name, _finite("start", params["start"]), _finite("end", params["end"]), int(steps))
+
+
+class PControl:
+    """p for each training step: ``p_for(step)`` before the update, ``observe(metrics)`` after it;
+    ``state()`` goes into the checkpoint and ``restore`` takes it back on resume."""
+
+    def __init__(self, algo, total_steps: int):
+        self.algo, self.total_steps = algo, total_steps
+        self.adaptive = algo.p_schedule == "adaptive"
+        self.inc = (algo.p_end - algo.p_start) / (algo.p_steps or max(total_steps, 1))
+        self.p, self.last_ess = algo.p_start, None  # the last update's p and ESS
+
+    def p_for(self, step: int) -> float:
+        if not self.adaptive:
+            return self.algo.p_at(step, self.total_steps)
+        lo, hi = sorted((self.algo.p_start, self.algo.p_end))
+        if self.last_ess is None or self.last_ess >= self.algo.p_target_ess:
+            self.p = min(max(self.p + self.inc, lo), hi)  # on toward p_end
+        else:
+            self.p -= math.copysign(min(abs(self.inc), abs(self.p)), self.p)  # back toward 0: spread the weights
+        return self.p
+
+    def observe(self, metrics: dict[str, float]) -> None:
+        ess = metrics.get("loss/token_weight_ess")
+        self.last_ess = float(ess) if ess is not None and math.isfinite(ess) else None
+
+    def state(self) -> dict:
+        return {"p_control": {"p": self.p, "last_ess": self.last_ess}} if self.adaptive else {}
+
+    def restore(self, extra: dict) -> None:
+        saved = extra.get("p_control")
+        if self.adaptive and saved:
+            self.p, self.last_ess = float(saved["p"]), saved["last_ess"]
 
 
 def _finite(key: str, value: float) -> float:
