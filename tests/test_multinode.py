@@ -10,7 +10,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import psutil
 import pytest
 
 from trainers.models import build_tiny_model
@@ -27,6 +26,8 @@ def _free_port() -> int:
 
 def _stop(temp_dirs: list[str]) -> None:
     """Kill this cluster's daemons only (``ray stop`` would stop every Ray on the machine)."""
+    import psutil  # installed with ray
+
     procs = []
     for p in psutil.process_iter(["cmdline"]):
         if any(d in " ".join(p.info["cmdline"] or []) for d in temp_dirs):
