@@ -451,6 +451,10 @@ def validate(cfg: Config) -> None:
          f"adaptive with loss={cfg.algo.loss}, p_target_ess={cfg.algo.p_target_ess}",
          "adaptive p steers by the Hölder loss's token-weight ESS, a fraction in (0, 1]",
          "use algo.loss=holder (or holder_token) and e.g. algo.p_target_ess=0.9")
+    need(cfg.algo.p_schedule != "adaptive" or cfg.algo.epochs * cfg.algo.num_minibatches > 1
+         or cfg.train.async_rollouts, "algo.p_schedule", "adaptive with one update per step",
+         "adaptive p steers by the ESS of off-policy updates, and a step's only update is on-policy (ESS 1)",
+         "use algo.num_minibatches=2 (or algo.epochs=2, or train.async_rollouts=true)")
     need(0 <= cfg.algo.clip_low < 1, "algo.clip_low", cfg.algo.clip_low, "the ratio's lower bound 1-clip_low must be in (0, 1]", "use e.g. 0.2")
     need(cfg.algo.clip_high >= 0, "algo.clip_high", cfg.algo.clip_high, "the upper bound must be >= 1", "use e.g. 0.2 or 0.28")
     need(cfg.algo.p_schedule != "step" or (cfg.algo.p_steps is not None and cfg.algo.p_steps < cfg.train.steps),

@@ -199,6 +199,7 @@ def make_rollout_policy(cfg: Config, model, tokenizer):
         if v.in_process and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # measured: an in-process engine's worker joins torchrun's process group and the run hangs
             log.info("torchrun: the vLLM engine runs in processes of its own (rollout.vllm.in_process is ignored)")
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"  # also over a 0 inherited from the shell
         elif v.in_process:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             env_vars["VLLM_ENABLE_V1_MULTIPROCESSING"] = os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]

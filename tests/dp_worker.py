@@ -3,6 +3,7 @@ tiny model, data-parallel over the ranks (gloo); rank 0 saves the parameters aft
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import torch
@@ -19,8 +20,15 @@ CASES = {
     "grpo_turn_rows": ("per_step", 4, None, dict(loss="grpo", ratio_unit="turn")),
     "gspo_entropy": ("per_step", 3, [1.0, -1.0, 0.0], dict(loss="gspo", entropy_coef=0.01)),
     "one_sequence": ("conversation", 1, [1.0], dict(loss="holder")),  # rank 1 has nothing to compute
+    # a KL term against a reference model, and a batch sampled by other (behaviour) weights
+    "kl_behaviour": ("per_step", 4, [1.0, -1.0, 0.5, 0.0], dict(loss="holder", kl_coef=0.05, num_minibatches=2)),
 }
-P = {"holder_minibatches": -1.5, "grpo_turn_rows": 1.0, "gspo_entropy": 0.0, "one_sequence": 2.0}
+P = {"holder_minibatches": -1.5, "grpo_turn_rows": 1.0, "gspo_entropy": 0.0, "one_sequence": 2.0, "kl_behaviour": -0.5}
+
+
+def perturbed(model, seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)  # the same on every rank
+    return {n: t.detach() + 0.02 * torch.randn(t.shape, generator=gen, dtype=t.dtype) for n, t in model.named_parameters()}
 
 
 def run_case(name: str, model_path: str, dp) -> tuple[torch.nn.Module, dict]:
@@ -30,9 +38,14 @@ def run_case(name: str, model_path: str, dp) -> tuple[torch.nn.Module, dict]:
     batch = make_batch(mode, seed=7, n_traj=n)
     rows = batch.rows(settings.get("ratio_unit", "trajectory"))
     advantages = torch.tensor(adv if adv is not None else [(-1.0) ** k * (k % 3) for k in range(len(rows))])
+    ref_model, behaviour = None, None
+    if name == "kl_behaviour":
+        ref_model = copy.deepcopy(model)
+        ref_model.load_state_dict(perturbed(model, 1), strict=False)
+        behaviour = perturbed(model, 2)
     learner = Learner(model, torch.optim.SGD(model.parameters(), lr=0.5),
-                      LearnerSettings(micro_batch_tokens=48, **settings), seed=1, dp=dp)
-    return model, learner.update(batch, advantages, p=P[name])
+                      LearnerSettings(micro_batch_tokens=48, **settings), seed=1, dp=dp, ref_model=ref_model)
+    return model, learner.update(batch, advantages, p=P[name], behaviour=behaviour)
 
 
 def main() -> None:

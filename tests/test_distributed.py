@@ -35,7 +35,7 @@ def test_shards_cover_every_sequence_once_and_balance_tokens():
 def test_two_gloo_ranks_update_equals_the_single_process_update(tmp_path):
     """A float64 tiny model, SGD (the update is the gradient): parameters after the 2-rank update equal
     the 1-process update to 1e-6, in every case of dp_worker (uneven shards, zero-advantage skips, per-turn
-    rows, an entropy term, a rank with nothing to compute)."""
+    rows, an entropy term, a rank with nothing to compute, a KL term and behaviour weights)."""
     model = build_tiny_model(tmp_path / "tiny")
     outs = {}
     for n in (1, 2):
@@ -56,6 +56,9 @@ def test_two_gloo_ranks_update_equals_the_single_process_update(tmp_path):
         assert m2["perf/optimizer_steps"] == m1["perf/optimizer_steps"] >= 1, name
         if "loss/entropy" in m1:
             assert m2["loss/entropy"] == pytest.approx(m1["loss/entropy"], rel=1e-6), name
+        if "loss/kl" in m1:
+            assert m2["loss/kl"] == pytest.approx(m1["loss/kl"], rel=1e-6) and m1["loss/kl"] > 0, name
+    assert outs[1]["kl_behaviour"][1]["loss/ratio_mean"] != pytest.approx(1.0, abs=1e-6)  # behaviour weights used
 
 
 def test_torchrun_trainer_two_ranks_logs_once_and_its_checkpoint_resumes_on_one(tmp_path):

@@ -169,25 +169,29 @@ def test_adaptive_p_anneals_while_the_token_weights_stay_spread_and_backs_off_to
 
     from trainers.schedules import PControl
 
+    key = "loss/token_weight_ess_offpolicy"
     algo = SimpleNamespace(p_schedule="adaptive", p_start=2.0, p_end=-2.0, p_steps=None, p_target_ess=0.9)
     ctl = PControl(algo, total_steps=4)  # increment −1 per step
     seen = []
-    for ess in (None, 0.95, 0.95, 0.5, 0.9, 0.99, 0.99, 0.99):
+    for ess in (None, 0.95, 0.95, 0.5, 0.9, 0.99, 0.99, 0.99, float("nan")):
         if ess is not None:
-            ctl.observe({"loss/token_weight_ess": ess})
+            ctl.observe({key: ess})
         seen.append(ctl.p_for(len(seen)))
-    # 1 (first step moves off p_start), 0, −1, back to 0 (ESS 0.5 < 0.9), −1, −2, then held at p_end
-    assert seen == [1.0, 0.0, -1.0, 0.0, -1.0, -2.0, -2.0, -2.0]
-    ctl.observe({"loss/token_weight_ess": 0.1})
+    # 2 (no signal yet), 1, 0, held at 0 (ESS 0.5 < 0.9: back toward 0), −1, −2, held at p_end, held on NaN
+    assert seen == [2.0, 1.0, 0.0, 0.0, -1.0, -2.0, -2.0, -2.0, -2.0]
+    ctl.observe({key: 0.1})
     resumed = PControl(algo, total_steps=4)
     resumed.restore(ctl.state())
-    assert resumed.p_for(8) == ctl.p_for(8) == -1.0  # the saved state continues the same walk
-    ctl.observe({})  # no holder metrics (every update skipped): no ESS, anneal on
-    assert ctl.p_for(9) == -2.0
-    small = PControl(SimpleNamespace(**{**vars(algo), "p_start": 0.5, "p_end": 0.0}), total_steps=1)
+    assert resumed.p_for(9) == ctl.p_for(9) == -1.0  # the saved state continues the same walk
+    ctl.observe({"loss/token_weight_ess": 0.1})  # only on-policy updates (or none): no signal, p held
+    assert ctl.p_for(10) == -1.0
+    small = PControl(SimpleNamespace(**{**vars(algo), "p_start": 0.5, "p_end": -0.5}), total_steps=1)
     small.p, small.last_ess = 0.3, 0.0
     assert small.p_for(0) == 0.0  # backing off never crosses 0
-    fixed = PControl(SimpleNamespace(**{**vars(algo), "p_schedule": "linear", "p_at": lambda s, n: 7.0}), 4)
+    narrow = PControl(SimpleNamespace(**{**vars(algo), "p_start": 2.0, "p_end": 1.0}), total_steps=2)
+    narrow.p, narrow.last_ess = 1.0, 0.0
+    assert narrow.p_for(0) == 1.0  # nor leaves [p_end, p_start]
+    fixed = PControl(SimpleNamespace(**{**vars(algo), "p_schedule": "linear"}), 4)
     assert fixed.state() == {}
 
 
@@ -197,8 +201,10 @@ def test_adaptive_p_needs_the_holder_loss():
     from agent_rl.config import ConfigError, validate
     from agent_rl.train import compose_config
 
-    validate(compose_config(["algo.p_schedule=adaptive"]))
+    validate(compose_config(["algo.p_schedule=adaptive", "algo.num_minibatches=2"]))
     with pytest.raises(ConfigError, match="adaptive"):
-        validate(compose_config(["algo=grpo", "algo.p_schedule=adaptive"]))
+        validate(compose_config(["algo=grpo", "algo.p_schedule=adaptive", "algo.num_minibatches=2"]))
     with pytest.raises(ConfigError, match="p_target_ess"):
-        validate(compose_config(["algo.p_schedule=adaptive", "algo.p_target_ess=1.5"]))
+        validate(compose_config(["algo.p_schedule=adaptive", "algo.p_target_ess=1.5", "algo.num_minibatches=2"]))
+    with pytest.raises(ConfigError, match="off-policy"):
+        validate(compose_config(["algo.p_schedule=adaptive"]))  # one update per step: nothing to steer by

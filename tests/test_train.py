@@ -475,15 +475,18 @@ def test_colocated_sleep_mode_order_in_the_trainer(tiny_model, tmp_path, monkeyp
 
 def test_adaptive_p_in_the_trainer_follows_the_logged_ess_and_resumes(tiny_model, tmp_path):
     run = tmp_path / "adaptive"
-    args = ("algo.p_schedule=adaptive", "algo.p_target_ess=0.999", "algo.num_minibatches=2")
-    train(quick(tiny_model, run, *args, "train.steps=2"))
-    train(quick(tiny_model, run, *args, "train.steps=3"))  # resumed: continues the walk from the checkpoint
+    args = ("algo.p_schedule=adaptive", "algo.p_target_ess=0.97", "algo.num_minibatches=2")
+    train(quick(tiny_model, run, *args, "train.steps=3"))
+    train(quick(tiny_model, run, *args, "train.steps=4"))  # resumed: continues the walk from the checkpoint
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    incs = [-4.0 / 2, -4.0 / 2, -4.0 / 3]  # (p_end − p_start) / train.steps of the run that made the step
+    incs = [-4.0 / 3] * 3 + [-4.0 / 4]  # (p_end − p_start) / train.steps of the run that made the step
     p = [r["loss/p"] for r in rows]
-    assert p[0] == 2.0 + incs[0]
-    for k in (1, 2):
-        inc = incs[k]
-        back = rows[k - 1]["loss/token_weight_ess"] < 0.999
-        want = p[k - 1] - math.copysign(min(abs(inc), abs(p[k - 1])), p[k - 1]) if back else max(p[k - 1] + inc, -2.0)
-        assert p[k] == pytest.approx(want), (k, rows[k - 1]["loss/token_weight_ess"])
+    assert p[0] == 2.0  # no signal before the first step
+    moves = []
+    for k in (1, 2, 3):
+        ess = rows[k - 1]["loss/token_weight_ess_offpolicy"]  # the second minibatch's weights (1 exactly at p = 0)
+        back = ess < 0.97
+        want = p[k - 1] - math.copysign(min(abs(incs[k]), abs(p[k - 1])), p[k - 1]) if back else p[k - 1] + incs[k]
+        assert p[k] == pytest.approx(max(min(want, 2.0), -2.0)), (k, ess)
+        moves.append(back)
+    assert True in moves and False in moves, [r["loss/token_weight_ess_offpolicy"] for r in rows]  # both branches ran

@@ -78,7 +78,10 @@ def test_vllm_lora_run_syncs_only_the_adapter(tiny_model, tmp_path, monkeypatch)
 
 @pytest.mark.gpu
 def test_vllm_sleep_mode_wakes_with_the_synced_weights(tiny_model):
-    """Real vLLM sleep mode (GPU only): sleep, sync, and the engine generates as before with the same weights."""
+    """Real vLLM sleep mode (GPU only): weights synced into a sleeping engine are the ones it generates with after
+    waking (not the pre-sleep copy the wake restores), and syncing the originals back restores its output."""
+    import torch
+
     from trainers.models import load_model_and_tokenizer
     from trainers.policies import make_policy
     from trainers.policies.base import SamplingParams
@@ -87,12 +90,18 @@ def test_vllm_sleep_mode_wakes_with_the_synced_weights(tiny_model):
                          gpu_memory_utilization=0.2)
     try:
         greedy = SamplingParams(n=1, temperature=0.0, max_tokens=8)
-        before = policy.generate([[1, 2, 3]], greedy)
+        before = policy.generate([[1, 2, 3]], greedy)[0][0].token_ids
+        model, _ = load_model_and_tokenizer(tiny_model)
+        original = {n: t.detach().clone() for n, t in model.named_parameters()}
+        with torch.no_grad():
+            model.lm_head.weight.neg_()  # greedy picks the least likely token now: a different reply
         policy.sleep()
         assert policy.sleeping
-        model, _ = load_model_and_tokenizer(tiny_model)
         policy.sync_weights(model.named_parameters())
         assert not policy.sleeping
-        assert policy.generate([[1, 2, 3]], greedy)[0][0].token_ids == before[0][0].token_ids
+        assert policy.generate([[1, 2, 3]], greedy)[0][0].token_ids != before
+        policy.sleep()
+        policy.sync_weights(original.items())
+        assert policy.generate([[1, 2, 3]], greedy)[0][0].token_ids == before
     finally:
         policy.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Callable
 
 import torch
@@ -36,6 +37,9 @@ class DataParallel:
 
     rank: int = 0
     world_size: int = 1
+    # Group for the control traffic (batches, logprobs, floats) on CPU tensors: gloo, with a timeout longer than
+    # any rollout or eval the other ranks wait through. The default group (nccl on GPUs) carries the gradients.
+    control: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -65,7 +69,7 @@ class DataParallel:
         if not self.enabled:
             return local
         parts: list[Any] = [None] * self.world_size
-        torch.distributed.all_gather_object(parts, local)
+        torch.distributed.all_gather_object(parts, local, group=self.control)
         out: dict[int, Any] = {}
         for part in parts:
             out.update(part)
@@ -74,8 +78,8 @@ class DataParallel:
     def sum_floats(self, values: list[float]) -> list[float]:
         if not self.enabled:
             return values
-        t = torch.tensor(values, dtype=torch.float64)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+        t = torch.tensor(values, dtype=torch.float64)  # [k], on CPU: the gloo control group
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM, group=self.control)
         return t.tolist()
 
     def reduce_gradients(self, model) -> None:
@@ -107,12 +111,20 @@ class DataParallel:
         if not self.enabled:
             return obj
         box = [obj if self.is_main else None]
-        torch.distributed.broadcast_object_list(box, src=0)
+        torch.distributed.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
 
     def from_main(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
-        """Run ``fn`` on rank 0 only and give its result to every rank (rollouts, eval, env sizes).
-        An exception on rank 0 reaches the other ranks as an error instead of a hang."""
+        """Run ``fn`` on rank 0 only and give its result to every rank (rollouts, eval, env sizes)."""
+        return self._on_rank0(fn, args, kwargs, share=True)
+
+    def on_main(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        """Run ``fn`` on rank 0 only (weight sync, checkpoint, building the rollout side); its result stays
+        there (None elsewhere)."""
+        return self._on_rank0(fn, args, kwargs, share=False)
+
+    def _on_rank0(self, fn, args, kwargs, *, share: bool) -> Any:
+        """A failure on rank 0 reaches every rank as an error instead of a wait in the next collective."""
         result = None
         if self.is_main:
             try:
@@ -123,23 +135,20 @@ class DataParallel:
                 raise
         if not self.enabled:
             return result
-        tag, value = self.broadcast(("ok", result))
+        tag, value = self.broadcast(("ok", result if share else None))
         if tag == "error":
             raise RuntimeError(f"rank 0 failed, so rank {self.rank} stops too: {value}")
-        return value
-
-    def on_main(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
-        """Run ``fn`` on rank 0 only (weight sync, checkpoint, logging); None elsewhere."""
-        return fn(*args, **kwargs) if self.is_main else None
+        return value if share else result
 
     def close(self) -> None:
         if self.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def init_data_parallel() -> DataParallel:
+def init_data_parallel(timeout_s: float = 6 * 3600) -> DataParallel:
     """The learner ranks torchrun started (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``), or one process.
-    gloo on CPU, nccl on CUDA (each rank on GPU ``LOCAL_RANK``)."""
+    Gradients over gloo on CPU, nccl on CUDA (each rank on GPU ``LOCAL_RANK``); control traffic over a gloo group
+    whose ``timeout_s`` bounds how long ranks 1.. wait for rank 0's rollouts and evals (NCCL's default is 10 min)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DataParallel()
@@ -147,5 +156,7 @@ def init_data_parallel() -> DataParallel:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return DataParallel(rank=rank, world_size=world)
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                             timeout=timedelta(seconds=timeout_s))
+    control = torch.distributed.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+    return DataParallel(rank=rank, world_size=world, control=control)

@@ -201,6 +201,7 @@ class Learner:
         traj_ids = list(range(len(seqs_of)))  # loss rows
         n_updates = n_skipped = 0
         fresh = behaviour is None  # weights unchanged since `old` was computed
+        offpolicy_ess: list[float] = []  # token-weight ESS of the updates whose ratios are not all 1
         tokens = 0
         for _ in range(self.s.epochs):
             self.rng.shuffle(traj_ids)
@@ -225,6 +226,8 @@ class Learner:
                 )
                 total = out.loss
                 metrics = dict(out.metrics)
+                if not fresh and "loss/token_weight_ess" in metrics:
+                    offpolicy_ess.append(metrics["loss/token_weight_ess"])
                 if ref is not None:
                     ref_mat, _ = self._traj_matrix(ref, [seqs_of[t] for t in trajs], masks)
                     kl = kl_low_var(lp_leaf, ref_mat, mask)
@@ -280,6 +283,8 @@ class Learner:
                     metrics_sum[key] = metrics_sum.get(key, 0.0) + v
         result = {k: v / max(n_updates + n_skipped, 1) for k, v in metrics_sum.items()}
         result["train/nonfinite_updates"] = float(n_skipped)
+        if offpolicy_ess:  # the on-policy first update has uniform weights (ESS 1): only the others say anything
+            result["loss/token_weight_ess_offpolicy"] = min(offpolicy_ess)
         elapsed = time.perf_counter() - t0
         result["perf/learner_seconds"] = elapsed
         result["perf/learner_tokens_per_s"] = tokens / elapsed if elapsed > 0 else 0.0

@@ -16,11 +16,14 @@ default is ``linear`` from 2 to −2. Progress x = min(step, steps)/steps ∈ [0
 Add one with ``@SCHEDULES.register("name")`` on a function ``x -> fraction of the way``.
 
 :class:`PControl` is what the trainer asks each step: one of those schedules (``algo.p_at``), or
-``adaptive``, the one p schedule that is not a function of the step alone: p walks from ``start``
-toward ``end`` by (end − start)/steps per step while the last update's token-weight ESS (the
-normalised effective sample size of the Hölder mean's token weights, 1 = uniform) stays at or above
-``target_ess``; a step whose ESS fell below it moves p one increment back toward 0, where the
-weights are uniform. So p anneals as far as the weights stay spread over the tokens.
+``adaptive``, the one p schedule that is not a function of the step alone: p starts at ``start`` and
+walks toward ``end`` by (end − start)/steps per step while the last step's lowest off-policy
+token-weight ESS (the normalised effective sample size of the Hölder mean's token weights, 1 =
+uniform; the first, on-policy update always has 1) stays at or above ``target_ess``; a step whose
+ESS fell below it moves p one increment back toward 0, where the weights are uniform (never past
+the [start, end] range); a step without that signal (every update skipped) holds p. So p anneals as
+far as the weights stay spread over the tokens; on 2 → −2 both moves point the same way while p > 0,
+and the controller acts once p is negative.
 """
 
 from __future__ import annotations
@@ -102,14 +105,16 @@ class PControl:
         if not self.adaptive:
             return self.algo.p_at(step, self.total_steps)
         lo, hi = sorted((self.algo.p_start, self.algo.p_end))
-        if self.last_ess is None or self.last_ess >= self.algo.p_target_ess:
+        if self.last_ess is None:
+            pass  # the first step of the run, or a step without off-policy updates: hold p
+        elif self.last_ess >= self.algo.p_target_ess:
             self.p = min(max(self.p + self.inc, lo), hi)  # on toward p_end
-        else:
-            self.p -= math.copysign(min(abs(self.inc), abs(self.p)), self.p)  # back toward 0: spread the weights
+        else:  # back toward 0, to spread the weights
+            self.p = min(max(self.p - math.copysign(min(abs(self.inc), abs(self.p)), self.p), lo), hi)
         return self.p
 
     def observe(self, metrics: dict[str, float]) -> None:
-        ess = metrics.get("loss/token_weight_ess")
+        ess = metrics.get("loss/token_weight_ess_offpolicy")
         self.last_ess = float(ess) if ess is not None and math.isfinite(ess) else None
 
     def state(self) -> dict:
