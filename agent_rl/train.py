@@ -347,6 +347,7 @@ def train(cfg: Config) -> dict[str, float]:
         seed=cfg.train.seed + start_step, dp=dp)
     # the rollout side lives on rank 0 only (None on the other ranks)
     policy = dp.on_main(make_rollout_policy, cfg, model, tokenizer)
+    cfg.rollout.backend = dp.broadcast(cfg.rollout.backend)  # auto resolved on rank 0: the same branches on every rank
     if ckpt is not None and cfg.rollout.backend != "hf" and not cfg.ray.rollout_in_actor:
         dp.on_main(sync_weights, cfg, policy, model)  # the engine started from model.name, not the resumed weights
     pool = dp.on_main(make_pool, cfg, env_id, cfg.episodes_per_step, dict(cfg.env.kwargs))
