@@ -196,7 +196,9 @@ def make_rollout_policy(cfg: Config, model, tokenizer):
         kwargs: dict[str, Any] = {"model": cfg.model.name, "dtype": cfg.model.dtype}
     else:
         v = cfg.rollout.vllm
-        if v.in_process and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from trainers.distributed import torchrun_world_size
+
+        if v.in_process and torchrun_world_size() > 1:
             # measured: an in-process engine's worker joins torchrun's process group and the run hangs
             log.info("torchrun: the vLLM engine runs in processes of its own (rollout.vllm.in_process is ignored)")
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"  # also over a 0 inherited from the shell

@@ -145,11 +145,16 @@ class DataParallel:
             torch.distributed.destroy_process_group()
 
 
+def torchrun_world_size() -> int:
+    """How many learner ranks torchrun started (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_data_parallel(timeout_s: float = 6 * 3600) -> DataParallel:
     """The learner ranks torchrun started (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``), or one process.
     Gradients over gloo on CPU, nccl on CUDA (each rank on GPU ``LOCAL_RANK``); control traffic over a gloo group
     whose ``timeout_s`` bounds how long ranks 1.. wait for rank 0's rollouts and evals (NCCL's default is 10 min)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = torchrun_world_size()
     if world <= 1:
         return DataParallel()
     rank = int(os.environ["RANK"])
