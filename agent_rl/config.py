@@ -207,6 +207,12 @@ class TrainConfig:
     # How many updates old the weights that sampled a batch may be: 1 (one step off policy) or 0 (each rollout
     # starts at its own step: the synchronous trainer, through the asynchronous machinery).
     max_staleness: int = 1
+    # Under torchrun: shard parameters, gradients and AdamW state over the ranks with FSDP2 (fully_shard on each
+    # decoder layer, then the whole model), for models whose training state does not fit one GPU. false: every rank
+    # holds a full replica and the gradient is all-reduced once per update. Either way the gradient is the exact
+    # single-process one, rank 0 rolls out (from a full copy of the weights it refreshes after each update) and
+    # checkpoints are full state dicts that resume on any number of ranks. Not with LoRA or train.async_rollouts.
+    fsdp2: bool = False
 
 
 @dataclass
@@ -332,7 +338,7 @@ def validate_sft(cfg: Config) -> None:
 
 # Settings a resumed run may change: how long it runs, how it logs, evaluates and saves, and where
 # generation and envs run. Any other difference from the checkpoint's config.yaml changes what is trained.
-RESUME_SAFE = ("train.steps", "train.run_dir", "train.resume", "train.progress", "train.eval_every",
+RESUME_SAFE = ("train.steps", "train.run_dir", "train.resume", "train.progress", "train.eval_every", "train.fsdp2",
                "train.eval_episodes", "train.eval_at_start", "train.save_every", "train.keep_checkpoints",
                "train.max_nonfinite_steps", "train.micro_batch_tokens", "logging.", "ray.", "rollout.backend",
                "rollout.vllm.", "env.num_workers", "env.eval_kwargs.")
@@ -415,6 +421,11 @@ def validate(cfg: Config) -> None:
          "rollout.vllm.sleep_mode", True, "sleep mode frees the trainer's GPU from its own vLLM engine during the update: "
          "it needs rollout.backend=vllm in the trainer's process, and no rollout running during the update",
          "use rollout=vllm with ray.enabled=false and train.async_rollouts=false, or rollout.vllm.sleep_mode=false")
+    need(not cfg.train.fsdp2 or not (cfg.model.lora.enabled or cfg.train.async_rollouts), "train.fsdp2",
+         f"true with model.lora.enabled={cfg.model.lora.enabled}, train.async_rollouts={cfg.train.async_rollouts}",
+         "sharding is for full fine-tuning (a LoRA adapter is small enough to replicate), and asynchronous rollouts swap "
+         "whole weight sets in and out of the model, which sharded parameters do not allow",
+         "use train.fsdp2=false (replicated data parallelism) for those runs")
     need(cfg.rollout.history_k >= 0, "rollout.history_k", cfg.rollout.history_k,
          "it counts past (observation, action) pairs shown in the prompt", "use 2 (the paper) or 0")
     need(cfg.rollout.invalid_action_penalty >= 0, "rollout.invalid_action_penalty", cfg.rollout.invalid_action_penalty,

@@ -318,6 +318,9 @@ def train(cfg: Config) -> dict[str, float]:
     template = resolve_template(cfg, env_id)
     model, tokenizer = load_model(cfg, ckpt)
     dp.broadcast_parameters(model)  # identical replicas whatever each rank's initialisation (a LoRA adapter's)
+    # train.fsdp2: shard the model over the ranks; `weights` is the full copy rank 0's rollout side reads (the model
+    # itself when it is not sharded)
+    weights = dp.shard_parameters(model, cfg.train.fsdp2)
     ref_model = None
     if cfg.algo.kl_coef > 0 and not cfg.model.lora.enabled:
         from trainers.models import load_model_and_tokenizer
@@ -332,7 +335,7 @@ def train(cfg: Config) -> dict[str, float]:
     start_step, wandb_id = 0, None
     p_control = PControl(cfg.algo, cfg.train.steps)  # p per step (a schedule, or adaptive: trainers.schedules)
     if ckpt is not None:
-        state = load_trainer_state(ckpt, optimizer)
+        state = load_trainer_state(ckpt, optimizer, load_optimizer=lambda sd: dp.load_optimizer_state(model, optimizer, sd))
         start_step, wandb_id = state.step, state.extra.get("wandb_id")
         p_control.restore(state.extra)
         log.info("resumed from %s at step %d (p=%.3f)", ckpt, state.step, state.p)
@@ -348,14 +351,14 @@ def train(cfg: Config) -> dict[str, float]:
         ratio_unit=cfg.algo.ratio_unit), ref_model=ref_model,
         seed=cfg.train.seed + start_step, dp=dp)
     # the rollout side lives on rank 0 only (None on the other ranks)
-    policy = dp.on_main(make_rollout_policy, cfg, model, tokenizer)
+    policy = dp.on_main(make_rollout_policy, cfg, weights, tokenizer)
     cfg.rollout.backend = dp.broadcast(cfg.rollout.backend)  # auto resolved on rank 0: the same branches on every rank
     if ckpt is not None and cfg.rollout.backend != "hf" and not cfg.ray.rollout_in_actor:
-        dp.on_main(sync_weights, cfg, policy, model)  # the engine started from model.name, not the resumed weights
+        dp.on_main(sync_weights, cfg, policy, weights)  # the engine started from model.name, not the resumed weights
     pool = dp.on_main(make_pool, cfg, env_id, cfg.episodes_per_step, dict(cfg.env.kwargs))
     engine = dp.on_main(make_rollout_engine, cfg, policy, pool, template)
     num_tasks = dp.from_main(env_num_tasks, pool)
-    rollouts = dp.on_main(make_rollout_stream, cfg, engine, policy, model, num_tasks, start_step)  # None off rank 0
+    rollouts = dp.on_main(make_rollout_stream, cfg, engine, policy, weights, num_tasks, start_step)  # None off rank 0
     behaviour = BehaviourWeights(learner, stale=cfg.train.async_rollouts and cfg.train.max_staleness > 0)
 
     metrics: dict[str, float] = {}
@@ -379,7 +382,9 @@ def train(cfg: Config) -> dict[str, float]:
             metrics.update(learner.update(batch, advantages, p, behaviour=behaviour.for_update()))
             metrics["loss/p"] = p
             p_control.observe(metrics)
-            # 4. weight sync to the rollout engine (deferred while an asynchronous rollout is in flight)
+            # 4. weight sync to the rollout engine (deferred while an asynchronous rollout is in flight); with
+            #    train.fsdp2 the shards are first gathered into rank 0's full copy
+            dp.publish(model, weights)
             dp.on_main(RolloutStream.weights_changed, rollouts)
             # 5. periodic eval, with the same rollout engine code
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0:
@@ -389,7 +394,8 @@ def train(cfg: Config) -> dict[str, float]:
             metrics["train/step"] = step + 1
             # 6. checkpoint (atomic) and metrics
             if (step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps:
-                dp.on_main(save_checkpoint, run_dir, model=model, tokenizer=tokenizer, optimizer=optimizer,
+                optimizer_state = dp.optimizer_state(model, optimizer)  # FSDP2: gathered onto rank 0 (collective)
+                dp.on_main(save_checkpoint, run_dir, model=weights, tokenizer=tokenizer, optimizer_state=optimizer_state,
                            step=step + 1, p=p, config_yaml=config_yaml, keep=cfg.train.keep_checkpoints,
                            extra={"wandb_id": tracker.wandb_id, **p_control.state()})
             tracker.log(step + 1, metrics)

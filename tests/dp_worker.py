@@ -1,5 +1,7 @@
 """Worker for tests/test_distributed.py, launched with torchrun: one learner update per case on a float64
-tiny model, data-parallel over the ranks (gloo); rank 0 saves the parameters after each case."""
+tiny model, data-parallel over the ranks (gloo); rank 0 saves the parameters after each case.
+
+    dp_worker.py MODEL OUT [fsdp2]     # fsdp2: the model sharded with FSDP2 (train.fsdp2), else replicated"""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def perturbed(model, seed: int) -> dict:
     return {n: t.detach() + 0.02 * torch.randn(t.shape, generator=gen, dtype=t.dtype) for n, t in model.named_parameters()}
 
 
-def run_case(name: str, model_path: str, dp) -> tuple[torch.nn.Module, dict]:
+def run_case(name: str, model_path: str, dp, fsdp2: bool) -> tuple[torch.nn.Module, dict]:
     mode, n, adv, settings = CASES[name]
     model, _ = load_model_and_tokenizer(model_path)
     model = model.double()
@@ -42,19 +44,24 @@ def run_case(name: str, model_path: str, dp) -> tuple[torch.nn.Module, dict]:
     if name == "kl_behaviour":
         ref_model = copy.deepcopy(model)
         ref_model.load_state_dict(perturbed(model, 1), strict=False)
-        behaviour = perturbed(model, 2)
+        behaviour = None if fsdp2 else perturbed(model, 2)  # swapping weight sets needs unsharded parameters
+    full = dp.shard_parameters(model, fsdp2)  # rank 0's full copy (the model itself unless sharded)
     learner = Learner(model, torch.optim.SGD(model.parameters(), lr=0.5),
                       LearnerSettings(micro_batch_tokens=48, **settings), seed=1, dp=dp, ref_model=ref_model)
-    return model, learner.update(batch, advantages, p=P[name], behaviour=behaviour)
+    metrics = learner.update(batch, advantages, p=P[name], behaviour=behaviour)
+    dp.publish(model, full)
+    return full, metrics
 
 
 def main() -> None:
     model_path, out = sys.argv[1], sys.argv[2]
+    fsdp2 = sys.argv[3:] == ["fsdp2"]
     dp = init_data_parallel()
     results = {}
     for name in CASES:
-        model, metrics = run_case(name, model_path, dp)
-        results[name] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, metrics)
+        model, metrics = run_case(name, model_path, dp, fsdp2)
+        if dp.is_main:  # under FSDP2 only rank 0 holds the full weights
+            results[name] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, metrics)
     if dp.is_main:
         torch.save(results, out)
     dp.close()

@@ -32,15 +32,17 @@ def test_shards_cover_every_sequence_once_and_balance_tokens():
     assert DataParallel().shard([3, 1], sizes) == [3, 1]  # one process: everything, untouched
 
 
-def test_two_gloo_ranks_update_equals_the_single_process_update(tmp_path):
+@pytest.mark.parametrize("sharding", ["replicated", "fsdp2"])
+def test_two_gloo_ranks_update_equals_the_single_process_update(tmp_path, sharding):
     """A float64 tiny model, SGD (the update is the gradient): parameters after the 2-rank update equal
     the 1-process update to 1e-6, in every case of dp_worker (uneven shards, zero-advantage skips, per-turn
-    rows, an entropy term, a rank with nothing to compute, a KL term and behaviour weights)."""
+    rows, an entropy term, a rank with nothing to compute, a KL term and behaviour weights), with replicated
+    weights and with FSDP2-sharded ones (which also pads the ranks' micro-batch counts to lockstep)."""
     model = build_tiny_model(tmp_path / "tiny")
     outs = {}
     for n in (1, 2):
         out = tmp_path / f"ranks{n}.pt"
-        proc = torchrun(n, str(HERE / "dp_worker.py"), str(model), str(out))
+        proc = torchrun(n, str(HERE / "dp_worker.py"), str(model), str(out), *(["fsdp2"] if sharding == "fsdp2" else []))
         assert proc.returncode == 0, proc.stderr[-4000:]
         outs[n] = torch.load(out, weights_only=False)
     from trainers.models import load_model_and_tokenizer
@@ -58,13 +60,17 @@ def test_two_gloo_ranks_update_equals_the_single_process_update(tmp_path):
             assert m2["loss/entropy"] == pytest.approx(m1["loss/entropy"], rel=1e-6), name
         if "loss/kl" in m1:
             assert m2["loss/kl"] == pytest.approx(m1["loss/kl"], rel=1e-6) and m1["loss/kl"] > 0, name
-    assert outs[1]["kl_behaviour"][1]["loss/ratio_mean"] != pytest.approx(1.0, abs=1e-6)  # behaviour weights used
+    if sharding == "replicated":
+        assert outs[1]["kl_behaviour"][1]["loss/ratio_mean"] != pytest.approx(1.0, abs=1e-6)  # behaviour weights used
 
 
-def test_torchrun_trainer_two_ranks_logs_once_and_its_checkpoint_resumes_on_one(tmp_path):
+@pytest.mark.parametrize("sharding", ["replicated", "fsdp2"])
+def test_torchrun_trainer_two_ranks_logs_once_and_its_checkpoint_resumes_on_one(tmp_path, sharding):
     """``torchrun --nproc_per_node=2 -m agent_rl.train``: rank 0 rolls out and logs, both ranks update;
     the first step's gradient norm equals the single-process run's (same rollouts, same weights); the checkpoint
-    (a full state dict) resumes in one process."""
+    (a full state dict) resumes in one process. FSDP2 (rank 0 rolls out from its gathered full copy): the
+    checkpoint's AdamW state is in the single-process format and equals the 1-process run's, and it resumes
+    sharded on 2 ranks too."""
     import json
 
     from agent_rl.train import train
@@ -76,7 +82,8 @@ def test_torchrun_trainer_two_ranks_logs_once_and_its_checkpoint_resumes_on_one(
                  "train.steps=2", "train.lr=1e-2", "train.micro_batch_tokens=64", "logging.wandb=false",
                  "train.progress=false", "env.num_workers=1"]
     run2 = tmp_path / "two_ranks"
-    proc = torchrun(2, "-m", "agent_rl.train", *overrides, f"train.run_dir={run2}")
+    sharded = ["train.fsdp2=true"] if sharding == "fsdp2" else []
+    proc = torchrun(2, "-m", "agent_rl.train", *overrides, *sharded, f"train.run_dir={run2}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(x) for x in (run2 / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]  # rank 1 logged nothing
@@ -89,6 +96,13 @@ def test_torchrun_trainer_two_ranks_logs_once_and_its_checkpoint_resumes_on_one(
     assert rows[0]["loss/grad_norm"] == pytest.approx(single[0]["loss/grad_norm"], rel=1e-5)  # the summed gradient
     assert rows[0]["loss/grad_norm"] > 0
     assert rows[0]["perf/optimizer_steps"] == single[0]["perf/optimizer_steps"]
+    if sharding == "fsdp2":  # rank 0 played step 2 with the gathered weights, and the AdamW state was gathered
+        assert rows[1]["rollout/mean_return"] == single[1]["rollout/mean_return"]
+        opt2, opt1 = (torch.load(r / "checkpoints" / "step_000002" / "optimizer.pt") for r in (run2, run1))
+        assert opt2["param_groups"] == opt1["param_groups"] and sorted(opt2["state"]) == sorted(opt1["state"])
+        for i, st in opt1["state"].items():
+            for key, t in st.items():  # float32 sums in another order: rounding only
+                torch.testing.assert_close(opt2["state"][i][key], t, atol=1e-6, rtol=1e-4, msg=f"param {i} {key}")
     # resume the 2-rank run in one process: a third step
     from agent_rl.train import compose_config
 
@@ -96,6 +110,11 @@ def test_torchrun_trainer_two_ranks_logs_once_and_its_checkpoint_resumes_on_one(
     train(compose_config([*overrides, f"train.run_dir={run2}", "train.steps=3"]))
     rows = [json.loads(x) for x in (run2 / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
+    if sharding == "fsdp2":  # and back onto 2 sharded ranks: a fourth step from the 1-process checkpoint
+        proc = torchrun(2, "-m", "agent_rl.train", *overrides, *sharded, f"train.run_dir={run2}", "train.steps=4")
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        rows = [json.loads(x) for x in (run2 / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["loss/grad_norm"] > 0
 
 
 def test_torchrun_trainer_with_vllm_rollouts_on_rank_zero(tmp_path):
@@ -113,3 +132,14 @@ def test_torchrun_trainer_with_vllm_rollouts_on_rank_zero(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and rows[-1]["rollout/num_episodes"] == 4
+
+
+def test_fsdp2_is_refused_where_it_cannot_work():
+    """LoRA (nothing worth sharding) and asynchronous rollouts (whole weight sets swapped in) are refused up front."""
+    from agent_rl.config import ConfigError, validate
+    from agent_rl.train import compose_config
+
+    for extra in (["model.lora.enabled=true"], ["rollout=vllm", "train.async_rollouts=true"]):
+        with pytest.raises(ConfigError, match="train.fsdp2"):
+            validate(compose_config(["train.fsdp2=true", *extra]))
+    validate(compose_config(["train.fsdp2=true"]))

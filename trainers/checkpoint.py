@@ -149,9 +149,13 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def save_checkpoint(
-    run_dir: str | os.PathLike, *, model, tokenizer, optimizer, step: int, p: float,
-    config_yaml: str, extra: dict[str, Any] | None = None, keep: int = 2,
+    run_dir: str | os.PathLike, *, model, tokenizer, step: int, p: float, config_yaml: str, optimizer=None,
+    optimizer_state: dict | None = None, extra: dict[str, Any] | None = None, keep: int = 2,
 ) -> Path:
+    """Write step ``step`` atomically: ``model``'s weights (a full model), ``optimizer``'s state (or
+    ``optimizer_state``, an optimizer state dict already gathered: trainers.distributed), RNG states, config."""
+    if (optimizer is None) == (optimizer_state is None):
+        raise ValueError("save_checkpoint needs exactly one of optimizer= and optimizer_state=")
     bad = [n for n, t in model.named_parameters() if not bool(torch.isfinite(t).all())]
     if bad:
         raise RuntimeError(
@@ -168,7 +172,7 @@ def save_checkpoint(
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer.state_dict() if optimizer is not None else optimizer_state, tmp / "optimizer.pt")
     torch.save(_rng_state(), tmp / "rng.pt")
     (tmp / "config.yaml").write_text(config_yaml)
     # trainer_state.json is written last: its presence marks a complete checkpoint.
@@ -184,8 +188,10 @@ def save_checkpoint(
     return final
 
 
-def load_trainer_state(path: Path, optimizer=None) -> TrainerState:
-    """Read step/p, restore RNG states and (if given) the optimizer from a checkpoint."""
+def load_trainer_state(path: Path, optimizer=None, load_optimizer=None) -> TrainerState:
+    """Read step/p, restore RNG states and (if given) the optimizer from a checkpoint. ``load_optimizer``:
+    how to load the saved state dict into ``optimizer`` (default ``optimizer.load_state_dict``; sharded
+    optimizers: trainers.distributed)."""
     meta = json.loads((path / "trainer_state.json").read_text())
     try:
         rng = torch.load(path / "rng.pt", weights_only=True)
@@ -204,5 +210,5 @@ def load_trainer_state(path: Path, optimizer=None) -> TrainerState:
                 f"could run code): {str(exc).splitlines()[0]}. Fix: delete {path} to resume from an older "
                 f"checkpoint, or start a new train.run_dir"
             ) from None
-        optimizer.load_state_dict(state)
+        (load_optimizer or optimizer.load_state_dict)(state)
     return TrainerState(step=int(meta["step"]), p=float(meta["p"]), rng=rng, extra=meta.get("extra", {}))

@@ -11,13 +11,21 @@ g_t = ∂loss/∂logπ_t of the *global* mini-batch loss (its normaliser counts 
 each rank's accumulated gradient is its shard's share of one sum, and the all-reduce SUM of the
 shares is the single-process gradient (not a mean of per-rank means when shards differ in size).
 
-Why not wrap the model in DDP or FSDP2: both reduce gradients inside every ``backward()`` call and
-FSDP2 also all-gathers weights inside every forward, so every rank must run the same number of
-micro-batches in lockstep. A rank's shard here is a set of packed variable-length micro-batches
-(and zero-advantage sequences are skipped), so the counts differ between ranks; the parameters are
-replicated and the gradient is reduced once per update instead (what DDP's no_sync + one reduction
-does). Replicated weights also keep rank 0's rollout model, weight sync and checkpoint unchanged: a
-checkpoint is a full state dict written by rank 0, loadable on any number of ranks.
+Two ways to hold the weights (``train.fsdp2``):
+
+- replicated (default): every rank holds the whole model and AdamW state; a rank's shard of a batch is a
+  set of packed variable-length micro-batches (zero-advantage sequences skipped), so ranks run different
+  numbers of micro-batches, and the gradient is all-reduced once per update (what DDP's ``no_sync`` plus one
+  reduction does). Rank 0's rollout side uses the trained model itself.
+- FSDP2 (:meth:`DataParallel.shard_parameters`): ``fully_shard`` on each decoder layer and the root, so
+  parameters, gradients and AdamW state are split over the ranks. FSDP2 all-gathers a layer's weights in
+  every forward and reduce-scatters its gradient in every backward, so every rank must run the same number
+  of forward and backward passes: a rank with fewer micro-batches runs padding passes on a two-token dummy
+  (its backward carries a zero gradient), :meth:`DataParallel.lockstep`. The reduction is a SUM (divide
+  factor 1) for the same reason as above. Rank 0's rollout side reads a full copy of the weights
+  (:meth:`DataParallel.publish` refreshes it after each update, a collective), and checkpoints gather a full
+  state dict (model and AdamW state, saved in the single-process format), so a run resumes on any number
+  of ranks, sharded or not.
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ class DataParallel:
     # Group for the control traffic (batches, logprobs, floats) on CPU tensors: gloo, with a timeout longer than
     # any rollout or eval the other ranks wait through. The default group (nccl on GPUs) carries the gradients.
     control: Any = None
+    # FSDP2: parameters, gradients and optimizer state sharded over the ranks (shard_parameters).
+    sharded: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -82,9 +92,19 @@ class DataParallel:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM, group=self.control)
         return t.tolist()
 
+    def lockstep(self, count: int) -> int:
+        """FSDP2: the most micro-batches any rank has for this pass (every rank runs that many; see the module
+        docstring). Replicated: ``count``."""
+        if not self.sharded:
+            return count
+        t = torch.tensor([count], dtype=torch.int64)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=self.control)
+        return int(t.item())
+
     def reduce_gradients(self, model) -> None:
-        """Sum ``.grad`` over ranks, in one flat buffer (a rank without a micro-batch adds zeros)."""
-        if not self.enabled:
+        """Sum ``.grad`` over ranks, in one flat buffer (a rank without a micro-batch adds zeros). FSDP2 has
+        already reduce-scattered the sum inside each backward."""
+        if not self.enabled or self.sharded:
             return
         params = [p for p in model.parameters() if p.requires_grad]
         for p in params:
@@ -105,6 +125,69 @@ class DataParallel:
         with torch.no_grad():
             for t in [*model.parameters(), *model.buffers()]:
                 torch.distributed.broadcast(t.data, src=0)
+
+    # ------------------------------------------------------------------ FSDP2
+    def shard_parameters(self, model, shard: bool):
+        """With ``shard`` under torchrun: FSDP2 on ``model`` (in place) and return rank 0's full copy of the
+        weights for its rollout side (None on the other ranks), kept current by :meth:`publish`. Otherwise
+        ``model`` itself. Call after :meth:`broadcast_parameters` and before the optimizer is built."""
+        if not (shard and self.enabled):
+            return model
+        import copy
+
+        from torch.distributed.fsdp import fully_shard
+
+        replica = copy.deepcopy(model).eval().requires_grad_(False) if self.is_main else None
+        layers = set(getattr(model, "_no_split_modules", None) or ())  # HF: the decoder layer classes
+        units = [m for m in model.modules() if type(m).__name__ in layers and m is not model]
+        for unit in units:
+            fully_shard(unit)
+        fully_shard(model)
+        for unit in [*units, model]:
+            unit.set_gradient_divide_factor(1.0)  # a SUM of the ranks' shares, not a mean (module docstring)
+            unit.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM; NCCL's is zero-copy)
+        self.sharded = True
+        return replica
+
+    def publish(self, model, replica) -> None:
+        """FSDP2: gather the updated weights into rank 0's ``replica`` (every rank must call it). Else nothing
+        (the replica is the model)."""
+        if not self.sharded:
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.is_main:
+            with torch.no_grad():
+                for name, t in replica.named_parameters():  # tied weights once, under their first name
+                    t.copy_(full[name])
+
+    def optimizer_state(self, model, optimizer) -> dict | None:
+        """The optimizer's state dict in the single-process format (parameters numbered in the optimizer's
+        order): FSDP2 gathers it onto rank 0 (every rank must call it; None elsewhere)."""
+        if not self.sharded:
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        full = get_optimizer_state_dict(model, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.is_main:
+            return None
+        index = {name: i for i, name in enumerate(_optimizer_param_names(model, optimizer))}
+        return {"state": {index[name]: s for name, s in full["state"].items()},
+                "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in full["param_groups"]]}
+
+    def load_optimizer_state(self, model, optimizer, state: dict) -> None:
+        """Load a single-process-format optimizer state dict (every rank passes the whole of it)."""
+        if not self.sharded:
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        names = _optimizer_param_names(model, optimizer)
+        full = {"state": {names[i]: s for i, s in state["state"].items()},
+                "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+        set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True))
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (pickled)."""
@@ -143,6 +226,12 @@ class DataParallel:
     def close(self) -> None:
         if self.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _optimizer_param_names(model, optimizer) -> list[str]:
+    """The parameters' names in the optimizer's order (its state dict numbers them that way)."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    return [name_of[id(p)] for g in optimizer.param_groups for p in g["params"]]
 
 
 def torchrun_world_size() -> int:

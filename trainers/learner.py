@@ -40,6 +40,7 @@ are (the trainer stops after several such steps in a row).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -110,11 +111,22 @@ class Learner:
     def sequence_logprobs(self, model, sequences: list[Sequence], indices: list[int]) -> dict[int, torch.Tensor]:
         """Per-token logprobs ([L] on CPU, float32) of ``sequences[indices]`` under ``model``."""
         out: dict[int, torch.Tensor] = {}
-        for mb in pack_sequences(sequences, self.s.micro_batch_tokens, indices, self._row_tokens(model)):
+        for mb in self._micro_batches(model, sequences, indices):
             with self._autocast():
                 lp, _ = token_logprobs_and_entropy(model, mb, temperature=self.s.temperature, loss_only=True)
-            out.update(mb.gather(lp.float().cpu()))
+            out.update(mb.gather(lp.float().cpu()))  # a padding pass (FSDP2 lockstep) gathers nothing
         return out
+
+    def _micro_batches(self, model, sequences: list[Sequence], indices: list[int]) -> list:
+        """The packed micro-batches of ``sequences[indices]``; under FSDP2, padded with dummy passes to the
+        most any rank runs (trainers.distributed: sharded layers gather and reduce in lockstep)."""
+        mbs = pack_sequences(sequences, self.s.micro_batch_tokens, indices, self._row_tokens(model))
+        if self.dp.sharded and model is self.model:  # the reference model is replicated: no collectives
+            missing = self.dp.lockstep(len(mbs)) - len(mbs)
+            dummy = [Sequence(input_ids=[0, 0], loss_mask=[0, 1], logprobs=[0.0, 0.0], traj_index=-1)]
+            pad = dataclasses.replace(pack_sequences(dummy, self.s.micro_batch_tokens)[0], entries=[])  # no sequence of the batch
+            mbs += [pad] * missing
+        return mbs
 
     def _all_logprobs(self, model, sequences: list[Sequence], indices: list[int]) -> dict[int, torch.Tensor]:
         """sequence_logprobs of ``indices``, each rank computing its shard, gathered on every rank."""
@@ -267,7 +279,7 @@ class Learner:
                         metrics["loss/entropy"] = entropy_sum / ent_tokens
                 # max_grad_norm 0/None: no clipping (Hugging Face's convention); the norm is still reported
                 max_norm = self.s.max_grad_norm or float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+                grad_norm = self._clip_gradients(max_norm)
                 metrics["loss/grad_norm"] = float(grad_norm)
                 if not bool(torch.isfinite(grad_norm)):
                     metrics["train/nonfinite_updates"] = 1.0
@@ -291,6 +303,19 @@ class Learner:
         result["perf/optimizer_steps"] = float(n_updates)
         result["perf/skipped_sequences"] = float(len(inert))  # zero-advantage: no forward or backward
         return result
+
+    def _clip_gradients(self, max_norm: float) -> torch.Tensor:
+        """clip_grad_norm_ (same arithmetic), with the norm over every rank's gradient shards under FSDP2: a
+        sharded gradient's norm is a partial result until it is reduced (torchtitan does the same)."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=False)  # foreach kernels refuse sharded gradients
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        coef = float(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+        if coef < 1.0:
+            for g in grads:
+                g.mul_(coef)
+        return norm
 
     def _skip_update(self, metrics: dict[str, float], metrics_sum: dict[str, float]) -> None:
         """Drop this update's gradient (no optimizer step) and keep its metrics, NaNs included."""
@@ -336,11 +361,14 @@ class Learner:
         self.model.train()
         entropy_sum, ent_tokens = 0.0, 0
         device = next(self.model.parameters()).device
-        for mb in pack_sequences(sequences, self.s.micro_batch_tokens, seq_idx, self._row_tokens(self.model)):
+        for mb in self._micro_batches(self.model, sequences, seq_idx):
             with self._autocast():
                 # g and h are 0 off the agent tokens, so only those need logits
                 lp, ent = token_logprobs_and_entropy(self.model, mb, with_entropy=ent_coef is not None,
                                                      temperature=self.s.temperature, loss_only=True)
+            if not mb.seq_indices:  # an FSDP2 padding pass: its backward reduces a zero gradient
+                (0.0 * lp.float().sum()).backward()
+                continue
             g = mb.scatter({i: grad_seq[i] for i in mb.seq_indices}).to(device)  # [R, L]
             surrogate = (g * lp.float()).sum()
             if ent is not None:
