@@ -162,6 +162,11 @@ class RolloutConfig:
     # template's reply format: sampling is masked to those strings (vLLM structured outputs / a prefix tree in hf),
     # so no reply is invalid. Needs an action-only template (alfworld_act). Also used by the periodic eval.
     constrain_actions: bool = False
+    # Overlap env steps with generation inside a rollout (trainers.rollout): the episodes split into two lanes by
+    # env worker, and one lane's actions are stepped in the pool while the other lane generates. Pays where env
+    # steps are slow next to generation (ALFWorld's planner-backed steps, a GPU engine); each generate call then
+    # holds about half the episodes. Needs env.num_workers >= 2.
+    overlap_env_steps: bool = False
     vllm: VllmConfig = field(default_factory=VllmConfig)
 
 
@@ -523,6 +528,9 @@ def validate(cfg: Config) -> None:
     need(str(cfg.train.resume).lower() in ("auto", "true", "false"), "train.resume", cfg.train.resume,
          "it must be auto, true or false", "use train.resume=auto")
     need(cfg.env.num_workers >= 0, "env.num_workers", cfg.env.num_workers, "a count of processes", "use 0 (in-process) or more")
+    need(not cfg.rollout.overlap_env_steps or cfg.env.num_workers >= 2, "rollout.overlap_env_steps",
+         f"true with env.num_workers={cfg.env.num_workers}", "one lane's env steps run while the other lane generates, "
+         "so the lanes need env workers of their own", "use env.num_workers=2 (or more), or rollout.overlap_env_steps=false")
     need(cfg.ray.rollout_num_gpus is None or cfg.ray.rollout_num_gpus >= 0, "ray.rollout_num_gpus",
          cfg.ray.rollout_num_gpus, "it is a number of GPUs", "use null (1 with CUDA, else 0), 0 or 1")
     need(cfg.ray.rollout_num_cpus >= 0, "ray.rollout_num_cpus", cfg.ray.rollout_num_cpus, "it is a number of CPUs",

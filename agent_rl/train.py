@@ -144,7 +144,8 @@ def make_rollout_engine(cfg: Config, policy, pool, template):
                                                  stop=None if cfg.rollout.stop is None else list(cfg.rollout.stop)),
                          prompt_mode=cfg.rollout.prompt_mode, max_prompt_tokens=cfg.rollout.max_prompt_tokens,
                          invalid_action_penalty=cfg.rollout.invalid_action_penalty, template=template,
-                         constrain_actions=cfg.rollout.constrain_actions, progress=cfg.train.progress)
+                         constrain_actions=cfg.rollout.constrain_actions, overlap_env_steps=cfg.rollout.overlap_env_steps,
+                         progress=cfg.train.progress)
 
 
 def make_rollout_stream(cfg: Config, engine, policy, model, num_tasks: int | None, start_step: int):

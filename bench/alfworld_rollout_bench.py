@@ -3,6 +3,7 @@
     python bench/alfworld_rollout_bench.py                       # 12 valid_unseen games, 20 turns, both paths
     python bench/alfworld_rollout_bench.py --baseline-games 2    # the slow baseline on 2 of those games only
     python bench/alfworld_rollout_bench.py --template alfworld_act --max-new-tokens 32
+    python bench/alfworld_rollout_bench.py --skip-baseline --env-workers 2 --overlap   # env steps overlapping generation
 
 Both paths play real ALFWorld episodes (``agent_rl/ALFWorld-v0``, release games from
 ``$ALFWORLD_DATA``) with the embedded model through the training :class:`~trainers.rollout.RolloutEngine`:
@@ -46,7 +47,7 @@ def pick_games(split: str, count: int) -> tuple[list[int], list[str]]:
     return select_tasks(len(task_ids), count, types, task_ids, what=f"{ENV_ID} split={split}"), task_ids
 
 
-def play(policy, games: list[int], task_ids: list[str], args) -> dict[str, float]:
+def play(policy, games: list[int], task_ids: list[str], args, overlap: bool = False) -> dict[str, float]:
     """One greedy episode per game, all in one RolloutEngine run; returns what the report prints."""
     from agent_rl.types import TaskSpec
     from envs.pool import EnvPool
@@ -56,9 +57,10 @@ def play(policy, games: list[int], task_ids: list[str], args) -> dict[str, float
     # Eval's seeding: episode of task i starts from reset(seed=seed + i, options={"task": i}).
     specs = [TaskSpec(task_id=task_ids[i], seed=args.seed + i, options={"task": i}) for i in games]
     env_kwargs = {"split": args.split, "max_episode_steps": args.turns}
-    with EnvPool(ENV_ID, len(games), env_kwargs) as pool:
+    with EnvPool(ENV_ID, len(games), env_kwargs, num_workers=args.env_workers) as pool:
         engine = RolloutEngine(policy, pool, max_turns=args.turns, template=args.template, progress=False,
-                               sampling=SamplingParams(temperature=0.0, max_tokens=args.max_new_tokens))
+                               sampling=SamplingParams(temperature=0.0, max_tokens=args.max_new_tokens),
+                               overlap_env_steps=overlap)
         t0 = time.perf_counter()
         trajs, metrics = engine.run(specs, 1)
         wall = time.perf_counter() - t0
@@ -94,7 +96,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads (and vLLM CPU OpenMP threads)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--env-workers", type=int, default=0, help="env worker processes (0: in-process, as before)")
+    p.add_argument("--overlap", action="store_true",
+                   help="also play the new path with rollout.overlap_env_steps (needs --env-workers >= 2)")
     args = p.parse_args()
+    if args.overlap and args.env_workers < 2:
+        p.error(f"--overlap needs --env-workers >= 2 (one lane per worker), got {args.env_workers}")
     baseline_games = args.games if args.baseline_games is None else args.baseline_games
     if not 1 <= baseline_games <= args.games:
         p.error(f"--baseline-games must be in 1..--games ({args.games}), got {baseline_games}")
@@ -146,6 +153,10 @@ def main() -> None:
     start = time.perf_counter() - t0
     results["new"] = play(new, games, task_ids, args)
     print(line(label, results["new"], start, args.games), flush=True)
+    if args.overlap:  # the same engine, its env steps overlapping generation (same weights, same games)
+        results["overlap"] = play(new, games, task_ids, args, overlap=True)
+        print(line(label + " + overlapped env steps", results["overlap"], start, args.games), flush=True)
+        print(f"ratio overlap/new = {results['overlap']['rate'] / results['new']['rate']:.2f}x", flush=True)
     new.close()
 
     if "baseline" in results and results["baseline"]["rate"] > 0:

@@ -205,6 +205,11 @@ class PoolFront:
         by_index.update(lost)
         return [by_index[i] for i, _ in actions]
 
+    def worker_of(self, env_index: int) -> int | None:
+        """The worker (process or actor) that holds env ``env_index``; None in-process. Steps and resets of
+        envs on different workers may run concurrently (the rollout's overlap of env steps and generation)."""
+        return env_index % self.num_workers if self.num_workers else None
+
     def __enter__(self):
         return self
 

@@ -384,3 +384,81 @@ def test_an_empty_stop_list_means_end_of_sequence_only(tokenizer):
             RolloutEngine(Recorder(tokenizer, _solver), pool, max_turns=1, sampling=SamplingParams(stop=stop),
                           progress=False).run([TaskSpec("door-red", seed=0, options={"task": 0})], group_size=1)
             assert seen[-1] == want
+
+
+class SlowDoorRoomEnv(DoorRoomEnv):
+    """DoorRoomEnv whose steps take 30 ms and report when they ran (``info["step_span"]``)."""
+
+    def step(self, action):
+        import time
+
+        start = time.time()
+        time.sleep(0.03)
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, {**info, "step_span": (start, time.time())}
+
+
+SLOW_ID = "agent_rl_test/SlowDoorRoom-v0"
+if SLOW_ID not in gymnasium.registry:
+    gymnasium.register(SLOW_ID, entry_point=SlowDoorRoomEnv, disable_env_checker=True)
+
+
+def _patient_solver(prompt: str) -> str:
+    """Looks (room number mod 3) times, then opens the right door: episodes of different lengths."""
+    color = re.search(r"open the (\w+) door", prompt).group(1)
+    room = int(re.search(r"You are in room (\d+)", prompt).group(1))
+    if _steps_taken(prompt) < room % 3:
+        return "<think>not yet</think><action>look</action>"
+    return f"<think>{color}</think><action>open {color} door</action>"
+
+
+class TimedPolicy(ScriptedPolicy):
+    def __init__(self, tokenizer, script):
+        super().__init__(tokenizer, script)
+        self.spans = []
+
+    def generate(self, prompts, params):
+        import time
+
+        start = time.time()
+        time.sleep(0.03)
+        out = super().generate(prompts, params)
+        self.spans.append((start, time.time()))
+        return out
+
+
+def test_overlapped_env_steps_play_the_same_episodes_while_generation_runs(tokenizer):
+    """overlap_env_steps: the same trajectories as the sequential engine (a deterministic policy; more episodes
+    than envs, episodes of different lengths), and some env steps ran while a generate call did — never in the
+    sequential engine."""
+    tasks = [TaskSpec(f"door-{c}", seed=20 + k, options={"task": k}) for k, c in enumerate(COLORS)]
+    played = {}
+    for overlap in (False, True):
+        policy = TimedPolicy(tokenizer, _patient_solver)
+        with EnvPool(SLOW_ID, num_envs=6, num_workers=2, import_modules=["test_rollout"]) as pool:
+            engine = RolloutEngine(policy, pool, max_turns=6, progress=False, overlap_env_steps=overlap)
+            trajs, metrics = engine.run(tasks, group_size=3)
+        steps = [turn.info["step_span"] for t in trajs for turn in t.turns]
+        overlapping = sum(any(a < d and c < b for c, d in policy.spans) for a, b in steps)
+        played[overlap] = (trajs, metrics, overlapping, policy.calls)
+    (seq, m_seq, o_seq, calls_seq), (ovl, m_ovl, o_ovl, calls_ovl) = played[False], played[True]
+    assert [t.task_id for t in ovl] == [t.task_id for t in seq]
+    for a, b in zip(seq, ovl):
+        assert [(u.observation, u.response_text, u.reward) for u in a.turns] == \
+               [(u.observation, u.response_text, u.reward) for u in b.turns]
+        assert (a.won, a.terminated, a.truncated, a.reward) == (b.won, b.terminated, b.truncated, b.reward)
+    assert len({t.num_turns for t in seq}) > 1 and all(t.won for t in seq)
+    assert o_seq == 0 and o_ovl > 0  # steps ran during generation only with the overlap
+    assert max(calls_ovl) <= 3 < max(calls_seq)  # each lane's generate call holds its own envs' episodes
+    assert m_ovl["rollout/env_busy_s"] > 0 and m_seq["rollout/env_busy_s"] > 0
+
+
+def test_overlapped_env_steps_need_two_workers(tokenizer):
+    with EnvPool(ENV_ID, num_envs=2, num_workers=1, import_modules=["test_rollout"]) as pool:
+        with pytest.raises(ValueError, match="env.num_workers=2"):
+            RolloutEngine(ScriptedPolicy(tokenizer, _solver), pool, overlap_env_steps=True)
+    from agent_rl.config import ConfigError, validate
+    from agent_rl.train import compose_config
+
+    with pytest.raises(ConfigError, match="rollout.overlap_env_steps"):
+        validate(compose_config(["rollout.overlap_env_steps=true", "env.num_workers=1"]))

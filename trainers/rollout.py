@@ -9,6 +9,11 @@ Each turn generates for *all* live episodes in one ``policy.generate`` call, so 
 model runs one batch per turn instead of one per episode. When there are more
 episodes than pool envs, a finished episode's env is reset for the next one waiting.
 
+With ``overlap_env_steps`` the live episodes are split into two lanes by env worker and the turns
+alternate between them: while one lane's actions are stepped in the pool (a background thread waits
+on the workers), the other lane's prompts are rendered and generated, so env time hides behind
+generation time. Each generate call then holds about half the episodes.
+
 Two prompt modes (see :mod:`agent_rl.types`): ``per_step`` renders a fresh prompt
 each turn with the last ``history_k`` (observation, action) pairs, dropping older
 pairs first when it exceeds ``max_prompt_tokens`` (never the instruction);
@@ -83,6 +88,8 @@ class RolloutEngine:
             in the template's reply format: the policy's tokens are masked to those strings while sampling
             (vLLM structured outputs; a prefix tree in hf), so no reply is invalid and greedy plays the
             admissible action the model ranks first. Needs an action-only template (``alfworld_act``).
+        overlap_env_steps: overlap one lane's env steps with the other lane's generation (module docstring);
+            needs a pool with at least two workers (``pool.worker_of``).
     """
 
     def __init__(
@@ -100,6 +107,7 @@ class RolloutEngine:
         progress: bool = True,
         expert: Any = None,
         constrain_actions: bool = False,
+        overlap_env_steps: bool = False,
     ):
         if prompt_mode not in PROMPT_MODES:
             raise ValueError(f"prompt_mode must be one of {PROMPT_MODES}, got {prompt_mode!r}")
@@ -130,6 +138,14 @@ class RolloutEngine:
                 f"constrain_actions needs a template whose reply is the action alone, so that the allowed replies "
                 f"can be written out; template {self.template.name!r} asks for reasoning first. Fix: "
                 f"rollout.template=alfworld_act (or eval --template alfworld_act), or constrain_actions=false"
+            )
+        self.overlap_env_steps = bool(overlap_env_steps)
+        if self.overlap_env_steps and self._lane(0) is None:
+            raise ValueError(
+                f"overlap_env_steps needs an env pool with at least two worker processes or actors, so that one "
+                f"lane's env steps can run while the other generates; this pool has "
+                f"{getattr(pool, 'num_workers', 'no')} workers. Fix: env.num_workers=2 (or more), or "
+                f"rollout.overlap_env_steps=false"
             )
         self._conversation = ConversationTokens(policy.tokenizer) if prompt_mode == "conversation" else None
         self._calls = 0
@@ -186,23 +202,75 @@ class RolloutEngine:
         where = {id(ep): divmod(k, group_size) for k, ep in enumerate(episodes)}  # (task index, member)
         self._on_episode = None if on_episode is None else (lambda ep: on_episode(ep.traj, *where[id(ep)]))
         try:
+            if self.overlap_env_steps:
+                self._play_overlapped(waiting, free, live, stats, bar)
             while waiting or live:
                 live += self._start(waiting, free, stats, bar)
                 if not live:
                     continue
-                finished = self._turn(live, stats)
-                for ep in finished:
-                    live.remove(ep)
-                    free.append(ep.slot)
-                    self._finish(ep, bar, stats)
-                if bar is not None:
-                    bar.set_postfix(turns=stats.turns, tok_s=f"{stats.tokens_per_s():.0f}", refresh=False)
+                self._retire(self._turn(live, stats), live, free, stats, bar)
         finally:
             self._on_episode = None
             if bar is not None:
                 bar.close()
         trajectories = [ep.traj for ep in episodes]
         return trajectories, stats.metrics(trajectories)
+
+    def _retire(self, finished: list[_Episode], live: list[_Episode], free: deque, stats: "_Stats", bar) -> None:
+        """Finished episodes leave ``live`` and give their env back to ``free``."""
+        for ep in finished:
+            live.remove(ep)
+            free.append(ep.slot)
+            self._finish(ep, bar, stats)
+        if bar is not None:
+            bar.set_postfix(turns=stats.turns, tok_s=f"{stats.tokens_per_s():.0f}", refresh=False)
+
+    def _lane(self, slot: int) -> int | None:
+        """The overlap lane of an env: its worker's parity (lanes never share a worker), or None when the pool
+        has fewer than two workers."""
+        worker_of = getattr(self.pool, "worker_of", None)
+        if worker_of is None or getattr(self.pool, "num_workers", 0) < 2:
+            return None
+        return worker_of(slot) % 2
+
+    def _play_overlapped(self, waiting: deque, free: deque, live: list[_Episode], stats: "_Stats", bar) -> None:
+        """Every episode, the two lanes taking turns: lane k's step runs in the pool while lane 1−k generates.
+        Resets and steps of one lane only touch its own workers, so the two never share a worker's pipe."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        pending: dict[int, tuple] = {}  # lane → (its step in flight, stepping episodes, their turns, actions)
+        lane = 0
+        with ThreadPoolExecutor(1, thread_name_prefix="env-step") as steps:
+            try:
+                while waiting or live or pending:
+                    if lane in pending:  # the step that ran during the other lane's generation
+                        future, stepping, turns, actions = pending.pop(lane)
+                        t0 = time.perf_counter()
+                        results = future.result()
+                        stats.env_s += time.perf_counter() - t0  # only the wait that generation did not hide
+                        self._retire(self._observe(stepping, turns, actions, results, stats), live, free, stats, bar)
+                    mine = deque(s for s in free if self._lane(s) == lane)
+                    for s in mine:
+                        free.remove(s)
+                    live += self._start(waiting, mine, stats, bar)
+                    free.extend(mine)  # slots left unused (or whose reset failed)
+                    acting = [ep for ep in live if self._lane(ep.slot) == lane]
+                    if acting:
+                        finished, stepping, actions, turns = self._act(acting, stats)
+                        self._retire(finished, live, free, stats, bar)
+                        if stepping:
+                            pending[lane] = (steps.submit(self._timed_step, actions, stats), stepping, turns, actions)
+                    lane = 1 - lane
+            finally:
+                for future, *_ in pending.values():  # never leave a step in flight on the pool
+                    future.exception()
+
+    def _timed_step(self, actions: list, stats: "_Stats"):
+        t0 = time.perf_counter()
+        try:
+            return self.pool.step(actions)
+        finally:
+            stats.env_busy_s += time.perf_counter() - t0
 
     def _start(self, waiting: deque, free: deque, stats: "_Stats", bar) -> list[_Episode]:
         """Reset a free env for each waiting episode; an env that fails to reset ends its episode."""
@@ -257,6 +325,18 @@ class RolloutEngine:
 
     def _turn(self, live: list[_Episode], stats: "_Stats") -> list[_Episode]:
         """One turn for every live episode: prompts → one generate call → one pool step."""
+        finished, stepping, actions, turns = self._act(live, stats)
+        if stepping:
+            t0 = time.perf_counter()
+            results = self.pool.step(actions)
+            stats.env_s += time.perf_counter() - t0
+            stats.env_busy_s += time.perf_counter() - t0
+            finished += self._observe(stepping, turns, actions, results, stats)
+        return finished
+
+    def _act(self, live: list[_Episode], stats: "_Stats"):
+        """Prompts → one generate call → parsed actions. Returns (episodes that ended without acting, episodes
+        that act, their (slot, action) pairs for the pool, their turns)."""
         finished: list[_Episode] = []
         acting, prompts, new_ids = [], [], []
         for ep in live:
@@ -270,7 +350,7 @@ class RolloutEngine:
             prompts.append(full)
             new_ids.append(ids)
         if not acting:
-            return finished
+            return finished, [], [], []
 
         params = dataclasses.replace(
             self.sampling,
@@ -314,12 +394,12 @@ class RolloutEngine:
             stepping.append(ep)
             actions.append((ep.slot, parsed.env_action))
             turns.append(turn)
-        if not stepping:
-            return finished
+        return finished, stepping, actions, turns
 
-        t0 = time.perf_counter()
-        results = self.pool.step(actions)
-        stats.env_s += time.perf_counter() - t0
+    def _observe(self, stepping: list[_Episode], turns: list[Turn], actions: list, results: list,
+                 stats: "_Stats") -> list[_Episode]:
+        """The pool's answers to ``actions``: each turn recorded, each episode advanced; returns those that ended."""
+        finished: list[_Episode] = []
         for ep, turn, res, (_, sent) in zip(stepping, turns, results, actions):
             stats.turns += 1
             turn.reward = float(res.reward)
@@ -431,7 +511,8 @@ def drop_failed_groups(trajectories: list[Trajectory]) -> tuple[list[Trajectory]
 class _Stats:
     start: float
     gen_s: float = 0.0
-    env_s: float = 0.0
+    env_s: float = 0.0  # time the rollout waited on the env pool
+    env_busy_s: float = 0.0  # time the pool spent stepping (more than env_s when steps overlap generation)
     gen_tokens: int = 0
     prompt_tokens: int = 0
     turns: int = 0
@@ -462,6 +543,7 @@ class _Stats:
             "rollout/tokens_per_s": self.tokens_per_s(),
             "rollout/gen_time_s": self.gen_s,
             "rollout/env_time_s": self.env_s,
+            "rollout/env_busy_s": self.env_busy_s,
             "rollout/time_s": time.perf_counter() - self.start,
         }
 
