@@ -24,8 +24,13 @@ CASES = {
     "one_sequence": ("conversation", 1, [1.0], dict(loss="holder")),  # rank 1 has nothing to compute
     # a KL term against a reference model, and a batch sampled by other (behaviour) weights
     "kl_behaviour": ("per_step", 4, [1.0, -1.0, 0.5, 0.0], dict(loss="holder", kl_coef=0.05, num_minibatches=2)),
+    # one minibatch of zero advantages, computed anyway: a zero-gradient update after forwards, whose momentum
+    # and weight-decay step must reach every parameter (SGD with momentum below)
+    "zero_grad_momentum": ("per_step", 4, [1.0, 0.0, 0.0, 0.0],
+                           dict(loss="holder", num_minibatches=2, skip_zero_advantage=False)),
 }
-P = {"holder_minibatches": -1.5, "grpo_turn_rows": 1.0, "gspo_entropy": 0.0, "one_sequence": 2.0, "kl_behaviour": -0.5}
+P = {"holder_minibatches": -1.5, "grpo_turn_rows": 1.0, "gspo_entropy": 0.0, "one_sequence": 2.0, "kl_behaviour": -0.5,
+     "zero_grad_momentum": 1.0}
 
 
 def perturbed(model, seed: int) -> dict:
@@ -46,7 +51,8 @@ def run_case(name: str, model_path: str, dp, fsdp2: bool) -> tuple[torch.nn.Modu
         ref_model.load_state_dict(perturbed(model, 1), strict=False)
         behaviour = None if fsdp2 else perturbed(model, 2)  # swapping weight sets needs unsharded parameters
     full = dp.shard_parameters(model, fsdp2)  # rank 0's full copy (the model itself unless sharded)
-    learner = Learner(model, torch.optim.SGD(model.parameters(), lr=0.5),
+    momentum = dict(momentum=0.9, weight_decay=0.1) if name == "zero_grad_momentum" else {}
+    learner = Learner(model, torch.optim.SGD(model.parameters(), lr=0.5, **momentum),
                       LearnerSettings(micro_batch_tokens=48, **settings), seed=1, dp=dp, ref_model=ref_model)
     metrics = learner.update(batch, advantages, p=P[name], behaviour=behaviour)
     dp.publish(model, full)

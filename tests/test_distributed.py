@@ -60,6 +60,7 @@ def test_two_gloo_ranks_update_equals_the_single_process_update(tmp_path, shardi
             assert m2["loss/entropy"] == pytest.approx(m1["loss/entropy"], rel=1e-6), name
         if "loss/kl" in m1:
             assert m2["loss/kl"] == pytest.approx(m1["loss/kl"], rel=1e-6) and m1["loss/kl"] > 0, name
+    assert outs[1]["zero_grad_momentum"][1]["perf/skipped_zero_gradient"] > 0  # that branch ran
     if sharding == "replicated":
         assert outs[1]["kl_behaviour"][1]["loss/ratio_mean"] != pytest.approx(1.0, abs=1e-6)  # behaviour weights used
 

@@ -203,7 +203,9 @@ def load_trainer_state(path: Path, optimizer=None, load_optimizer=None) -> Train
         _set_rng_state(rng)
     if optimizer is not None:
         try:
-            state = torch.load(path / "optimizer.pt", weights_only=True)
+            # on the CPU: load_state_dict moves each state to its parameter's device (and under FSDP2 every rank
+            # reads the file, so GPU 0 must not get a copy per rank)
+            state = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu", mmap=True)
         except pickle.UnpicklingError as exc:
             raise RuntimeError(
                 f"{path / 'optimizer.pt'} holds objects other than tensors and numbers, so it is not loaded (it "

@@ -115,6 +115,8 @@ class Learner:
             with self._autocast():
                 lp, _ = token_logprobs_and_entropy(model, mb, temperature=self.s.temperature, loss_only=True)
             out.update(mb.gather(lp.float().cpu()))  # a padding pass (FSDP2 lockstep) gathers nothing
+        if self.dp.sharded and model is self.model:
+            model.reshard()  # FSDP2 keeps the root unit gathered after a forward without backward: free it
         return out
 
     def _micro_batches(self, model, sequences: list[Sequence], indices: list[int]) -> list:
@@ -266,9 +268,8 @@ class Learner:
                 if ent_coef is None and not bool(g_mat.any()):
                     # e.g. every group had equal rewards: the gradient is exactly zero, so skip
                     # the backward pass but still take the (momentum, weight decay) step
-                    for prm in self.model.parameters():
-                        if prm.requires_grad:
-                            prm.grad = torch.zeros_like(prm)
+                    for prm in self._trained_parameters():
+                        prm.grad = torch.zeros_like(prm)
                     metrics["perf/skipped_zero_gradient"] = 1.0
                 else:
                     grad_seq = self._scatter(g_mat, [seqs_of[t] for t in trajs], masks, sequences)
@@ -307,8 +308,9 @@ class Learner:
     def _clip_gradients(self, max_norm: float) -> torch.Tensor:
         """clip_grad_norm_ (same arithmetic), with the norm over every rank's gradient shards under FSDP2: a
         sharded gradient's norm is a partial result until it is reduced (torchtitan does the same)."""
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads, foreach=False)  # foreach kernels refuse sharded gradients
+        grads = [p.grad for p in self._trained_parameters() if p.grad is not None]
+        # foreach kernels refuse sharded gradients
+        norm = torch.nn.utils.get_total_norm(grads, foreach=False if self.dp.sharded else None)
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
         coef = float(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
@@ -316,6 +318,11 @@ class Learner:
             for g in grads:
                 g.mul_(coef)
         return norm
+
+    def _trained_parameters(self) -> list:
+        """The optimizer's parameters (under FSDP2 the sharded ones: the model's own attributes may hold the
+        gathered weights of a unit that has not resharded yet)."""
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
 
     def _skip_update(self, metrics: dict[str, float], metrics_sum: dict[str, float]) -> None:
         """Drop this update's gradient (no optimizer step) and keep its metrics, NaNs included."""

@@ -240,14 +240,15 @@ class RolloutEngine:
 
         pending: dict[int, tuple] = {}  # lane → (its step in flight, stepping episodes, their turns, actions)
         lane = 0
-        with ThreadPoolExecutor(1, thread_name_prefix="env-step") as steps:
+        with ThreadPoolExecutor(2, thread_name_prefix="env-step") as steps:  # a lane's step never waits on the other's
             try:
                 while waiting or live or pending:
                     if lane in pending:  # the step that ran during the other lane's generation
                         future, stepping, turns, actions = pending.pop(lane)
                         t0 = time.perf_counter()
-                        results = future.result()
+                        results, busy = future.result()
                         stats.env_s += time.perf_counter() - t0  # only the wait that generation did not hide
+                        stats.env_busy_s += busy
                         self._retire(self._observe(stepping, turns, actions, results, stats), live, free, stats, bar)
                     mine = deque(s for s in free if self._lane(s) == lane)
                     for s in mine:
@@ -259,18 +260,16 @@ class RolloutEngine:
                         finished, stepping, actions, turns = self._act(acting, stats)
                         self._retire(finished, live, free, stats, bar)
                         if stepping:
-                            pending[lane] = (steps.submit(self._timed_step, actions, stats), stepping, turns, actions)
+                            pending[lane] = (steps.submit(self._timed_step, actions), stepping, turns, actions)
                     lane = 1 - lane
             finally:
                 for future, *_ in pending.values():  # never leave a step in flight on the pool
                     future.exception()
 
-    def _timed_step(self, actions: list, stats: "_Stats"):
+    def _timed_step(self, actions: list):
         t0 = time.perf_counter()
-        try:
-            return self.pool.step(actions)
-        finally:
-            stats.env_busy_s += time.perf_counter() - t0
+        results = self.pool.step(actions)
+        return results, time.perf_counter() - t0
 
     def _start(self, waiting: deque, free: deque, stats: "_Stats", bar) -> list[_Episode]:
         """Reset a free env for each waiting episode; an env that fails to reset ends its episode."""
@@ -284,6 +283,7 @@ class RolloutEngine:
         t0 = time.perf_counter()
         results = self.pool.reset([(ep.slot, ep.spec.seed, dict(ep.spec.options)) for ep in starting])
         stats.env_s += time.perf_counter() - t0
+        stats.env_busy_s += time.perf_counter() - t0
         started = []
         for ep, res in zip(starting, results):
             if res.error:
@@ -511,8 +511,8 @@ def drop_failed_groups(trajectories: list[Trajectory]) -> tuple[list[Trajectory]
 class _Stats:
     start: float
     gen_s: float = 0.0
-    env_s: float = 0.0  # time the rollout waited on the env pool
-    env_busy_s: float = 0.0  # time the pool spent stepping (more than env_s when steps overlap generation)
+    env_s: float = 0.0  # time the rollout waited on the env pool (resets and steps)
+    env_busy_s: float = 0.0  # time the pool spent on resets and steps: env_s plus what overlap hid behind generation
     gen_tokens: int = 0
     prompt_tokens: int = 0
     turns: int = 0
