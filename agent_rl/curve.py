@@ -11,7 +11,8 @@ Stages, each a README command run as a subprocess (so this measures exactly what
 2. ``sft``: ``python -m agent_rl.sft env=alfworld rollout.template=alfworld_act`` on release *train* games
    (searching-expert demonstrations), then its eval.
 3. ``rl-<algo>``: ``python -m agent_rl.train model.name=<sft run> algo=<algo>`` for ``--rl-steps`` steps on
-   train games, same seeds and tasks for every algo, then its eval.
+   train games, same seeds and tasks for every algo, then its eval. An ``--algos`` entry may add ``+gigpo``
+   (GiGPO step-level advantages, per-turn rows) and ``+ds`` (dynamic sampling): ``holder,grpo+gigpo,holder+gigpo+ds``.
 
 Every eval: ``--episodes`` valid_unseen games (the stratified subset of ``agent_rl.eval``: every task
 type, the same games each stage), one greedy episode each, all in flight at once (one generation batch per turn), ``--max-steps`` steps, the alfworld_act
@@ -86,11 +87,36 @@ def sft(args) -> Path:
     return run_dir
 
 
+# ``--algos`` entries are an algo preset with optional ``+modifier`` suffixes (stage ``rl-holder+gigpo+ds``).
+MODIFIERS: dict[str, list[str]] = {
+    # GiGPO step-level advantages (anchor states) beside the episode's: one advantage per turn, so per-turn rows
+    # (grpo+gigpo is the GiGPO paper's algorithm, the algo=gigpo preset)
+    "gigpo": ["algo.advantage=gigpo", "algo.ratio_unit=turn"],
+    "ds": ["algo.dynamic_sampling=true"],  # dynamic sampling: groups with equal rewards replaced by new ones
+}
+
+
+def algo_overrides(entry: str) -> list[str]:
+    """``holder+gigpo+ds`` → ``["algo=holder", "algo.advantage=gigpo", "algo.dynamic_sampling=true"]``."""
+    import difflib
+
+    algo, *mods = entry.split("+")
+    out = [f"algo={algo}"]
+    for mod in mods:
+        if mod not in MODIFIERS:
+            close = difflib.get_close_matches(mod, MODIFIERS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SystemExit(f"--algos {entry!r}: unknown modifier {mod!r}{hint}; modifiers are "
+                             f"{', '.join(MODIFIERS)} (e.g. holder+gigpo+ds)")
+        out += MODIFIERS[mod]
+    return out
+
+
 def rl_overrides(algo: str, sft_run: Path, args, run_dir: Path) -> list[str]:
-    """The ``agent_rl.train`` overrides of one RL stage: the same tasks and seeds for every algo; two
-    minibatches per rollout batch, so the second update is off-policy and p shapes it (on-policy, every
-    p and GRPO give the same gradient)."""
-    return ["env=alfworld", f"algo={algo}", f"model.name={sft_run}", "rollout.template=alfworld_act",
+    """The ``agent_rl.train`` overrides of one RL stage (``algo``: an ``--algos`` entry): the same tasks and
+    seeds for every algo; two minibatches per rollout batch, so the second update is off-policy and p shapes it
+    (on-policy, every p and GRPO give the same gradient)."""
+    return ["env=alfworld", *algo_overrides(algo), f"model.name={sft_run}", "rollout.template=alfworld_act",
             f"rollout.backend={args.backend}", "env.num_workers=2", f"rollout.tasks_per_step={args.tasks}",
             f"rollout.group_size={args.group}", f"rollout.max_turns={args.max_steps}", "algo.num_minibatches=2",
             f"rollout.max_new_tokens={args.max_new_tokens}", f"train.steps={args.rl_steps}", f"train.lr={args.rl_lr}",
@@ -124,7 +150,7 @@ def table(args) -> list[dict]:
                          "invalid_action_rate": round(r["invalid_action_rate"], 4) if name == "all" else "",
                          "mean_steps": round(r["mean_steps"], 2) if name == "all" else ""})
     order = {s: i for i, s in enumerate(["untrained", "sft", "rl-holder", "rl-grpo"])}
-    rows.sort(key=lambda x: (order.get(x["stage"], 9), x["task_type"] != "all", x["task_type"]))
+    rows.sort(key=lambda x: (order.get(x["stage"], 9), x["stage"], x["task_type"] != "all", x["task_type"]))
     return rows
 
 
@@ -176,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sft-epochs", type=float, default=1.0)
     ap.add_argument("--sft-lr", type=float, default=1e-4)
     ap.add_argument("--sft-budget-s", type=float, default=1800)
-    ap.add_argument("--algos", default="holder,grpo")
+    ap.add_argument("--algos", default="holder,grpo",
+                    help="RL stages: algo presets, each with optional +gigpo (GiGPO advantages) and +ds (dynamic "
+                         "sampling), e.g. holder,grpo,holder+gigpo,grpo+gigpo+ds")
     ap.add_argument("--rl-steps", type=int, default=4)
     ap.add_argument("--rl-lr", type=float, default=1e-5)
     ap.add_argument("--tasks", type=int, default=2)
@@ -194,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    algos = [a for a in args.algos.split(",") if a]
+    for algo in algos:
+        algo_overrides(algo)  # every entry checked before the first (long) stage
     if args.out is None:
         args.out = Path("bench_out/alfworld_curve" + ("_constrained" if args.constrain_actions else ""))
     args.out = args.out.resolve()
@@ -205,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         sft_run = args.sft_run.resolve() if args.sft_run else sft(args)
         if not args.skip_sft_eval:
             evaluate("sft", ["--checkpoint", str(sft_run)], args)
-        for algo in [a for a in args.algos.split(",") if a]:
+        for algo in algos:
             evaluate(f"rl-{algo}", ["--checkpoint", str(rl(algo, sft_run, args))], args)
     rows = table(args)
     if rows:

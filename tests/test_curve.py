@@ -24,9 +24,10 @@ def test_stage_overrides_compose_and_validate(tmp_path, source):
     validate(cfg)
     validate_sft(cfg)
     assert cfg.rollout.template == "alfworld_act" and cfg.sft.games == args.sft_games
-    for algo in ("holder", "grpo"):
+    for algo in ("holder", "grpo", "holder+gigpo+ds"):
         cfg = compose_config(_hydra_free(rl_overrides(algo, tmp_path / "sft", args, tmp_path / algo)))
         validate(cfg)
+        assert (cfg.algo.advantage == "gigpo") == ("gigpo" in algo) and cfg.algo.dynamic_sampling == ("ds" in algo)
         assert cfg.model.name == str(tmp_path / "sft") and cfg.train.steps == 3
         assert (cfg.env.kwargs.get("source") == "generated") == (source == "generated")
         assert not cfg.rollout.constrain_actions
@@ -69,3 +70,9 @@ def test_report_orders_stages_and_writes_csv_png(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "rl-holder  all" in out and "3/6" in out
     assert (tmp_path / "curve.csv").read_text().count("\n") == 10 and (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_unknown_algo_modifier_is_refused_before_any_stage(tmp_path, monkeypatch):
+    monkeypatch.setattr(curve, "run", lambda *a: pytest.fail("a stage ran"))
+    with pytest.raises(SystemExit, match="did you mean 'gigpo'"):
+        curve.main(["--out", str(tmp_path), "--algos", "holder,grpo+gigp"])
