@@ -38,6 +38,7 @@ from typing import Any, Callable, Sequence
 from agent_rl.types import PROMPT_MODES, TaskSpec, Trajectory, Turn
 from prompts.render import ConversationTokens, PromptContext, chat_prompt_ids, get_template
 from trainers.policies.base import Generation, SamplingParams
+from trainers.rollout_stats import RolloutStats, progress_bar
 
 log = logging.getLogger(__name__)
 _RUN_IDS = itertools.count()
@@ -192,11 +193,11 @@ class RolloutEngine:
             for i, spec in enumerate(tasks)
             for g in range(group_size)
         ]
-        stats = _Stats(start=time.perf_counter())
+        stats = RolloutStats(start=time.perf_counter())
         waiting = deque(episodes)
         free = deque(range(self.pool.num_envs))
         live: list[_Episode] = []
-        bar = _progress_bar(len(episodes), self.progress)
+        bar = progress_bar(len(episodes), self.progress)
         # _finish reports through self._on_episode (set only during this run), so the
         # reset and turn paths that end episodes need no callback argument of their own.
         where = {id(ep): divmod(k, group_size) for k, ep in enumerate(episodes)}  # (task index, member)
@@ -216,7 +217,7 @@ class RolloutEngine:
         trajectories = [ep.traj for ep in episodes]
         return trajectories, stats.metrics(trajectories)
 
-    def _retire(self, finished: list[_Episode], live: list[_Episode], free: deque, stats: "_Stats", bar) -> None:
+    def _retire(self, finished: list[_Episode], live: list[_Episode], free: deque, stats: RolloutStats, bar) -> None:
         """Finished episodes leave ``live`` and give their env back to ``free``."""
         for ep in finished:
             live.remove(ep)
@@ -233,7 +234,7 @@ class RolloutEngine:
             return None
         return worker_of(slot) % 2
 
-    def _play_overlapped(self, waiting: deque, free: deque, live: list[_Episode], stats: "_Stats", bar) -> None:
+    def _play_overlapped(self, waiting: deque, free: deque, live: list[_Episode], stats: RolloutStats, bar) -> None:
         """Every episode, the two lanes taking turns: lane k's step runs in the pool while lane 1−k generates.
         Resets and steps of one lane only touch its own workers, so the two never share a worker's pipe."""
         from concurrent.futures import ThreadPoolExecutor
@@ -271,7 +272,7 @@ class RolloutEngine:
         results = self.pool.step(actions)
         return results, time.perf_counter() - t0
 
-    def _start(self, waiting: deque, free: deque, stats: "_Stats", bar) -> list[_Episode]:
+    def _start(self, waiting: deque, free: deque, stats: RolloutStats, bar) -> list[_Episode]:
         """Reset a free env for each waiting episode; an env that fails to reset ends its episode."""
         starting = []
         while waiting and free:
@@ -323,7 +324,7 @@ class RolloutEngine:
                 return ids
         return None
 
-    def _turn(self, live: list[_Episode], stats: "_Stats") -> list[_Episode]:
+    def _turn(self, live: list[_Episode], stats: RolloutStats) -> list[_Episode]:
         """One turn for every live episode: prompts → one generate call → one pool step."""
         finished, stepping, actions, turns = self._act(live, stats)
         if stepping:
@@ -334,7 +335,7 @@ class RolloutEngine:
             finished += self._observe(stepping, turns, actions, results, stats)
         return finished
 
-    def _act(self, live: list[_Episode], stats: "_Stats"):
+    def _act(self, live: list[_Episode], stats: RolloutStats):
         """Prompts → one generate call → parsed actions. Returns (episodes that ended without acting, episodes
         that act, their (slot, action) pairs for the pool, their turns)."""
         finished: list[_Episode] = []
@@ -397,7 +398,7 @@ class RolloutEngine:
         return finished, stepping, actions, turns
 
     def _observe(self, stepping: list[_Episode], turns: list[Turn], actions: list, results: list,
-                 stats: "_Stats") -> list[_Episode]:
+                 stats: RolloutStats) -> list[_Episode]:
         """The pool's answers to ``actions``: each turn recorded, each episode advanced; returns those that ended."""
         finished: list[_Episode] = []
         for ep, turn, res, (_, sent) in zip(stepping, turns, results, actions):
@@ -485,7 +486,7 @@ class RolloutEngine:
         ep.traj.truncated = True
         ep.traj.info["truncated_reason"] = reason
 
-    def _finish(self, ep: _Episode, bar, stats: "_Stats") -> None:
+    def _finish(self, ep: _Episode, bar, stats: RolloutStats) -> None:
         ep.traj.reward = ep.env_return - self.invalid_action_penalty * ep.traj.num_invalid_actions
         ep.traj.info["env_return"] = ep.env_return
         stats.done += 1
@@ -505,52 +506,3 @@ def drop_failed_groups(trajectories: list[Trajectory]) -> tuple[list[Trajectory]
         log.warning("dropped %d group(s) (%d episodes) with an env/worker failure from this training step",
                     len(failed), len(trajectories) - len(kept))
     return kept, len(trajectories) - len(kept)
-
-
-@dataclass
-class _Stats:
-    start: float
-    gen_s: float = 0.0
-    env_s: float = 0.0  # time the rollout waited on the env pool (resets and steps)
-    env_busy_s: float = 0.0  # time the pool spent on resets and steps: env_s plus what overlap hid behind generation
-    gen_tokens: int = 0
-    prompt_tokens: int = 0
-    turns: int = 0
-    done: int = 0
-
-    def tokens_per_s(self) -> float:
-        return self.gen_tokens / self.gen_s if self.gen_s > 0 else 0.0
-
-    def metrics(self, trajs: list[Trajectory]) -> dict[str, float]:
-        n = max(1, len(trajs))
-        turns = sum(t.num_turns for t in trajs)
-        invalid = sum(t.num_invalid_actions for t in trajs)
-        env_invalid = sum(not turn.info.get("action_valid", True) for t in trajs for turn in t.turns)
-        return {
-            "rollout/num_episodes": float(len(trajs)),
-            "rollout/success_rate": sum(t.won for t in trajs) / n,
-            "rollout/mean_return": sum(t.reward for t in trajs) / n,
-            "rollout/mean_env_return": sum(t.info.get("env_return", 0.0) for t in trajs) / n,
-            "rollout/mean_turns": turns / n,
-            "rollout/invalid_action_rate": invalid / max(1, turns),
-            "rollout/env_invalid_action_rate": env_invalid / max(1, turns),
-            "rollout/terminated_rate": sum(t.terminated for t in trajs) / n,
-            "rollout/truncated_rate": sum(t.truncated for t in trajs) / n,
-            "rollout/context_full_rate": sum(t.info.get("truncated_reason") == "context_full" for t in trajs) / n,
-            "rollout/error_rate": sum("error" in t.info for t in trajs) / n,
-            "rollout/mean_response_tokens": self.gen_tokens / max(1, turns),
-            "rollout/mean_prompt_tokens": self.prompt_tokens / max(1, turns),
-            "rollout/tokens_per_s": self.tokens_per_s(),
-            "rollout/gen_time_s": self.gen_s,
-            "rollout/env_time_s": self.env_s,
-            "rollout/env_busy_s": self.env_busy_s,
-            "rollout/time_s": time.perf_counter() - self.start,
-        }
-
-
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="rollout", unit="ep", leave=False, dynamic_ncols=True)
