@@ -283,8 +283,9 @@ class RolloutEngine:
             return []
         t0 = time.perf_counter()
         results = self.pool.reset([(ep.slot, ep.spec.seed, dict(ep.spec.options)) for ep in starting])
-        stats.env_s += time.perf_counter() - t0
-        stats.env_busy_s += time.perf_counter() - t0
+        waited = time.perf_counter() - t0
+        stats.env_s += waited
+        stats.env_busy_s += waited  # nothing overlapped it
         started = []
         for ep, res in zip(starting, results):
             if res.error:
@@ -330,8 +331,9 @@ class RolloutEngine:
         if stepping:
             t0 = time.perf_counter()
             results = self.pool.step(actions)
-            stats.env_s += time.perf_counter() - t0
-            stats.env_busy_s += time.perf_counter() - t0
+            waited = time.perf_counter() - t0
+            stats.env_s += waited
+            stats.env_busy_s += waited  # nothing overlapped it
             finished += self._observe(stepping, turns, actions, results, stats)
         return finished
 
