@@ -39,13 +39,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def env_overrides(args) -> list[str]:
     """Hydra overrides that pick the ALFWorld game source for sft and train."""
     if args.source == "generated":
-        return ["+env.kwargs.source=generated", f"+env.kwargs.generate_kwargs={{num_games:{args.generated_games}}}"]
+        return ["+env.kwargs.source=generated",
+                f"+env.kwargs.generate_kwargs={{num_games:{args.generated_games},difficulty:{args.difficulty}}}"]
     return []
 
 
 def eval_env_kwargs(args) -> list[str]:
     if args.source == "generated":
-        return ["--env-kwargs", json.dumps({"source": "generated", "generate_kwargs": {"num_games": args.episodes}})]
+        kwargs = {"num_games": args.episodes, "difficulty": args.difficulty}
+        return ["--env-kwargs", json.dumps({"source": "generated", "generate_kwargs": kwargs})]
     return []
 
 
@@ -191,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--source", choices=("release", "generated"), default="release",
                     help="release games (train for SFT/RL, valid_unseen for eval) or generated households")
     ap.add_argument("--generated-games", type=int, default=200, help="generated train households (--source generated)")
+    ap.add_argument("--difficulty", choices=("easy", "medium", "hard"), default="medium",
+                    help="generated households' size (--source generated): easy has <= 10 receptacles and no hidden "
+                         "targets, medium matches the release's scenes")
     ap.add_argument("--episodes", type=int, default=36, help="valid_unseen games per eval (stratified, >= 36)")
     ap.add_argument("--max-steps", type=int, default=40)
     ap.add_argument("--max-new-tokens", type=int, default=48)

