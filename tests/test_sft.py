@@ -4,6 +4,7 @@ a tiny-model run that learns and writes a checkpoint train and eval load, DAgger
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -292,3 +293,30 @@ def test_time_budget_counts_training_only(monkeypatch):
     with unlimited.running() as deadline:
         assert deadline is None
     assert not unlimited.spent()
+
+
+def test_a_time_budget_ends_the_cosine_at_its_deadline_not_mid_schedule(tiny_model, monkeypatch):
+    from trainers import sft as sft_learner
+
+    model, tokenizer = load_model_and_tokenizer(tiny_model)
+    _, demos = _expert_demos(tokenizer, tasks=(1,))
+    seqs = sft_sequences(demos, tokenizer)
+    settings = SftSettings(epochs=1000.0, batch_size=1, warmup_steps=2)  # planned: thousands of steps
+    learner = SftLearner(model, torch.optim.SGD(model.parameters(), lr=1e-6), settings)
+    assert learner._lr_factor(5, 1000, time_progress=1.0) == pytest.approx(0.1)  # the budget's end: the floor
+    assert learner._lr_factor(5, 1000, time_progress=0.5) == pytest.approx(0.55)
+    assert learner._lr_factor(5, 1000) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 3 / 998)))
+    assert learner._lr_factor(1000, 1000, time_progress=0.2) == pytest.approx(0.1)  # the steps end first
+
+    clock = [0.0]
+
+    def tick():  # every reading of the clock is one second later
+        clock[0] += 1.0
+        return clock[0]
+
+    monkeypatch.setattr(sft_learner.time, "monotonic", tick)
+    lrs: list[float] = []
+    metrics = learner.fit(seqs, deadline=40.0, log=lambda step, m: lrs.append(m["sft/lr"] / 1e-6))
+    assert metrics["sft/stopped_by_time_budget"] == 1.0 and 5 < len(lrs) < 40
+    assert lrs[:2] == pytest.approx([1 / 3, 2 / 3])  # warmup by steps
+    assert lrs[-1] < 0.15 and all(a >= b for a, b in zip(lrs[2:], lrs[3:]))  # decays to ~10% by the deadline

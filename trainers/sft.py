@@ -90,10 +90,14 @@ class SftLearner:
                 total += float(nll.detach())
         return total, n_tokens
 
-    def _lr_factor(self, step: int, planned: int) -> float:
+    def _lr_factor(self, step: int, planned: int, time_progress: float = 0.0) -> float:
+        """Linear warmup, then a cosine to 10% of lr over whichever ends first: the planned steps or the time
+        budget (``time_progress``: the fraction of the post-warmup time spent). A budget that stops a run early
+        so still ends it at a low lr, not mid-schedule (measured: an ALFWorld SFT stopped at 88 of 187 planned
+        steps with lr at ~60% of its peak won 0/36 valid_unseen games)."""
         if step < self.s.warmup_steps:
             return (step + 1) / (self.s.warmup_steps + 1)
-        progress = min(1.0, (step - self.s.warmup_steps) / max(1, planned - self.s.warmup_steps))
+        progress = min(1.0, max(time_progress, (step - self.s.warmup_steps) / max(1, planned - self.s.warmup_steps)))
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))  # cosine to 10% of lr
 
     def fit(self, sequences: list[Sequence], *, deadline: float | None = None,
@@ -110,6 +114,7 @@ class SftLearner:
         loss_sum = tokens_sum = 0.0
         done = nonfinite = 0
         stopped_by_time = False
+        t_warm = time.monotonic()
         for step in range(planned):
             if deadline is not None and time.monotonic() >= deadline:
                 stopped_by_time = True
@@ -119,7 +124,12 @@ class SftLearner:
                 self.rng.shuffle(fresh)
                 order += fresh
             batch, order = order[: self.s.batch_size], order[self.s.batch_size:]
-            factor = self._lr_factor(step, planned)
+            if step == self.s.warmup_steps:
+                t_warm = time.monotonic()  # the budget's cosine spans what is left after warmup
+            time_progress = 0.0
+            if deadline is not None and step >= self.s.warmup_steps:
+                time_progress = (time.monotonic() - t_warm) / max(deadline - t_warm, 1e-9)
+            factor = self._lr_factor(step, planned, time_progress)
             for g, lr in zip(self.optimizer.param_groups, self._base_lr):
                 g["lr"] = lr * factor
             nll, n = self.nll(sequences, batch, backward=True)
