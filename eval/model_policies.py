@@ -124,13 +124,11 @@ def trajectory_record(job: Job, traj, elapsed_s: float) -> dict[str, Any]:
     """
     info = traj.info or {}
     invalid = sum((not turn.action_valid) or not turn.info.get("action_valid", True) for turn in traj.turns)
-    last_action = None
-    if traj.turns:
-        last = traj.turns[-1]
-        last_action = last.action if last.action is not None else last.response_text
+    actions = [turn.action if turn.action is not None else turn.response_text for turn in traj.turns]
+    last_action = actions[-1] if actions else None
     return episode_record(
         job, str(info.get("env_task_id", traj.task_id)), str(info.get("task_type") or "unknown"), won=traj.won,
         reward=float(info.get("env_return", traj.reward)), steps=traj.num_turns, invalid_actions=invalid,
         terminated=traj.terminated, truncated=traj.truncated, error=info.get("error"), last_action=last_action,
-        elapsed_s=elapsed_s,
+        elapsed_s=elapsed_s, actions=actions,
     )

@@ -147,9 +147,10 @@ def plan_jobs(chosen: Sequence[int], samples: int, seed: int, task_ids: Sequence
 
 def episode_record(job: Job, task_id: str, task_type: str, *, won: bool, reward: float, steps: int,
                    invalid_actions: int, terminated: bool, truncated: bool, error: str | None,
-                   last_action: str | None, elapsed_s: float) -> dict[str, Any]:
-    """One line of episodes.jsonl."""
-    return {
+                   last_action: str | None, elapsed_s: float, actions: Sequence[str] | None = None) -> dict[str, Any]:
+    """One line of episodes.jsonl; ``actions`` (every turn's action, or its reply when it had none) where the
+    episode's turns are known, so a failure can be read without replaying it."""
+    record = {
         "task_index": job.task_index, "task_id": job.task_id or task_id, "task_type": job.task_type or task_type,
         "sample": job.sample,
         "seed": job.seed, "won": bool(won), "reward": float(reward), "steps": int(steps),
@@ -157,3 +158,6 @@ def episode_record(job: Job, task_id: str, task_type: str, *, won: bool, reward:
         "error": error, "last_action": None if last_action is None else last_action[:MAX_ACTION_CHARS],
         "elapsed_s": round(elapsed_s, 3),
     }
+    if actions is not None:
+        record["actions"] = [a[:MAX_ACTION_CHARS] for a in actions]
+    return record

@@ -268,7 +268,7 @@ def test_cli_math_tiny_model_end_to_end(tiny_model, tmp_path):
     # Each record is the model's reply graded by the env: re-grading it gives the same verdict.
     problems = MathEnv().problems
     for r in records:
-        assert r["steps"] == 1 and r["last_action"] is not None
+        assert r["steps"] == 1 and r["last_action"] is not None and r["actions"] == [r["last_action"]]
         assert grade(r["last_action"], problems[r["task_index"]].answer).correct == r["won"]
     for name in ("results.csv", "success.png"):
         assert (out / name).is_file()

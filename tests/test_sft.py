@@ -203,6 +203,8 @@ def test_sft_run_learns_and_train_and_eval_load_its_checkpoint(tiny_model, tmp_p
     assert "using the run's prompt template 'alfworld_act'" in proc.stderr  # no --template needed
     results = json.loads((out / "results.json").read_text())
     assert results["episodes"] == 3
+    for r in map(json.loads, (out / "episodes.jsonl").read_text().splitlines()):  # every turn's action is kept
+        assert len(r["actions"]) == r["steps"] >= 1 and r["actions"][-1] == r["last_action"]
 
 
 @pytest.mark.parametrize("backend", ["hf", "vllm"])
