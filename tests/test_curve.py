@@ -76,3 +76,23 @@ def test_unknown_algo_modifier_is_refused_before_any_stage(tmp_path, monkeypatch
     monkeypatch.setattr(curve, "run", lambda *a: pytest.fail("a stage ran"))
     with pytest.raises(SystemExit, match="did you mean 'gigpo'"):
         curve.main(["--out", str(tmp_path), "--algos", "holder,grpo+gigp"])
+
+
+def test_make_demo_command_composes_valid_stage_configs(tmp_path):
+    """The curve arguments of `make demo` (read from the Makefile) parse and give valid sft/train configs."""
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    recipe = text.split("\ndemo:", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
+    words = shlex.split(recipe.split("agent_rl.curve", 1)[1])
+    args = build_parser().parse_args([w for w in words if "$(" not in w])
+    args.out = tmp_path
+    assert args.source == "generated" and args.difficulty == "easy"
+    cfg = compose_config(_hydra_free(sft_overrides(args, tmp_path / "sft")))
+    validate(cfg)
+    validate_sft(cfg)
+    assert cfg.sft.batch_size == args.sft_batch and cfg.env.kwargs["generate_kwargs"]["difficulty"] == "easy"
+    cfg = compose_config(_hydra_free(rl_overrides("holder", tmp_path / "sft", args, tmp_path / "rl")))
+    validate(cfg)
+    assert cfg.train.steps == args.rl_steps and cfg.env.kwargs["generate_kwargs"]["difficulty"] == "easy"
+    assert json.loads(curve.eval_env_kwargs(args)[1])["generate_kwargs"]["difficulty"] == "easy"
