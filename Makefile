@@ -52,12 +52,12 @@ data:
 
 # The main job, end to end, on easy generated households (<= 10 receptacles; no download), on 2 CPU cores:
 # eval the embedded model on 12 held-out households, a short SFT warm start on expert demonstrations
-# (4 turns a step, its cosine ending at the 300 s budget), two RL steps (agent_rl.train, algo=holder),
+# (4 turns a step, its cosine ending at the 270 s budget), one RL step (agent_rl.train, algo=holder),
 # eval again; prints the before/after table (success and invalid-action rate).
 demo: venv
 	$(PY) -m agent_rl.curve --source generated --difficulty easy --generated-games 24 --out outputs/demo \
-	  --episodes 12 --max-steps 20 --max-new-tokens 24 --sft-games 24 --sft-epochs 4 --sft-batch 4 --sft-lr 2e-4 \
-	  --sft-budget-s 300 --rl-steps 2 --tasks 2 --group 2 --algos holder --skip-sft-eval
+	  --episodes 12 --max-steps 15 --max-new-tokens 24 --sft-games 24 --sft-epochs 4 --sft-batch 4 --sft-lr 2e-4 \
+	  --sft-budget-s 270 --rl-steps 1 --tasks 2 --group 2 --algos holder --skip-sft-eval
 
 test: venv data
 	ALFWORLD_DATA="$(ALFWORLD_DATA)" AGENT_RL_MATH_DATA="$(SHARED)/math" $(PY) -m pytest -q

@@ -75,7 +75,8 @@ def evaluate(stage: str, model_args: list[str], args) -> None:
 def sft_overrides(args, run_dir: Path) -> list[str]:
     """The ``agent_rl.sft`` overrides of the SFT stage."""
     return ["env=alfworld", "rollout.template=alfworld_act", "env.num_workers=2", f"sft.games={args.sft_games}",
-            "sft.heldout_games=5", f"sft.epochs={args.sft_epochs}", f"sft.batch_size={args.sft_batch}", "sft.warmup_steps=5",
+            "sft.heldout_games=5", f"sft.epochs={args.sft_epochs}", f"sft.batch_size={args.sft_batch}",
+            "sft.warmup_steps=5",
             f"sft.lr={args.sft_lr}", f"sft.time_budget_s={args.sft_budget_s}", "train.bf16=true",
             f"train.run_dir={run_dir}", f"train.seed={args.seed}", "logging.wandb=false", "train.progress=false",
             f"hydra.run.dir={run_dir}/hydra", *env_overrides(args)]
