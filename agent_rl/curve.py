@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from envs.alfworld.households import DIFFICULTIES
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -194,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--source", choices=("release", "generated"), default="release",
                     help="release games (train for SFT/RL, valid_unseen for eval) or generated households")
     ap.add_argument("--generated-games", type=int, default=200, help="generated train households (--source generated)")
-    ap.add_argument("--difficulty", choices=("easy", "medium", "hard"), default="medium",
+    ap.add_argument("--difficulty", choices=sorted(DIFFICULTIES), default="medium",
                     help="generated households' size (--source generated): easy has <= 10 receptacles and no hidden "
                          "targets, medium matches the release's scenes")
     ap.add_argument("--episodes", type=int, default=36, help="valid_unseen games per eval (stratified, >= 36)")

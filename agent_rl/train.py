@@ -172,6 +172,21 @@ def learner_autocast(cfg: Config) -> bool | None:
     return True if cfg.model.dtype == "bfloat16" else cfg.train.bf16
 
 
+def vllm_engine_mode(in_process: bool, world_size: int, environ: Any = None) -> str:
+    """Set and return ``VLLM_ENABLE_V1_MULTIPROCESSING`` for ``rollout.vllm.in_process``: "0" in process, "1"
+    in processes of its own. Set explicitly both ways, since on CPU VLLMPolicy otherwise defaults to in process.
+    A value from the shell wins, except under torchrun, where an in-process engine's worker joins torchrun's
+    process group and the run hangs (measured), so there it is always "1"."""
+    env = os.environ if environ is None else environ
+    if world_size > 1:
+        if in_process:
+            log.info("torchrun: the vLLM engine runs in processes of its own (rollout.vllm.in_process is ignored)")
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
+    else:
+        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0" if in_process else "1")
+    return env["VLLM_ENABLE_V1_MULTIPROCESSING"]
+
+
 def make_rollout_policy(cfg: Config, model, tokenizer):
     """The rollout's policy: the trained model itself (hf), a vLLM engine, or either of them in a Ray
     actor (ray.enabled with ray.rollout_actor) that loads its own copy of model.name.
@@ -199,13 +214,7 @@ def make_rollout_policy(cfg: Config, model, tokenizer):
         v = cfg.rollout.vllm
         from trainers.distributed import torchrun_world_size
 
-        if v.in_process and torchrun_world_size() > 1:
-            # measured: an in-process engine's worker joins torchrun's process group and the run hangs
-            log.info("torchrun: the vLLM engine runs in processes of its own (rollout.vllm.in_process is ignored)")
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"  # also over a 0 inherited from the shell
-        elif v.in_process:
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            env_vars["VLLM_ENABLE_V1_MULTIPROCESSING"] = os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
+        env_vars["VLLM_ENABLE_V1_MULTIPROCESSING"] = vllm_engine_mode(v.in_process, torchrun_world_size())
         kwargs = {"model": cfg.model.name, "seed": cfg.train.seed, "dtype": v.dtype,
                   "enforce_eager": v.enforce_eager, "max_model_len": v.max_model_len}
         if v.sleep_mode:

@@ -105,3 +105,17 @@ def test_vllm_sleep_mode_wakes_with_the_synced_weights(tiny_model):
         assert policy.generate([[1, 2, 3]], greedy)[0][0].token_ids == before
     finally:
         policy.close()
+
+
+def test_vllm_engine_mode_follows_rollout_vllm_in_process():
+    """Both ways explicitly: on CPU VLLMPolicy would otherwise run the engine in process even when the config
+    says processes of its own; under torchrun always processes of its own (an in-process engine hangs there)."""
+    from agent_rl.train import vllm_engine_mode
+
+    env: dict[str, str] = {}
+    assert vllm_engine_mode(True, 1, env) == "0" and env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    env = {}
+    assert vllm_engine_mode(False, 1, env) == "1" and env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert vllm_engine_mode(False, 1, {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}) == "0"  # the shell's value wins
+    for in_process in (True, False):
+        assert vllm_engine_mode(in_process, 2, {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}) == "1"  # torchrun
