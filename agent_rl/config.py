@@ -59,6 +59,10 @@ class ModelConfig:
     dtype: str = "float32"
     # Recompute activations in backward to save memory (slower).
     gradient_checkpointing: bool = False
+    # Freeze the input embeddings (and so a tied output head) and the bottom N decoder layers: no weight
+    # gradients, and backward stops at the lowest trainable layer (embedded model on 2 CPU cores, SFT step:
+    # 10 of 30 layers 1.44x faster, 20 of 30 2.22x). 0 trains every weight. Not with LoRA (which freezes the base).
+    freeze_layers: int = 0
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -439,6 +443,11 @@ def validate(cfg: Config) -> None:
          cfg.rollout.tasks_per_step, f"tasks_per_step × group_size = {cfg.rollout.tasks_per_step * cfg.rollout.group_size} "
          f"episodes per step, past {MAX_EPISODES_PER_STEP} (the paper uses 16 × 8 = 128); all of a step's "
          f"trajectories are held in memory", "use fewer tasks per step and more steps")
+    need(cfg.model.freeze_layers >= 0, "model.freeze_layers", cfg.model.freeze_layers,
+         "it counts the bottom decoder layers kept fixed", "use 0 (train every layer) or e.g. 20")
+    need(cfg.model.freeze_layers == 0 or not cfg.model.lora.enabled, "model.freeze_layers",
+         f"{cfg.model.freeze_layers} with model.lora.enabled=true", "LoRA already keeps the whole base model fixed",
+         "use one of them: model.freeze_layers=0, or model.lora.enabled=false")
     lora = cfg.model.lora
     if lora.enabled:
         need(lora.r >= 1 and lora.alpha > 0 and 0 <= lora.dropout < 1, "model.lora.r/alpha/dropout",

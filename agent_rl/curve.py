@@ -78,7 +78,7 @@ def sft_overrides(args, run_dir: Path) -> list[str]:
     """The ``agent_rl.sft`` overrides of the SFT stage."""
     return ["env=alfworld", "rollout.template=alfworld_act", "env.num_workers=2", f"sft.games={args.sft_games}",
             "sft.heldout_games=5", f"sft.epochs={args.sft_epochs}", f"sft.batch_size={args.sft_batch}",
-            "sft.warmup_steps=5",
+            "sft.warmup_steps=5", f"model.freeze_layers={args.sft_freeze}",
             f"sft.lr={args.sft_lr}", f"sft.time_budget_s={args.sft_budget_s}", "train.bf16=true",
             f"train.run_dir={run_dir}", f"train.seed={args.seed}", "logging.wandb=false", "train.progress=false",
             f"hydra.run.dir={run_dir}/hydra", *env_overrides(args)]
@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sft-lr", type=float, default=1e-4)
     ap.add_argument("--sft-batch", type=int, default=16, help="demonstration turns per SFT optimizer step")
     ap.add_argument("--sft-budget-s", type=float, default=1800)
+    ap.add_argument("--sft-freeze", type=int, default=0,
+                    help="bottom decoder layers (and embeddings) SFT keeps fixed (model.freeze_layers); RL trains all")
     ap.add_argument("--algos", default="holder,grpo",
                     help="RL stages: algo presets, each with optional +gigpo (GiGPO advantages) and +ds (dynamic "
                          "sampling), e.g. holder,grpo,holder+gigpo,grpo+gigpo+ds")

@@ -112,7 +112,15 @@ def load_model(cfg: Config, checkpoint: Path | None = None):
     if torch.cuda.is_available():
         model.to("cuda")
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # Non-reentrant: with the bottom frozen (model.freeze_layers) the lowest trainable layer's input needs no
+        # gradient, and the reentrant form would then drop that layer's weight gradients.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.model.freeze_layers:
+        from trainers.models import freeze_bottom_layers
+
+        frozen = freeze_bottom_layers(model, cfg.model.freeze_layers)
+        log.info("model.freeze_layers=%d: %.1fM of %.1fM weights fixed", cfg.model.freeze_layers, frozen / 1e6,
+                 sum(p.numel() for p in model.parameters()) / 1e6)
     if cfg.model.lora.enabled:
         try:
             from peft import LoraConfig, get_peft_model

@@ -92,7 +92,9 @@ def test_make_demo_command_composes_valid_stage_configs(tmp_path):
     validate(cfg)
     validate_sft(cfg)
     assert cfg.sft.batch_size == args.sft_batch and cfg.env.kwargs["generate_kwargs"]["difficulty"] == "easy"
+    assert cfg.model.freeze_layers == args.sft_freeze
     cfg = compose_config(_hydra_free(rl_overrides("holder", tmp_path / "sft", args, tmp_path / "rl")))
     validate(cfg)
     assert cfg.train.steps == args.rl_steps and cfg.env.kwargs["generate_kwargs"]["difficulty"] == "easy"
+    assert cfg.model.freeze_layers == 0  # RL trains every layer of the SFT checkpoint
     assert json.loads(curve.eval_env_kwargs(args)[1])["generate_kwargs"]["difficulty"] == "easy"

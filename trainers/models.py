@@ -378,3 +378,40 @@ def load_model_and_tokenizer(
     if device is not None:
         model.to(device)
     return model, tokenizer
+
+
+def decoder_layers(model):
+    """The model's stack of decoder blocks (``model.model.layers`` for Llama/Qwen/SmolLM; else the longest
+    ``nn.ModuleList`` in the model), bottom first."""
+    import torch
+
+    base = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(base, "layers", None)
+    if isinstance(layers, torch.nn.ModuleList):
+        return layers
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(model).__name__} has no nn.ModuleList of decoder layers to freeze")
+    return max(lists, key=len)
+
+
+def freeze_bottom_layers(model, n: int) -> int:
+    """Keep the input embeddings (and an output head tied to them) and the bottom ``n`` decoder layers fixed.
+
+    Why the bottom: nothing below the lowest trainable layer then needs a gradient, so backward stops there
+    (SFT of the embedded model on 2 CPU cores: 20 of 30 layers frozen makes a step 2.2x faster). The
+    gradient of every trainable weight is unchanged. Returns the number of frozen parameters (elements)."""
+    layers = decoder_layers(model)
+    if not 0 <= n < len(layers):
+        raise ValueError(f"model.freeze_layers: got {n}; {type(model).__name__} has {len(layers)} decoder layers and at "
+                         f"least one must train. Fix: use 0..{len(layers) - 1}")
+    if n == 0:
+        return 0
+    frozen = [model.get_input_embeddings(), *layers[:n]]
+    for module in frozen:
+        module.requires_grad_(False)
+    # transformers' gradient checkpointing makes the embeddings' output require a gradient, which would run
+    # backward through the frozen layers for nothing. Without it the lowest trainable layer still gets its
+    # weight gradients under non-reentrant checkpointing (load_model's), not under the reentrant form.
+    model.disable_input_require_grads()
+    return sum(p.numel() for module in frozen for p in module.parameters())
