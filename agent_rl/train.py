@@ -118,7 +118,10 @@ def load_model(cfg: Config, checkpoint: Path | None = None):
     if cfg.model.freeze_layers:
         from trainers.models import freeze_bottom_layers
 
-        frozen = freeze_bottom_layers(model, cfg.model.freeze_layers)
+        try:
+            frozen = freeze_bottom_layers(model, cfg.model.freeze_layers)
+        except ValueError as exc:  # more layers than the model has: a config error, like lora.target_modules below
+            raise ConfigError(str(exc)) from None
         log.info("model.freeze_layers=%d: %.1fM of %.1fM weights fixed", cfg.model.freeze_layers, frozen / 1e6,
                  sum(p.numel() for p in model.parameters()) / 1e6)
     if cfg.model.lora.enabled:

@@ -71,6 +71,9 @@ def test_load_model_applies_freeze_layers(tiny3):
     fixed = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert fixed == {n for n, _ in model.named_parameters() if n.startswith(("model.embed_tokens.", "model.layers.0."))}
     assert next(p for p in model.parameters() if p.requires_grad).dtype == torch.float32
+    # more layers than the model has: the CLI's "configuration error", not a traceback
+    with pytest.raises(ConfigError, match=r"model.freeze_layers: got 3; .* has 3 decoder layers"):
+        load_model(compose_config([f"model.name={tiny3}", "model.freeze_layers=3"]))
 
 
 def test_freeze_bench_runs_and_prints_ratios_to_nothing_frozen(tiny3, monkeypatch, capsys):
