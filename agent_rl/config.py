@@ -70,7 +70,8 @@ class ModelConfig:
 class AlgoConfig:
     # Policy loss from trainers.losses.LOSSES: holder (sequence clip), holder_token, grpo, gspo, gmpo, dr_grpo.
     loss: str = "holder"
-    # Schedule of the Hölder exponent p (trainers.schedules): constant, linear, cosine, quadratic, cubic, step, or
+    # Schedule of the Hölder exponent p (trainers.schedules): constant, linear, cosine, quadratic, cubic,
+    # cubic_dec (the HölderPO authors' shape as far as known: fast, flat through 0, fast), step, or
     # adaptive (linear toward p_end while the token-weight ESS stays >= p_target_ess, back toward 0 when it does not).
     p_schedule: str = "linear"
     p_start: float = 2.0

@@ -18,7 +18,7 @@ def test_linear_matches_the_papers_default():
     assert s(0) == 2.0 and s(250) == 0.0 and s(500) == -2.0 and s(10_000) == -2.0
 
 
-@pytest.mark.parametrize("name", ["linear", "cosine", "quadratic", "cubic", "step"])
+@pytest.mark.parametrize("name", ["linear", "cosine", "quadratic", "cubic", "cubic_dec", "step"])
 def test_every_shape_goes_from_start_to_end_monotonically_and_holds(name):
     s = make_schedule(name, start=2.0, end=-2.0, steps=100)
     values = [s(i) for i in range(0, 130)]
@@ -33,6 +33,19 @@ def test_shapes_differ_in_the_middle_as_documented():
     assert mid["cubic"] == pytest.approx(3 * 0.0625 - 2 * 0.25**3)
     assert mid["cosine"] == pytest.approx((1 - math.cos(math.pi / 4)) / 2)
     assert make_schedule("constant", value=1.5)(999) == 1.5
+
+
+def test_cubic_dec_gives_the_authors_value_and_is_flat_through_the_midpoint():
+    # the one value of the authors' cubic_dec known here: +0.26 at global step 37 of 150 on 2 -> -2
+    s = make_schedule("cubic_dec", start=2.0, end=-2.0, steps=150)
+    assert s(37) == pytest.approx(2.0 * (1 - 2 * 37 / 150) ** 3) and round(s(37), 2) == 0.26
+    assert make_schedule("cubic", start=2.0, end=-2.0, steps=150)(37) == pytest.approx(1.39, abs=5e-3)
+    assert s(75) == pytest.approx(0.0, abs=1e-12)  # the midpoint of the range at half-way
+    # steep at the ends, flat in the middle: the first 10 steps move p more than the 10 around the midpoint
+    assert s(0) - s(10) > 10 * (s(70) - s(80))
+    # an asymmetric range: the same shape about the range's midpoint
+    a = make_schedule("cubic_dec", start=2.0, end=1.0, steps=10)
+    assert a(5) == pytest.approx(1.5) and a(0) == 2.0 and a(10) == 1.0
 
 
 @pytest.mark.parametrize(
