@@ -63,6 +63,10 @@ class ModelConfig:
     # gradients, and backward stops at the lowest trainable layer (embedded model on 2 CPU cores, SFT step:
     # 10 of 30 layers 1.44x faster, 20 of 30 2.22x). 0 trains every weight. Not with LoRA (which freezes the base).
     freeze_layers: int = 0
+    # With freeze_layers > 0, RL's learner keeps the hidden state entering the lowest trainable layer between its
+    # passes over one batch (old logprobs, each minibatch), so the frozen layers run once per sequence and step
+    # (trainers.frozen_cache; hidden_size x 4 bytes per batch token, exact). false: they run on every pass.
+    freeze_cache: bool = True
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 

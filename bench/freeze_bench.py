@@ -1,12 +1,16 @@
-"""SFT step throughput vs ``model.freeze_layers`` (embeddings + bottom N decoder layers fixed), in one process.
+"""SFT and RL step throughput vs ``model.freeze_layers`` (embeddings + bottom N decoder layers fixed), in one process.
 
 The learner's own path (packed micro-batches, varlen attention, reply-only logits, bf16 autocast over float32
 masters, AdamW over the trainable weights); the baseline is the same step with nothing frozen.
 
-    python bench/freeze_bench.py                           # embedded model, 8 turns of 406 + 14 tokens
+    python bench/freeze_bench.py                           # SFT: embedded model, 8 turns of 406 + 14 tokens
     python bench/freeze_bench.py --demos run/demos/round_0.jsonl --layers 0,12,24
+    python bench/freeze_bench.py --rl --layers 20          # RL: Learner.update, frozen without and with the cache
 
-Prints one line per setting with its ratio to 0 frozen layers.
+Prints one line per setting with its ratio to 0 frozen layers. ``--rl`` times one ``Learner.update`` (the ALFWorld
+preset's two minibatches, so the old-logprob pass, a gradient pass, a no-grad pass and a gradient pass) on
+``--trajectories`` trajectories of ``--turns`` turns each, every one with a nonzero advantage, for each frozen
+count without and with ``model.freeze_cache`` (the frozen layers' output kept between the passes).
 """
 
 from __future__ import annotations
@@ -38,6 +42,41 @@ def lengths(args, tokenizer) -> list[tuple[int, int]]:
     return out
 
 
+def rl_rates(args, counts: list[int]) -> None:
+    """One Learner.update per setting: 0 frozen (baseline), then each count without and with the kept activations."""
+    from agent_rl.types import Trajectory, TrajectoryBatch, Turn
+    from trainers.learner import Learner, LearnerSettings
+
+    rng = random.Random(0)
+    base = None
+    for n, cache in [(0, False)] + [(n, c) for n in counts if n for c in (False, True)]:
+        model, tokenizer = load_model_and_tokenizer(args.model, dtype=torch.float32)
+        vocab = model.config.vocab_size
+        trajs = []
+        for t in range(args.trajectories):
+            turns = [Turn(observation="o", prompt_ids=[rng.randrange(vocab) for _ in range(p)],
+                          response_ids=[rng.randrange(vocab) for _ in range(r)], response_logprobs=[-1.0] * r)
+                     for p, r in lengths(args, tokenizer)]
+            trajs.append(Trajectory(traj_id=f"t{t}", group_id="g", task_id="x", turns=turns, reward=float(t % 2)))
+        batch = TrajectoryBatch(trajs)
+        adv = torch.tensor([1.0 if t % 2 else -1.0 for t in range(args.trajectories)])  # [B]
+        ntok = sum(len(s.input_ids) for s in batch.sequences())
+        freeze_bottom_layers(model, n)
+        learner = Learner(model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6),
+                          LearnerSettings(num_minibatches=2, micro_batch_tokens=8192, bf16_autocast=True,
+                                          frozen_layers=n, freeze_cache=cache))
+        times = []
+        for rep in range(args.reps + 1):  # the first is warm-up
+            t0 = time.perf_counter()
+            learner.update(batch, adv, p=1.0)
+            if rep:
+                times.append(time.perf_counter() - t0)
+        rate = ntok / min(times)
+        base = base or rate
+        print(f"freeze_bench rl frozen={n:2d} cache={'on ' if cache else 'off'} {ntok} tokens/update "
+              f"{min(times):6.2f} s/update {rate:6.0f} tokens/s ratio {rate / base:.2f}x", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="embedded")
@@ -47,9 +86,13 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=406)
     ap.add_argument("--reply-tokens", type=int, default=14)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--rl", action="store_true", help="time Learner.update (RL) instead of an SFT step")
+    ap.add_argument("--trajectories", type=int, default=2, help="--rl: trajectories per update (of --turns turns)")
     args = ap.parse_args()
 
     counts = [int(x) for x in args.layers.split(",")]
+    if args.rl:
+        return rl_rates(args, counts)
     if counts[0] != 0:
         counts.insert(0, 0)
     rng = random.Random(0)

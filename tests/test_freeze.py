@@ -85,3 +85,16 @@ def test_freeze_bench_runs_and_prints_ratios_to_nothing_frozen(tiny3, monkeypatc
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("freeze_bench")]
     assert len(lines) == 2
     assert "frozen= 0" in lines[0] and lines[0].endswith("ratio 1.00x") and "frozen= 2" in lines[1]
+
+
+def test_freeze_bench_rl_mode_times_the_learner_without_and_with_the_cache(tiny3, monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setattr("sys.argv", ["freeze_bench.py", "--rl", "--model", tiny3, "--layers", "2", "--turns", "2",
+                                     "--prompt-tokens", "30", "--reply-tokens", "4", "--reps", "1"])
+    runpy.run_path(str(__import__("pathlib").Path(__file__).parents[1] / "bench" / "freeze_bench.py"), run_name="__main__")
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("freeze_bench rl")]
+    assert [l.split(" tokens/update")[0].split(" ", 2)[2] for l in lines] == [
+        "frozen= 0 cache=off 136", "frozen= 2 cache=off 136", "frozen= 2 cache=on  136"]  # 2 trajectories x 2 turns x 34
+    assert lines[0].endswith("ratio 1.00x")
+

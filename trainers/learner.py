@@ -51,6 +51,7 @@ from agent_rl.types import Sequence, TrajectoryBatch
 from trainers.losses import ZERO_ADVANTAGE_INERT, kl_low_var, policy_loss
 from trainers.attention import enable_varlen_attention, is_varlen
 from trainers.distributed import DataParallel
+from trainers.frozen_cache import frozen_activations
 from trainers.packing import pack_sequences, token_logprobs_and_entropy
 
 
@@ -81,6 +82,10 @@ class LearnerSettings:
     # "turn" (M_p over one turn's tokens, each turn a loss row with its episode's advantage: the HölderPO
     # authors' ALFWorld code). See TrajectoryBatch.rows.
     ratio_unit: str = "trajectory"
+    # model.freeze_layers: the frozen bottom layers' output is kept between the passes of one update
+    # (trainers.frozen_cache) unless freeze_cache is false.
+    frozen_layers: int = 0
+    freeze_cache: bool = True
 
 
 class Learner:
@@ -98,6 +103,8 @@ class Learner:
             for m in (model, ref_model):
                 if m is not None:
                     enable_varlen_attention(m)
+        self.frozen = frozen_activations(model, settings.frozen_layers, enabled=settings.freeze_cache,
+                                         sharded=self.dp.sharded)
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
@@ -113,7 +120,8 @@ class Learner:
         out: dict[int, torch.Tensor] = {}
         for mb in self._micro_batches(model, sequences, indices):
             with self._autocast():
-                lp, _ = token_logprobs_and_entropy(model, mb, temperature=self.s.temperature, loss_only=True)
+                lp, _ = token_logprobs_and_entropy(model, mb, temperature=self.s.temperature, loss_only=True,
+                                                   frozen=self.frozen if model is self.model else None)
             out.update(mb.gather(lp.float().cpu()))  # a padding pass (FSDP2 lockstep) gathers nothing
         if self.dp.sharded and model is self.model:
             model.reshard()  # FSDP2 keeps the root unit gathered after a forward without backward: free it
@@ -192,6 +200,14 @@ class Learner:
         ``behaviour``: the trainable weights that generated ``batch`` when they are not the current ones
         (asynchronous rollouts, :meth:`snapshot`): the ratios' old logprobs are recomputed under them, so the
         first update is already off-policy. None: the batch is on-policy."""
+        try:
+            return self._update(batch, advantages, p, behaviour)
+        finally:
+            if self.frozen is not None:
+                self.frozen.clear()  # the kept activations belong to this batch
+
+    def _update(self, batch: TrajectoryBatch, advantages: torch.Tensor, p: float,
+                behaviour: dict[str, torch.Tensor] | None) -> dict[str, float]:
         t0 = time.perf_counter()
         sequences = batch.sequences()
         seqs_of = batch.rows(self.s.ratio_unit, sequences)  # per loss row, its sequences (a trajectory's turns, or one turn)
@@ -303,6 +319,9 @@ class Learner:
         result["perf/learner_tokens_per_s"] = tokens / elapsed if elapsed > 0 else 0.0
         result["perf/optimizer_steps"] = float(n_updates)
         result["perf/skipped_sequences"] = float(len(inert))  # zero-advantage: no forward or backward
+        if self.frozen is not None:  # micro-batches that started above the frozen layers / ran them
+            result["perf/frozen_cache_hits"], result["perf/frozen_cache_misses"] = self.frozen.hits, self.frozen.misses
+            self.frozen.hits = self.frozen.misses = 0
         return result
 
     def _clip_gradients(self, max_norm: float) -> torch.Tensor:
@@ -372,7 +391,8 @@ class Learner:
             with self._autocast():
                 # g and h are 0 off the agent tokens, so only those need logits
                 lp, ent = token_logprobs_and_entropy(self.model, mb, with_entropy=ent_coef is not None,
-                                                     temperature=self.s.temperature, loss_only=True)
+                                                     temperature=self.s.temperature, loss_only=True,
+                                                     frozen=self.frozen)
             if not mb.seq_indices:  # an FSDP2 padding pass: its backward reduces a zero gradient
                 (0.0 * lp.float().sum()).backward()
                 continue

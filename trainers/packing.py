@@ -143,7 +143,8 @@ def _takes_logits_to_keep(model) -> bool:
 
 
 def token_logprobs_and_entropy(
-    model, mb: MicroBatch, *, with_entropy: bool = False, temperature: float = 1.0, loss_only: bool = False
+    model, mb: MicroBatch, *, with_entropy: bool = False, temperature: float = 1.0, loss_only: bool = False,
+    frozen=None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities ([R, L]) of each token given its prefix within its own sequence
     (0 at each sequence's first token, which has no prefix, and on padding), and
@@ -152,7 +153,10 @@ def token_logprobs_and_entropy(
     ``loss_only``: compute them only where ``mb.loss_mask`` is set (0 elsewhere). The LM
     head and the vocabulary-wide softmax then run on the agent tokens alone: prompts and
     observations are most of an agent's tokens, and with a large vocabulary (49k–152k)
-    their logits are a large share of the learner's time and memory."""
+    their logits are a large share of the learner's time and memory.
+
+    ``frozen``: a :class:`trainers.frozen_cache.FrozenActivations` of ``model``: the frozen bottom layers run
+    once per sequence and update, later passes start above them."""
     device = next(model.parameters()).device
     input_ids = mb.input_ids.to(device)  # [R, L]
     segments = mb.segments.to(device)  # [R, L]
@@ -170,7 +174,8 @@ def token_logprobs_and_entropy(
         kwargs["logits_to_keep"] = cols
     else:
         cols = torch.arange(L - 1, device=device)  # [L-1]
-    logits = model(input_ids=input_ids, **kwargs).logits  # [R, K or L, V]
+    call = model if frozen is None else (lambda **kw: frozen.forward(mb, **kw))
+    logits = call(input_ids=input_ids, **kwargs).logits  # [R, K or L, V]
     logits = logits[:, : cols.numel()].float()  # [R, K, V] (without logits_to_keep: the first L-1)
     if temperature != 1.0:
         logits = logits / temperature
