@@ -355,7 +355,7 @@ def validate_sft(cfg: Config) -> None:
 RESUME_SAFE = ("train.steps", "train.run_dir", "train.resume", "train.progress", "train.eval_every", "train.fsdp2",
                "train.eval_episodes", "train.eval_at_start", "train.save_every", "train.keep_checkpoints",
                "train.max_nonfinite_steps", "train.micro_batch_tokens", "logging.", "ray.", "rollout.backend",
-               "rollout.vllm.", "env.num_workers", "env.eval_kwargs.")
+               "rollout.vllm.", "env.num_workers", "env.eval_kwargs.", "model.freeze_cache")
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

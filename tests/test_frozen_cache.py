@@ -92,6 +92,10 @@ def test_cache_only_where_it_is_exact(tiny3):
     assert frozen_activations(other, 2, enabled=True, sharded=False) is None
     with pytest.raises(ValueError, match="at least one frozen layer"):
         FrozenActivations(tiny3, 0)
+    # exact either way, so a run may resume with it switched
+    from agent_rl.config import resume_changes
+
+    assert resume_changes({"model": {"freeze_cache": True}}, {"model": {"freeze_cache": False}}) == []
 
 
 def test_trainer_passes_freeze_layers_to_the_learner_cache(tmp_path):
@@ -104,7 +108,10 @@ def test_trainer_passes_freeze_layers_to_the_learner_cache(tmp_path):
         "train.steps=1", "train.lr=1e-2", "algo.num_minibatches=2", "train.micro_batch_tokens=512",
         f"train.run_dir={tmp_path / 'run'}", "logging.wandb=false", "train.progress=false",
     ])
-    import tests.test_train  # noqa: F401  (registers test_user/Length-v0)
+    import gymnasium as gym
+
+    if "test_user/Length-v0" not in gym.registry:  # registered by test_train.py; run alone, import it
+        import tests.test_train  # noqa: F401
 
     m = train(cfg)
     assert m["perf/optimizer_steps"] == 2
