@@ -42,6 +42,17 @@ def lengths(args, tokenizer) -> list[tuple[int, int]]:
     return out
 
 
+def best_seconds(step, reps: int) -> float:
+    """The fastest of ``reps`` timed calls of ``step``, after one untimed warm-up call."""
+    step()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def rl_rates(args, counts: list[int]) -> None:
     """One Learner.update per setting: 0 frozen (baseline), then each count without and with the kept activations."""
     from agent_rl.types import Trajectory, TrajectoryBatch, Turn
@@ -65,16 +76,11 @@ def rl_rates(args, counts: list[int]) -> None:
         learner = Learner(model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6),
                           LearnerSettings(num_minibatches=2, micro_batch_tokens=8192, bf16_autocast=True,
                                           frozen_layers=n, freeze_cache=cache))
-        times = []
-        for rep in range(args.reps + 1):  # the first is warm-up
-            t0 = time.perf_counter()
-            learner.update(batch, adv, p=1.0)
-            if rep:
-                times.append(time.perf_counter() - t0)
-        rate = ntok / min(times)
+        seconds = best_seconds(lambda: learner.update(batch, adv, p=1.0), args.reps)
+        rate = ntok / seconds
         base = base or rate
         print(f"freeze_bench rl frozen={n:2d} cache={'on ' if cache else 'off'} {ntok} tokens/update "
-              f"{min(times):6.2f} s/update {rate:6.0f} tokens/s ratio {rate / base:.2f}x", flush=True)
+              f"{seconds:6.2f} s/update {rate:6.0f} tokens/s ratio {rate / base:.2f}x", flush=True)
 
 
 def main() -> None:
@@ -107,20 +113,19 @@ def main() -> None:
         model.train()
         freeze_bottom_layers(model, n)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-        times = []
-        for rep in range(args.reps + 1):  # the first is warm-up
-            t0 = time.perf_counter()
+
+        def sft_step():
             for mb in pack_sequences(seqs, 8192, None, 8192 if is_varlen(model) else None):
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     lp, _ = token_logprobs_and_entropy(model, mb, loss_only=True)
                 (-lp.float().sum() / ntok).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if rep:
-                times.append(time.perf_counter() - t0)
-        rate = ntok / min(times)
+
+        seconds = best_seconds(sft_step, args.reps)
+        rate = ntok / seconds
         base = base or rate
-        print(f"freeze_bench frozen={n:2d} {ntok} tokens/step {min(times):6.2f} s/step {rate:6.0f} tokens/s "
+        print(f"freeze_bench frozen={n:2d} {ntok} tokens/step {seconds:6.2f} s/step {rate:6.0f} tokens/s "
               f"ratio {rate / base:.2f}x", flush=True)
 
 
