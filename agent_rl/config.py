@@ -64,9 +64,13 @@ class ModelConfig:
     # 10 of 30 layers 1.44x faster, 20 of 30 2.22x). 0 trains every weight. Not with LoRA (which freezes the base).
     freeze_layers: int = 0
     # With freeze_layers > 0, RL's learner keeps the hidden state entering the lowest trainable layer between its
-    # passes over one batch (old logprobs, each minibatch), so the frozen layers run once per sequence and step
-    # (trainers.frozen_cache; hidden_size x 4 bytes per batch token, exact). false: they run on every pass.
+    # passes over one batch (old logprobs, each minibatch), so the frozen layers run once per sequence and step,
+    # and SFT keeps it across epochs, so they run once per demonstration (trainers.frozen_cache; hidden_size x 4
+    # bytes per token, exact). false: they run on every pass.
     freeze_cache: bool = True
+    # At most this many GB of kept activations (on the model's device); sequences past it run every layer on
+    # every pass. 2.3 KB a token for the embedded model: 4 GB holds ~1.8M tokens (~4,000 ALFWorld turns).
+    freeze_cache_max_gb: float = 4.0
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -355,7 +359,8 @@ def validate_sft(cfg: Config) -> None:
 RESUME_SAFE = ("train.steps", "train.run_dir", "train.resume", "train.progress", "train.eval_every", "train.fsdp2",
                "train.eval_episodes", "train.eval_at_start", "train.save_every", "train.keep_checkpoints",
                "train.max_nonfinite_steps", "train.micro_batch_tokens", "logging.", "ray.", "rollout.backend",
-               "rollout.vllm.", "env.num_workers", "env.eval_kwargs.", "model.freeze_cache")
+               "rollout.vllm.", "env.num_workers", "env.eval_kwargs.", "model.freeze_cache",
+               "model.freeze_cache_max_gb")
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -450,6 +455,8 @@ def validate(cfg: Config) -> None:
          f"trajectories are held in memory", "use fewer tasks per step and more steps")
     need(cfg.model.freeze_layers >= 0, "model.freeze_layers", cfg.model.freeze_layers,
          "it counts the bottom decoder layers kept fixed", "use 0 (train every layer) or e.g. 20")
+    need(cfg.model.freeze_cache_max_gb > 0, "model.freeze_cache_max_gb", cfg.model.freeze_cache_max_gb,
+         "it is the memory the kept frozen-layer activations may take", "use e.g. 4, or model.freeze_cache=false")
     need(cfg.model.freeze_layers == 0 or not cfg.model.lora.enabled, "model.freeze_layers",
          f"{cfg.model.freeze_layers} with model.lora.enabled=true", "LoRA already keeps the whole base model fixed",
          "use one of them: model.freeze_layers=0, or model.lora.enabled=false")

@@ -369,7 +369,8 @@ def train(cfg: Config) -> dict[str, float]:
         entropy_coef=cfg.algo.entropy_coef, micro_batch_tokens=cfg.train.micro_batch_tokens,
         num_minibatches=cfg.algo.num_minibatches, epochs=cfg.algo.epochs, max_grad_norm=cfg.train.max_grad_norm,
         bf16_autocast=learner_autocast(cfg), temperature=cfg.rollout.temperature,
-        ratio_unit=cfg.algo.ratio_unit, frozen_layers=cfg.model.freeze_layers, freeze_cache=cfg.model.freeze_cache),
+        ratio_unit=cfg.algo.ratio_unit, frozen_layers=cfg.model.freeze_layers, freeze_cache=cfg.model.freeze_cache,
+        freeze_cache_max_gb=cfg.model.freeze_cache_max_gb),
         ref_model=ref_model,
         seed=cfg.train.seed + start_step, dp=dp)
     # the rollout side lives on rank 0 only (None on the other ranks)

@@ -6,11 +6,14 @@ masters, AdamW over the trainable weights); the baseline is the same step with n
     python bench/freeze_bench.py                           # SFT: embedded model, 8 turns of 406 + 14 tokens
     python bench/freeze_bench.py --demos run/demos/round_0.jsonl --layers 0,12,24
     python bench/freeze_bench.py --rl --layers 20          # RL: Learner.update, frozen without and with the cache
+    python bench/freeze_bench.py --sft-epochs 3 --layers 20 --turns 16   # SFT fit over epochs, without/with the cache
 
 Prints one line per setting with its ratio to 0 frozen layers. ``--rl`` times one ``Learner.update`` (the ALFWorld
 preset's two minibatches, so the old-logprob pass, a gradient pass, a no-grad pass and a gradient pass) on
 ``--trajectories`` trajectories of ``--turns`` turns each, every one with a nonzero advantage, for each frozen
 count without and with ``model.freeze_cache`` (the frozen layers' output kept between the passes).
+``--sft-epochs E`` times one ``SftLearner.fit`` (E passes over ``--turns`` demonstrations in batches of 4) the same
+way: with the cache, epochs after the first start above the frozen layers.
 """
 
 from __future__ import annotations
@@ -83,6 +86,29 @@ def rl_rates(args, counts: list[int]) -> None:
               f"{seconds:6.2f} s/update {rate:6.0f} tokens/s ratio {rate / base:.2f}x", flush=True)
 
 
+def sft_fit_rates(args, counts: list[int]) -> None:
+    """One SftLearner.fit per setting: 0 frozen (baseline), then each count without and with the kept activations."""
+    from trainers.sft import SftLearner, SftSettings
+
+    base = None
+    for n, cache in [(0, False)] + [(n, c) for n in counts if n for c in (False, True)]:
+        rng = random.Random(0)  # the same demonstrations and batches for every setting
+        model, tokenizer = load_model_and_tokenizer(args.model, dtype=torch.float32)
+        vocab = model.config.vocab_size
+        seqs = [Sequence([rng.randrange(vocab) for _ in range(p + r)], [0] * p + [1] * r, [0.0] * (p + r), i)
+                for i, (p, r) in enumerate(lengths(args, tokenizer))]
+        ntok = round(args.sft_epochs * sum(len(s.input_ids) for s in seqs))
+        freeze_bottom_layers(model, n)
+        learner = SftLearner(model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5),
+                             SftSettings(epochs=args.sft_epochs, batch_size=4, warmup_steps=0, micro_batch_tokens=8192,
+                                         bf16_autocast=True, frozen_layers=n, freeze_cache=cache))
+        seconds = best_seconds(lambda: learner.fit(seqs), 1)
+        rate = ntok / seconds
+        base = base or rate
+        print(f"freeze_bench sft-fit epochs={args.sft_epochs:g} frozen={n:2d} cache={'on ' if cache else 'off'} "
+              f"{ntok} tokens {seconds:6.1f} s {rate:6.0f} tokens/s ratio {rate / base:.2f}x", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="embedded")
@@ -94,11 +120,14 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--rl", action="store_true", help="time Learner.update (RL) instead of an SFT step")
     ap.add_argument("--trajectories", type=int, default=2, help="--rl: trajectories per update (of --turns turns)")
+    ap.add_argument("--sft-epochs", type=float, default=0, help="time SftLearner.fit over this many epochs instead")
     args = ap.parse_args()
 
     counts = [int(x) for x in args.layers.split(",")]
     if args.rl:
         return rl_rates(args, counts)
+    if args.sft_epochs:
+        return sft_fit_rates(args, counts)
     if counts[0] != 0:
         counts.insert(0, 0)
     rng = random.Random(0)

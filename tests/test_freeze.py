@@ -98,3 +98,15 @@ def test_freeze_bench_rl_mode_times_the_learner_without_and_with_the_cache(tiny3
         "frozen= 0 cache=off 136", "frozen= 2 cache=off 136", "frozen= 2 cache=on  136"]  # 2 trajectories x 2 turns x 34
     assert lines[0].endswith("ratio 1.00x")
 
+
+
+def test_freeze_bench_sft_fit_mode_times_epochs_without_and_with_the_cache(tiny3, monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setattr("sys.argv", ["freeze_bench.py", "--sft-epochs", "2", "--model", tiny3, "--layers", "2",
+                                     "--turns", "3", "--prompt-tokens", "30", "--reply-tokens", "4"])
+    runpy.run_path(str(__import__("pathlib").Path(__file__).parents[1] / "bench" / "freeze_bench.py"), run_name="__main__")
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("freeze_bench sft-fit")]
+    assert [l.split(" tokens ")[0].split(" ", 3)[3] for l in lines] == [
+        "frozen= 0 cache=off 204", "frozen= 2 cache=off 204", "frozen= 2 cache=on  204"]  # 2 epochs x 3 turns x 34
+    assert lines[0].endswith("ratio 1.00x")

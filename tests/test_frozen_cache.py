@@ -96,6 +96,56 @@ def test_cache_only_where_it_is_exact(tiny3):
     from agent_rl.config import resume_changes
 
     assert resume_changes({"model": {"freeze_cache": True}}, {"model": {"freeze_cache": False}}) == []
+    assert resume_changes({"model": {"freeze_cache_max_gb": 4.0}}, {"model": {"freeze_cache_max_gb": 1.0}}) == []
+
+
+def test_the_cap_keeps_what_fits_and_the_rest_runs_every_layer(tiny3):
+    sequences = make_batch("per_step", seed=3, n_traj=6).sequences()
+    want = _logprobs(tiny3, sequences, 48)
+    hidden = tiny3.config.hidden_size * 8  # float64 bytes per token
+    cap = hidden * sum(len(s) for s in sequences) // 2  # room for about half the tokens
+    frozen = FrozenActivations(tiny3, 2, max_bytes=cap)
+    with torch.no_grad():
+        _logprobs(tiny3, sequences, 48, frozen)
+        kept = len(frozen.store)
+        assert 0 < kept < len(sequences) and 0 < frozen.bytes <= cap
+        assert frozen.bytes == hidden * sum(len(sequences[i]) for i in frozen.store)  # copies, not views of a batch
+        hits, misses = frozen.hits, frozen.misses
+        again = _logprobs(tiny3, sequences, 24, frozen)  # some micro-batches kept, the others in full
+    assert frozen.hits > hits and frozen.misses > misses and len(frozen.store) == kept  # full: nothing more kept
+    for i in want:
+        torch.testing.assert_close(again[i], want[i], rtol=1e-10, atol=1e-12)
+    frozen.clear()
+    assert frozen.bytes == 0 and not frozen.store
+
+
+def test_sft_epochs_from_kept_activations_equal_running_every_layer(tiny3):
+    """Three SFT epochs: the first keeps every demonstration's activations, the later ones start above the
+    frozen layers; under a cap of ~40 tokens (of 98) only the demonstrations kept skip them. The weights
+    end equal every way."""
+    from trainers.sft import SftLearner, SftSettings
+
+    sequences = make_batch("per_step", seed=9, n_traj=6).sequences()
+    results = {}
+    for name, cache, cap_gb in (("off", False, None), ("all", True, None), ("capped", True, 2e-5)):
+        model = copy.deepcopy(tiny3)
+        learner = SftLearner(model, torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=0.5),
+                             SftSettings(epochs=3, batch_size=1, warmup_steps=0, micro_batch_tokens=48,
+                                         frozen_layers=2, freeze_cache=cache, freeze_cache_max_gb=cap_gb))
+        results[name] = (learner.fit(sequences), model, learner)
+    m_ref, ref, _ = results["off"]
+    assert "perf/frozen_cache_hits" not in m_ref
+    m_all, m_cap = results["all"][0], results["capped"][0]
+    assert m_all["perf/frozen_cache_hits"] > m_all["perf/frozen_cache_misses"] > 0
+    assert 0 < m_cap["perf/frozen_cache_hits"] < m_all["perf/frozen_cache_hits"]
+    assert 0 < m_cap["perf/frozen_cache_gb"] <= 2e-5 < m_all["perf/frozen_cache_gb"]
+    assert any(not torch.equal(a, b) for a, b in zip(ref.parameters(), tiny3.parameters()))
+    for name in ("all", "capped"):
+        m_fast, fast, learner = results[name]
+        assert not learner.frozen.store and learner.frozen.bytes == 0  # freed when the round ends
+        assert m_fast["sft/loss"] == pytest.approx(m_ref["sft/loss"], rel=1e-10)
+        for (pname, a), b in zip(ref.named_parameters(), fast.parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=f"{name}: {pname}")
 
 
 def test_trainer_passes_freeze_layers_to_the_learner_cache(tmp_path):

@@ -207,6 +207,13 @@ def test_sft_run_learns_and_train_and_eval_load_its_checkpoint(tiny_model, tmp_p
         assert len(r["actions"]) == r["steps"] >= 1 and r["actions"][-1] == r["last_action"]
 
 
+def test_sft_with_frozen_layers_keeps_their_activations_across_epochs(tiny_model, tmp_path):
+    metrics = sft(_sft_cfg(tiny_model, tmp_path / "sft", "model.freeze_layers=1", "sft.epochs=3"))
+    # epoch 1 runs both layers and keeps layer 1's input; epochs 2-3 start there (trainers.frozen_cache)
+    assert metrics["perf/frozen_cache_hits"] > metrics["perf/frozen_cache_misses"] > 0
+    assert 0 < metrics["perf/frozen_cache_gb"] < 4.0
+
+
 @pytest.mark.parametrize("backend", ["hf", "vllm"])
 def test_dagger_round_labels_the_states_the_model_reaches(tiny_model, tmp_path, backend):
     """The model's turns are played by the rollout backend (vllm: an engine synced with the SFT weights)."""

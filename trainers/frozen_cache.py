@@ -12,7 +12,9 @@ data-parallel shard first gave to another rank) runs the whole model and keeps w
 
 Exact: the top layers see the same inputs, positions and per-sequence attention as in a full forward (the
 equality is tested in float64). It costs hidden_size × 4 bytes per batch token (float32 residual stream; 2.3 KB
-a token for SmolLM2-135M, ~220 MB for a 16-episode ALFWorld step), freed when the update ends.
+a token for SmolLM2-135M, ~220 MB for a 16-episode ALFWorld step), freed when the update ends. SFT keeps its
+whole demonstration set the same way across epochs (the frozen layers run once per demonstration, not once per
+epoch). ``max_bytes`` caps the store: sequences past it are not kept, and micro-batches holding them run in full.
 
 Only for decoders whose forward does nothing to ``inputs_embeds`` before the first layer (Llama, Qwen2/3,
 Mistral: :data:`SUPPORTED`); Gemma, for one, scales them. Not under FSDP2 (sharded layers gather their
@@ -37,7 +39,7 @@ SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 class FrozenActivations:
     """Per-sequence hidden states entering decoder layer ``n`` (the lowest trainable one), for one update."""
 
-    def __init__(self, model, n: int):
+    def __init__(self, model, n: int, max_bytes: int | None = None):
         if n < 1:
             raise ValueError(f"FrozenActivations needs at least one frozen layer, got n={n}")
         self.model, self.n = model, n
@@ -45,6 +47,7 @@ class FrozenActivations:
         self.owner = next(m for m in model.modules() if getattr(m, "layers", None) is self.layers)
         self.top = torch.nn.ModuleList(list(self.layers)[n:])
         self.store: dict[int, torch.Tensor] = {}  # sequence index -> [length, hidden]
+        self.max_bytes, self.bytes = max_bytes, 0
         self.hits = self.misses = 0  # micro-batches served from the store / computed in full
 
     @staticmethod
@@ -53,6 +56,7 @@ class FrozenActivations:
 
     def clear(self) -> None:
         self.store.clear()
+        self.bytes = 0
 
     def has(self, mb) -> bool:
         return bool(mb.entries) and all(i in self.store for i in mb.seq_indices)
@@ -90,7 +94,12 @@ class FrozenActivations:
         def keep(_module, _args, output):
             hidden = output[0] if isinstance(output, tuple) else output  # [R, L, H]
             for i, r, off, n in mb.entries:
-                self.store[i] = hidden[r, off : off + n].detach()
+                size = n * hidden.shape[-1] * hidden.element_size()
+                if i in self.store or (self.max_bytes is not None and self.bytes + size > self.max_bytes):
+                    continue
+                # a copy, not a view: a view would hold the whole micro-batch's [R, L, H] past the cap
+                self.store[i] = hidden[r, off : off + n].detach().clone()
+                self.bytes += size
 
         handle = self.layers[self.n - 1].register_forward_hook(keep)
         try:
@@ -99,8 +108,10 @@ class FrozenActivations:
             handle.remove()
 
 
-def frozen_activations(model, n: int, *, enabled: bool, sharded: bool) -> FrozenActivations | None:
-    """The learner's cache for ``model.freeze_layers=n``, or None where it is off or cannot be exact."""
+def frozen_activations(model, n: int, *, enabled: bool, sharded: bool,
+                       max_gb: float | None = None) -> FrozenActivations | None:
+    """The learner's cache for ``model.freeze_layers=n`` (at most ``max_gb`` GB kept), or None where it is off
+    or cannot be exact."""
     if not enabled or n < 1:
         return None
     if sharded:
@@ -110,4 +121,4 @@ def frozen_activations(model, n: int, *, enabled: bool, sharded: bool) -> Frozen
         log.warning("model.freeze_cache: off for model_type=%r (kept activations are exact for %s only); the "
                     "frozen layers run on every pass", getattr(model.config, "model_type", None), ", ".join(SUPPORTED))
         return None
-    return FrozenActivations(model, n)
+    return FrozenActivations(model, n, None if max_gb is None else int(max_gb * 2**30))

@@ -83,9 +83,10 @@ class LearnerSettings:
     # authors' ALFWorld code). See TrajectoryBatch.rows.
     ratio_unit: str = "trajectory"
     # model.freeze_layers: the frozen bottom layers' output is kept between the passes of one update
-    # (trainers.frozen_cache) unless freeze_cache is false.
+    # (trainers.frozen_cache) unless freeze_cache is false; at most freeze_cache_max_gb GB of them (None: no cap).
     frozen_layers: int = 0
     freeze_cache: bool = True
+    freeze_cache_max_gb: float | None = None
 
 
 class Learner:
@@ -104,7 +105,7 @@ class Learner:
                 if m is not None:
                     enable_varlen_attention(m)
         self.frozen = frozen_activations(model, settings.frozen_layers, enabled=settings.freeze_cache,
-                                         sharded=self.dp.sharded)
+                                         sharded=self.dp.sharded, max_gb=settings.freeze_cache_max_gb)
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):

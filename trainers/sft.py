@@ -8,6 +8,8 @@ tokenizes its prompts with, so a demonstration rendered by the rollout trains on
 RL and eval will show the model. Only reply tokens carry loss (prompt and observation tokens are
 masked). The loss of an optimizer step is the mean negative log-likelihood over all reply tokens
 of its demonstrations (token mean, as TRL's SFTTrainer), accumulated micro-batch by micro-batch.
+With ``model.freeze_layers`` the hidden state entering the lowest trainable layer is kept from a
+demonstration's first pass (trainers.frozen_cache), so later epochs run only the trainable layers.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from agent_rl.types import Sequence
 from prompts.render import messages_prompt_ids
 from trainers.attention import enable_varlen_attention, is_varlen
+from trainers.frozen_cache import frozen_activations
 from trainers.packing import pack_sequences, token_logprobs_and_entropy
 
 
@@ -41,6 +44,9 @@ class SftSettings:
     bf16_autocast: bool | None = None
     seed: int = 0
     max_nonfinite_steps: int = 3  # batches in a row with a NaN/inf loss or gradient (each skipped) before stopping
+    frozen_layers: int = 0  # model.freeze_layers: their output is kept across epochs unless freeze_cache is false
+    freeze_cache: bool = True
+    freeze_cache_max_gb: float | None = None
 
 
 def sft_sequences(demos: Seq[Any], tokenizer: Any) -> list[Sequence]:
@@ -65,6 +71,8 @@ class SftLearner:
         self.steps = 0  # optimizer steps so far, over all rounds
         enable_varlen_attention(model)
         self._base_lr = [g["lr"] for g in optimizer.param_groups]
+        self.frozen = frozen_activations(model, settings.frozen_layers, enabled=settings.freeze_cache, sharded=False,
+                                         max_gb=settings.freeze_cache_max_gb)
 
     def _autocast(self):
         device = next(self.model.parameters()).device
@@ -74,17 +82,18 @@ class SftLearner:
     def _row_tokens(self) -> int | None:
         return self.s.micro_batch_tokens if is_varlen(self.model) else None
 
-    def nll(self, sequences: list[Sequence], indices: list[int], *, backward: bool) -> tuple[float, int]:
+    def nll(self, sequences: list[Sequence], indices: list[int], *, backward: bool, frozen=None) -> tuple[float, int]:
         """Summed reply-token NLL of ``sequences[indices]`` and the reply-token count; with
-        ``backward`` the gradient of the token-mean NLL is accumulated into ``.grad``."""
+        ``backward`` the gradient of the token-mean NLL is accumulated into ``.grad``; ``frozen``: the kept
+        activations of ``sequences`` (indexed as they are)."""
         n_tokens = sum(sequences[i].num_agent_tokens for i in indices)
         total = 0.0
         grad = contextlib.nullcontext() if backward else torch.no_grad()
         with grad:
             for mb in pack_sequences(sequences, self.s.micro_batch_tokens, indices, self._row_tokens()):
                 with self._autocast():
-                    lp, _ = token_logprobs_and_entropy(self.model, mb, loss_only=True)  # [R, L], 0 off the reply
-                nll = -lp.float().sum()
+                    lp, _ = token_logprobs_and_entropy(self.model, mb, loss_only=True, frozen=frozen)  # [R, L]
+                nll = -lp.float().sum()  # lp is 0 off the reply
                 if backward:
                     (nll / max(n_tokens, 1)).backward()
                 total += float(nll.detach())
@@ -115,6 +124,9 @@ class SftLearner:
         done = nonfinite = 0
         stopped_by_time = False
         t_warm = time.monotonic()
+        if self.frozen is not None:
+            self.frozen.clear()  # kept by sequence index: a new call's sequences are other ones
+            self.frozen.hits = self.frozen.misses = 0
         for step in range(planned):
             if deadline is not None and time.monotonic() >= deadline:
                 stopped_by_time = True
@@ -132,7 +144,7 @@ class SftLearner:
             factor = self._lr_factor(step, planned, time_progress)
             for g, lr in zip(self.optimizer.param_groups, self._base_lr):
                 g["lr"] = lr * factor
-            nll, n = self.nll(sequences, batch, backward=True)
+            nll, n = self.nll(sequences, batch, backward=True, frozen=self.frozen)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.max_grad_norm or float("inf"))
             if not (math.isfinite(nll) and bool(torch.isfinite(grad_norm))):
                 # a NaN/inf loss or gradient never reaches the weights (see trainers.learner)
@@ -162,7 +174,12 @@ class SftLearner:
                 log(self.steps, {"sft/loss": nll / max(n, 1), "sft/grad_norm": float(grad_norm),
                                  "sft/lr": self._base_lr[0] * factor, "perf/sft_tokens_per_s": seen_tokens / elapsed})
         elapsed = time.perf_counter() - t0
-        return {
+        kept = {}
+        if self.frozen is not None:  # micro-batches that started above the frozen layers / ran them
+            kept = {"perf/frozen_cache_hits": float(self.frozen.hits), "perf/frozen_cache_misses": float(self.frozen.misses),
+                    "perf/frozen_cache_gb": self.frozen.bytes / 2**30}
+            self.frozen.clear()  # freed when the round's training ends
+        return {**kept,
             "sft/loss": loss_sum / max(tokens_sum, 1.0),
             "sft/optimizer_steps": float(done),
             "sft/epochs_done": done * self.s.batch_size / len(sequences),
