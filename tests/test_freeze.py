@@ -76,37 +76,33 @@ def test_load_model_applies_freeze_layers(tiny3):
         load_model(compose_config([f"model.name={tiny3}", "model.freeze_layers=3"]))
 
 
-def test_freeze_bench_runs_and_prints_ratios_to_nothing_frozen(tiny3, monkeypatch, capsys):
+def _bench_lines(monkeypatch, capsys, prefix: str, *argv: str) -> list[str]:
+    """Run bench/freeze_bench.py with ``argv``; its printed lines that start with ``prefix``."""
     import runpy
 
-    monkeypatch.setattr("sys.argv", ["freeze_bench.py", "--model", tiny3, "--layers", "2", "--turns", "2",
-                                     "--prompt-tokens", "30", "--reply-tokens", "4", "--reps", "1"])
+    monkeypatch.setattr("sys.argv", ["freeze_bench.py", *argv])
     runpy.run_path(str(__import__("pathlib").Path(__file__).parents[1] / "bench" / "freeze_bench.py"), run_name="__main__")
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("freeze_bench")]
+    return [l for l in capsys.readouterr().out.splitlines() if l.startswith(prefix)]
+
+
+def test_freeze_bench_runs_and_prints_ratios_to_nothing_frozen(tiny3, monkeypatch, capsys):
+    lines = _bench_lines(monkeypatch, capsys, "freeze_bench", "--model", tiny3, "--layers", "2", "--turns", "2",
+                         "--prompt-tokens", "30", "--reply-tokens", "4", "--reps", "1")
     assert len(lines) == 2
     assert "frozen= 0" in lines[0] and lines[0].endswith("ratio 1.00x") and "frozen= 2" in lines[1]
 
 
 def test_freeze_bench_rl_mode_times_the_learner_without_and_with_the_cache(tiny3, monkeypatch, capsys):
-    import runpy
-
-    monkeypatch.setattr("sys.argv", ["freeze_bench.py", "--rl", "--model", tiny3, "--layers", "2", "--turns", "2",
-                                     "--prompt-tokens", "30", "--reply-tokens", "4", "--reps", "1"])
-    runpy.run_path(str(__import__("pathlib").Path(__file__).parents[1] / "bench" / "freeze_bench.py"), run_name="__main__")
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("freeze_bench rl")]
+    lines = _bench_lines(monkeypatch, capsys, "freeze_bench rl", "--rl", "--model", tiny3, "--layers", "2",
+                         "--turns", "2", "--prompt-tokens", "30", "--reply-tokens", "4", "--reps", "1")
     assert [l.split(" tokens/update")[0].split(" ", 2)[2] for l in lines] == [
         "frozen= 0 cache=off 136", "frozen= 2 cache=off 136", "frozen= 2 cache=on  136"]  # 2 trajectories x 2 turns x 34
     assert lines[0].endswith("ratio 1.00x")
 
 
-
 def test_freeze_bench_sft_fit_mode_times_epochs_without_and_with_the_cache(tiny3, monkeypatch, capsys):
-    import runpy
-
-    monkeypatch.setattr("sys.argv", ["freeze_bench.py", "--sft-epochs", "2", "--model", tiny3, "--layers", "2",
-                                     "--turns", "3", "--prompt-tokens", "30", "--reply-tokens", "4"])
-    runpy.run_path(str(__import__("pathlib").Path(__file__).parents[1] / "bench" / "freeze_bench.py"), run_name="__main__")
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("freeze_bench sft-fit")]
+    lines = _bench_lines(monkeypatch, capsys, "freeze_bench sft-fit", "--sft-epochs", "2", "--model", tiny3,
+                         "--layers", "2", "--turns", "3", "--prompt-tokens", "30", "--reply-tokens", "4")
     assert [l.split(" tokens ")[0].split(" ", 3)[3] for l in lines] == [
         "frozen= 0 cache=off 204", "frozen= 2 cache=off 204", "frozen= 2 cache=on  204"]  # 2 epochs x 3 turns x 34
     assert lines[0].endswith("ratio 1.00x")

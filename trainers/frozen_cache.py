@@ -58,6 +58,13 @@ class FrozenActivations:
         self.store.clear()
         self.bytes = 0
 
+    def take_metrics(self) -> dict[str, float]:
+        """Micro-batches that started above the frozen layers / ran them, and the GB kept, since the last call."""
+        out = {"perf/frozen_cache_hits": float(self.hits), "perf/frozen_cache_misses": float(self.misses),
+               "perf/frozen_cache_gb": self.bytes / 2**30}
+        self.hits = self.misses = 0
+        return out
+
     def has(self, mb) -> bool:
         return bool(mb.entries) and all(i in self.store for i in mb.seq_indices)
 

@@ -320,9 +320,8 @@ class Learner:
         result["perf/learner_tokens_per_s"] = tokens / elapsed if elapsed > 0 else 0.0
         result["perf/optimizer_steps"] = float(n_updates)
         result["perf/skipped_sequences"] = float(len(inert))  # zero-advantage: no forward or backward
-        if self.frozen is not None:  # micro-batches that started above the frozen layers / ran them
-            result["perf/frozen_cache_hits"], result["perf/frozen_cache_misses"] = self.frozen.hits, self.frozen.misses
-            self.frozen.hits = self.frozen.misses = 0
+        if self.frozen is not None:
+            result.update(self.frozen.take_metrics())
         return result
 
     def _clip_gradients(self, max_norm: float) -> torch.Tensor:

@@ -126,7 +126,7 @@ class SftLearner:
         t_warm = time.monotonic()
         if self.frozen is not None:
             self.frozen.clear()  # kept by sequence index: a new call's sequences are other ones
-            self.frozen.hits = self.frozen.misses = 0
+            self.frozen.take_metrics()  # counts from this round only
         for step in range(planned):
             if deadline is not None and time.monotonic() >= deadline:
                 stopped_by_time = True
@@ -175,9 +175,8 @@ class SftLearner:
                                  "sft/lr": self._base_lr[0] * factor, "perf/sft_tokens_per_s": seen_tokens / elapsed})
         elapsed = time.perf_counter() - t0
         kept = {}
-        if self.frozen is not None:  # micro-batches that started above the frozen layers / ran them
-            kept = {"perf/frozen_cache_hits": float(self.frozen.hits), "perf/frozen_cache_misses": float(self.frozen.misses),
-                    "perf/frozen_cache_gb": self.frozen.bytes / 2**30}
+        if self.frozen is not None:
+            kept = self.frozen.take_metrics()
             self.frozen.clear()  # freed when the round's training ends
         return {**kept,
             "sft/loss": loss_sum / max(tokens_sum, 1.0),
