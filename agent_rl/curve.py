@@ -19,7 +19,8 @@ type, the same games each stage), one greedy episode each, all in flight at once
 template; ``--constrain-actions``: every stage's replies restricted to the admissible actions (its own
 output folder). ``--source generated`` trains on generated train households and evaluates on generated
 valid_unseen ones (other households: the generator seeds each split apart). Writes ``curve.csv`` (stage × task type, success with Wilson 95% intervals) and ``curve.png``
-to ``--out`` and prints them. A measurement, not a test: the numbers are whatever they are.
+to ``--out`` and prints them, with a per-game comparison of the stages (games one wins and the other loses,
+exact McNemar p). A measurement, not a test: the numbers are whatever they are.
 """
 
 from __future__ import annotations
@@ -159,6 +160,42 @@ def table(args) -> list[dict]:
     return rows
 
 
+def mcnemar_p(gained: int, lost: int) -> float:
+    """Exact two-sided McNemar p: under "no difference" each game one stage wins and the other loses is a fair
+    coin, so the discordant games are Binomial(gained + lost, 1/2)."""
+    from math import comb
+
+    n = gained + lost
+    tail = sum(comb(n, i) for i in range(min(gained, lost) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired(args) -> list[dict]:
+    """Per game, each RL stage against the model it started from (the SFT stage, or the untrained model when
+    the SFT stage was not evaluated), SFT against untrained, and the RL stages against each other: the games
+    one wins and the other loses, and the exact McNemar p of that split. Stages play the same games (same
+    seeds), so this separates a real change from the noise of which games happened to be won."""
+    wins = {}
+    for stage_dir in sorted(args.out.glob("eval_*")):
+        path = stage_dir / "episodes.jsonl"
+        if (stage_dir / "results.json").is_file() and path.is_file():
+            rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            wins[stage_dir.name[len("eval_"):]] = {(r["task_id"], r.get("sample", 0)): bool(r["won"]) for r in rows}
+    rl = sorted(s for s in wins if s.startswith("rl-"))
+    base = "sft" if "sft" in wins else "untrained"
+    pairs = [(s, base) for s in rl if base in wins]
+    pairs += [("sft", "untrained")] if {"sft", "untrained"} <= set(wins) else []
+    pairs += [(a, b) for i, a in enumerate(rl) for b in rl[i + 1:]]
+    out = []
+    for a, b in pairs:
+        games = wins[a].keys() & wins[b].keys()
+        gained = sum(wins[a][g] and not wins[b][g] for g in games)
+        lost = sum(wins[b][g] and not wins[a][g] for g in games)
+        out.append({"stage": a, "versus": b, "games": len(games), "won_only_by_stage": gained,
+                    "won_only_by_versus": lost, "mcnemar_p": round(mcnemar_p(gained, lost), 4)})
+    return out
+
+
 def report(rows: list[dict], args) -> None:
     with open(args.out / "curve.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -168,6 +205,10 @@ def report(rows: list[dict], args) -> None:
         extra = f"  invalid={x['invalid_action_rate']} steps={x['mean_steps']}" if x["task_type"] == "all" else ""
         print(f"alfworld_curve {x['stage']:<10} {x['task_type']:<32} {x['successes']:>3}/{x['episodes']:<3} "
               f"= {x['success_rate']:.3f}  [95% {x['ci95_low']:.3f}, {x['ci95_high']:.3f}]{extra}")
+    for x in paired(args):
+        print(f"alfworld_curve paired {x['stage']} vs {x['versus']}: {x['games']} games, "
+              f"+{x['won_only_by_stage']} / -{x['won_only_by_versus']} "
+              f"(net {x['won_only_by_stage'] - x['won_only_by_versus']:+d}), exact McNemar p = {x['mcnemar_p']:.3f}")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -98,3 +98,42 @@ def test_make_demo_command_composes_valid_stage_configs(tmp_path):
     assert cfg.train.steps == args.rl_steps and cfg.env.kwargs["generate_kwargs"]["difficulty"] == "easy"
     assert cfg.model.freeze_layers == 0  # RL trains every layer of the SFT checkpoint
     assert json.loads(curve.eval_env_kwargs(args)[1])["generate_kwargs"]["difficulty"] == "easy"
+
+
+def test_mcnemar_p_is_the_exact_binomial_tail():
+    from math import comb
+
+    assert curve.mcnemar_p(0, 0) == 1.0 and curve.mcnemar_p(2, 1) == 1.0
+    assert curve.mcnemar_p(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)  # 0.0386
+    assert curve.mcnemar_p(2, 10) == curve.mcnemar_p(10, 2)
+    assert curve.mcnemar_p(8, 0) == pytest.approx(2 / 256)
+    for gained, lost in ((5, 3), (12, 4)):  # the two tails at least as extreme, summed directly
+        n = gained + lost
+        both = sum(comb(n, k) for k in range(n + 1) if abs(2 * k - n) >= abs(gained - lost)) / 2 ** n
+        assert curve.mcnemar_p(gained, lost) == pytest.approx(both)
+
+
+def test_paired_counts_games_won_by_one_stage_only(tmp_path, capsys):
+    def write(stage, won):  # won: per game index, True/False; game 5 only in some stages
+        d = tmp_path / f"eval_{stage}"
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps(_results({"a": (sum(won.values()), len(won))})))
+        (d / "episodes.jsonl").write_text("".join(
+            json.dumps({"task_id": f"game-{i}", "sample": 0, "won": w}) + "\n" for i, w in won.items()))
+
+    write("untrained", {0: False, 1: False, 2: False, 3: False, 4: False})
+    write("sft", {0: True, 1: True, 2: False, 3: False, 4: False})
+    write("rl-holder", {0: True, 1: False, 2: True, 3: True, 4: False, 5: True})
+    write("rl-grpo", {0: True, 1: True, 2: True, 3: False, 4: False, 5: False})
+    args = build_parser().parse_args(["--out", str(tmp_path)])
+    args.out = Path(tmp_path)
+    got = {(x["stage"], x["versus"]): (x["games"], x["won_only_by_stage"], x["won_only_by_versus"])
+           for x in curve.paired(args)}
+    assert got == {("rl-grpo", "sft"): (5, 1, 0), ("rl-holder", "sft"): (5, 2, 1), ("sft", "untrained"): (5, 2, 0),
+                   ("rl-grpo", "rl-holder"): (6, 1, 2)}
+    report(table(args), args)
+    assert "alfworld_curve paired rl-holder vs sft: 5 games, +2 / -1 (net +1), exact McNemar p = 1.000" in \
+        capsys.readouterr().out
+    (tmp_path / "eval_sft" / "results.json").unlink()  # SFT not evaluated (make demo): RL against untrained
+    assert {(x["stage"], x["versus"]) for x in curve.paired(args)} == {
+        ("rl-grpo", "untrained"), ("rl-holder", "untrained"), ("rl-grpo", "rl-holder")}
