@@ -42,14 +42,23 @@ ROOT = Path(__file__).resolve().parents[1]
 def env_overrides(args) -> list[str]:
     """Hydra overrides that pick the ALFWorld game source for sft and train."""
     if args.source == "generated":
-        return ["+env.kwargs.source=generated",
-                f"+env.kwargs.generate_kwargs={{num_games:{args.generated_games},difficulty:{args.difficulty}}}"]
+        kwargs = f"num_games:{args.generated_games},difficulty:{args.difficulty}"
+        if task_types(args):
+            kwargs += f",task_types:[{','.join(task_types(args))}]"
+        return ["+env.kwargs.source=generated", f"+env.kwargs.generate_kwargs={{{kwargs}}}"]
     return []
+
+
+def task_types(args) -> list[str]:
+    """``--task-types`` as a list; [] = all six (the generator's default, so its cached sets are reused)."""
+    return [t for t in (getattr(args, "task_types", "") or "").split(",") if t]
 
 
 def eval_env_kwargs(args) -> list[str]:
     if args.source == "generated":
         kwargs = {"num_games": args.episodes, "difficulty": args.difficulty}
+        if task_types(args):
+            kwargs["task_types"] = task_types(args)
         return ["--env-kwargs", json.dumps({"source": "generated", "generate_kwargs": kwargs})]
     return []
 
@@ -73,6 +82,25 @@ def evaluate(stage: str, model_args: list[str], args) -> None:
          "--backend", args.backend, "--workers", "2", "--concurrency", str(args.episodes), *eval_env_kwargs(args),
          *(["--constrain-actions"] if args.constrain_actions else []), "--out", str(out), "--no-progress", "--no-plot"],
         args.out / f"eval_{stage}.log", args.threads)
+
+
+def check_task_types(args) -> None:
+    """``--task-types``: known names, and only where the games are generated (before any stage runs)."""
+    import difflib
+
+    from envs.alfworld.data import TASK_TYPES
+
+    wanted = task_types(args)
+    if wanted and args.source != "generated":
+        raise SystemExit(f"--task-types {args.task_types} needs --source generated: it chooses which households are "
+                         f"generated (the release splits are fixed). Fix: add --source generated, or drop --task-types")
+    for t in wanted:
+        if t not in TASK_TYPES:
+            close = difflib.get_close_matches(t, TASK_TYPES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SystemExit(f"--task-types: unknown task type {t!r}{hint}; task types are {', '.join(TASK_TYPES)}")
+    if len(set(wanted)) != len(wanted):
+        raise SystemExit(f"--task-types {args.task_types} names a task type twice. Fix: list each once")
 
 
 def sft_overrides(args, run_dir: Path) -> list[str]:
@@ -237,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--source", choices=("release", "generated"), default="release",
                     help="release games (train for SFT/RL, valid_unseen for eval) or generated households")
     ap.add_argument("--generated-games", type=int, default=200, help="generated train households (--source generated)")
+    ap.add_argument("--task-types", default="", help="generated households of these task types only (comma "
+                    "list, e.g. pick_and_place_simple,look_at_obj_in_light; --source generated); default: all six")
     ap.add_argument("--difficulty", choices=sorted(DIFFICULTIES), default="medium",
                     help="generated households' size (--source generated): easy has <= 10 receptacles and no hidden "
                          "targets, medium matches the release's scenes")
@@ -277,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     algos = [a for a in args.algos.split(",") if a]
     for algo in algos:
         algo_overrides(algo)  # every entry checked before the first (long) stage
+    check_task_types(args)
     if args.out is None:
         args.out = Path("bench_out/alfworld_curve" + ("_constrained" if args.constrain_actions else ""))
     args.out = args.out.resolve()

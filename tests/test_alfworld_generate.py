@@ -16,6 +16,7 @@ pytest.importorskip("alfworld")
 
 from envs.alfworld import generate as gen  # noqa: E402
 from envs.alfworld import households as hh  # noqa: E402
+from envs.alfworld.data import TASK_TYPES  # noqa: E402
 from envs.alfworld.text_version import detect_version, goal_sentence  # noqa: E402
 
 pytestmark = pytest.mark.alfworld
@@ -216,3 +217,16 @@ def test_212_generated_games_win(tmp_path):
         won, taken, intro = _play_like_alfredtwenv(path)
         assert won and detect_version(json.loads(Path(path).read_text())) == "2.1.2"
         assert not any(" in/on " in c for c in taken)
+
+
+def test_ensure_generated_set_of_some_task_types(tmp_path, monkeypatch):
+    monkeypatch.setenv("AGENT_RL_CACHE", str(tmp_path / "cache"))
+    types = ["look_at_obj_in_light", "pick_and_place_simple"]  # a list, as a config or JSON passes it
+    root = gen.ensure_generated_set(num_games=3, seed=2, difficulty="easy", task_types=types)
+    assert root.name == "2-3-easy-types-" + ".".join(str(TASK_TYPES.index(t)) for t in types)
+    made = sorted(json.loads(p.read_text())["task_type"] for p in root.glob("json_2.1.1/train/*/*/traj_data.json"))
+    assert made == sorted(["look_at_obj_in_light", "pick_and_place_simple", "look_at_obj_in_light"])
+    with pytest.raises(ValueError, match="did you mean 'look_at_obj_in_light'"):
+        gen.ensure_generated_set(num_games=1, task_types=["look_at_obj"])
+    with pytest.raises(ValueError, match="distinct"):
+        gen.ensure_generated_set(num_games=1, task_types=types + types[:1])

@@ -137,3 +137,24 @@ def test_paired_counts_games_won_by_one_stage_only(tmp_path, capsys):
     (tmp_path / "eval_sft" / "results.json").unlink()  # SFT not evaluated (make demo): RL against untrained
     assert {(x["stage"], x["versus"]) for x in curve.paired(args)} == {
         ("rl-grpo", "untrained"), ("rl-holder", "untrained"), ("rl-grpo", "rl-holder")}
+
+
+def test_task_types_reach_every_stage_and_are_checked_first(tmp_path, monkeypatch):
+    args = build_parser().parse_args(["--out", str(tmp_path), "--source", "generated", "--difficulty", "easy",
+                                      "--task-types", "pick_and_place_simple,look_at_obj_in_light"])
+    want = ["pick_and_place_simple", "look_at_obj_in_light"]
+    cfg = compose_config(_hydra_free(sft_overrides(args, tmp_path / "sft")))
+    validate_sft(cfg)
+    assert list(cfg.env.kwargs["generate_kwargs"]["task_types"]) == want
+    cfg = compose_config(_hydra_free(rl_overrides("holder", tmp_path / "sft", args, tmp_path / "rl")))
+    assert list(cfg.env.kwargs["generate_kwargs"]["task_types"]) == want
+    assert json.loads(curve.eval_env_kwargs(args)[1])["generate_kwargs"]["task_types"] == want
+    plain = build_parser().parse_args(["--out", str(tmp_path), "--source", "generated"])
+    assert "task_types" not in curve.env_overrides(plain)[1]  # all six: the cached default sets are reused
+    monkeypatch.setattr(curve, "run", lambda *a: pytest.fail("a stage ran"))
+    for bad, match in ((["--source", "generated", "--task-types", "pick_and_place"], "did you mean 'pick_and_place_simple'"),
+                       (["--task-types", "pick_and_place_simple"], "needs --source generated"),
+                       (["--source", "generated", "--task-types", "pick_and_place_simple,pick_and_place_simple"],
+                        "twice")):
+        with pytest.raises(SystemExit, match=match):
+            curve.main(["--out", str(tmp_path / "x"), *bad])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import fcntl
 import json
 import logging
@@ -385,32 +386,42 @@ def default_cache_root() -> Path:
 
 def ensure_generated_set(out_root: str | os.PathLike | None = None, num_games: int = 24, seed: int = 0,
                          split: str = "train", difficulty: str = "medium",
-                         text_version: str = DEFAULT_TEXT_VERSION) -> Path:
+                         text_version: str = DEFAULT_TEXT_VERSION, task_types=TASK_TYPES) -> Path:
     """A data root (holding ``json_2.1.1/<split>``) with a generated set; generated once, then reused.
 
     Default location: ``$AGENT_RL_CACHE`` or ``~/.cache/agent_rl``, under
-    ``alfworld_generated/<seed>-<num_games>-<difficulty>[-<text_version>]``. A set counts as complete only
-    when its marker file (written last) matches the request, so a killed generation is redone; a file
+    ``alfworld_generated/<seed>-<num_games>-<difficulty>[-<text_version>][-types-<indices>]`` (``task_types``:
+    a subset of the six, round-robin; the name lists their indices in TASK_TYPES). A set counts as complete
+    only when its marker file (written last) matches the request, so a killed generation is redone; a file
     lock lets parallel env workers wait for one generator instead of racing.
     """
     diff = hh.get_difficulty(difficulty)
     check_version(text_version)
+    task_types = tuple(task_types)  # a list from a config or JSON
+    unknown = [t for t in task_types if t not in TASK_TYPES]
+    if unknown or not task_types or len(set(task_types)) != len(task_types):
+        close = [m for t in unknown for m in difflib.get_close_matches(t, TASK_TYPES, n=1)]
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"task_types must name distinct task types from {', '.join(TASK_TYPES)}; got "
+                         f"{list(task_types)}{hint}. Fix: use a subset of those names, or leave task_types out")
     if out_root is None:
         name = f"{seed}-{num_games}-{diff.name}" + ("" if text_version == DEFAULT_TEXT_VERSION else f"-{text_version}")
+        if task_types != TASK_TYPES:
+            name += "-types-" + ".".join(str(TASK_TYPES.index(t)) for t in task_types)
         root = default_cache_root() / name
     else:
         root = Path(out_root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     marker = root / COMPLETE_MARKER.format(split=split)
     want = {"split": split, "num_games": num_games, "seed": seed, "difficulty": diff.name,
-            "text_version": text_version, "generator_version": GENERATOR_VERSION, "task_types": list(TASK_TYPES)}
+            "text_version": text_version, "generator_version": GENERATOR_VERSION, "task_types": list(task_types)}
     with _locked(root / ".lock"):
         if _marker_matches(marker, want) and (root / "json_2.1.1" / split).is_dir():
             return root
         marker.unlink(missing_ok=True)
         log.warning("generating %d ALFWorld games (seed %s, %s, split %s) into %s; the planner checks each, "
                     "about 1-3 s a game", num_games, seed, diff.name, split, root)
-        generate_set(root, num_games, seed, split, diff, text_version)
+        generate_set(root, num_games, seed, split, diff, text_version, task_types)
     return root
 
 
