@@ -225,6 +225,11 @@ class TrainConfig:
     # How many updates old the weights that sampled a batch may be: 1 (one step off policy) or 0 (each rollout
     # starts at its own step: the synchronous trainer, through the asynchronous machinery).
     max_staleness: int = 1
+    # torch's CPU threads in the trainer process (the learner's update); null: torch's default (every core). With
+    # train.async_rollouts the next rollout generates while the update runs: when both share a machine's cores,
+    # give the learner the cores the engine does not use (e.g. 1 of 2 beside a ray.rollout_num_cpus=1 actor), so
+    # the two do not oversubscribe them. Changes speed only, never a result.
+    learner_threads: Optional[int] = None
     # Under torchrun: shard parameters, gradients and AdamW state over the ranks with FSDP2 (fully_shard on each
     # decoder layer, then the whole model), for models whose training state does not fit one GPU. false: every rank
     # holds a full replica and the gradient is all-reduced once per update. Either way the gradient is the exact
@@ -358,7 +363,7 @@ def validate_sft(cfg: Config) -> None:
 # generation and envs run. Any other difference from the checkpoint's config.yaml changes what is trained.
 RESUME_SAFE = ("train.steps", "train.run_dir", "train.resume", "train.progress", "train.eval_every", "train.fsdp2",
                "train.eval_episodes", "train.eval_at_start", "train.save_every", "train.keep_checkpoints",
-               "train.max_nonfinite_steps", "train.micro_batch_tokens", "logging.", "ray.", "rollout.backend",
+               "train.max_nonfinite_steps", "train.micro_batch_tokens", "train.learner_threads", "logging.", "ray.", "rollout.backend",
                "rollout.vllm.", "env.num_workers", "env.eval_kwargs.", "model.freeze_cache",
                "model.freeze_cache_max_gb")
 
@@ -429,6 +434,8 @@ def validate(cfg: Config) -> None:
     need(cfg.train.eval_protocol != "verl-agent" or cfg.env.id in ("alfworld", "agent_rl/ALFWorld-v0"),
          "train.eval_protocol", cfg.train.eval_protocol, "verl-agent's protocol plays ALFWorld valid_seen games",
          "use train.eval_protocol=default for this env")
+    need(cfg.train.learner_threads is None or cfg.train.learner_threads >= 1, "train.learner_threads",
+         cfg.train.learner_threads, "it is a number of CPU threads", "use null (torch's default) or a count >= 1")
     need(cfg.train.max_staleness in (0, 1), "train.max_staleness", cfg.train.max_staleness,
          "one rollout is in flight at a time, so a batch is at most one update old", "use 1 (or 0)")
     need(not cfg.train.async_rollouts or cfg.rollout.backend == "vllm" or cfg.ray.rollout_in_actor,

@@ -386,6 +386,9 @@ def train(cfg: Config) -> dict[str, float]:
 
     metrics: dict[str, float] = {}
     nonfinite_steps = 0  # steps in a row whose every update was NaN/inf (and so skipped)
+    threads_before = torch.get_num_threads()
+    if cfg.train.learner_threads is not None:  # the update's cores, off those a concurrent rollout uses
+        torch.set_num_threads(cfg.train.learner_threads)
     try:
         if cfg.train.eval_at_start and start_step == 0:
             tracker.log(0, dp.from_main(RolloutStream.when_idle, rollouts, run_periodic_eval, cfg, env_id, policy, 0))
@@ -430,6 +433,7 @@ def train(cfg: Config) -> dict[str, float]:
             if part is not None:
                 part.close()
         dp.close()
+        torch.set_num_threads(threads_before)
     return metrics
 
 

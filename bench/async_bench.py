@@ -6,7 +6,7 @@ where rewards vary so the learner has real work) twice with the same settings, g
 Steps/hour come from the runs' ``perf/step_seconds``; step 1 is reported apart (the async run plays its
 first batch before any overlap is possible). A measurement, not a test.
 
-    python bench/async_bench.py [--steps 6] [--out bench_out/async_bench]     # ~15 min on 2 cores
+    python bench/async_bench.py [--steps 6] [--learner-threads 1] [--out bench_out/async_bench]  # ~15 min on 2 cores
 """
 
 from __future__ import annotations
@@ -49,12 +49,17 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--ray-cpus", type=int, default=2, help="CPUs of the local Ray (env actors + rollout actor)")
     ap.add_argument("--actor-cpus", type=float, default=1, help="the rollout actor's CPUs (its torch threads)")
+    ap.add_argument("--learner-threads", type=int, default=None,
+                    help="also run async with train.learner_threads=N (the learner off the actor's cores)")
     ap.add_argument("--out", type=Path, default=Path("bench_out/async_bench"))
     ap.add_argument("extra", nargs="*", help="more Hydra overrides for both runs")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    results = {name: run(name, args.out, args, extra) for name, extra in
-               (("sync", []), ("async", ["train.async_rollouts=true"]))}
+    runs = [("sync", []), ("async", ["train.async_rollouts=true"])]
+    if args.learner_threads:
+        runs.append((f"async-t{args.learner_threads}",
+                     ["train.async_rollouts=true", f"train.learner_threads={args.learner_threads}"]))
+    results = {name: run(name, args.out, args, extra) for name, extra in runs}
     rate = {}
     for name, rows in results.items():
         secs = [r["perf/step_seconds"] for r in rows]
@@ -65,8 +70,10 @@ def main() -> None:
               f"= {rate[name]:.0f} steps/h (rollout or wait {statistics.mean(wait[1:]):.1f} s, learner "
               f"{statistics.mean(learn[1:]):.1f} s); train success {statistics.mean(r['rollout/success_rate'] for r in rows):.3f}",
               flush=True)
-    print(f"async_bench speed-up (steps 2-{args.steps}, steps/h async / sync): {rate['async'] / rate['sync']:.2f}x",
-          flush=True)
+    for name in rate:
+        if name != "sync":
+            print(f"async_bench speed-up (steps 2-{args.steps}, steps/h {name} / sync): {rate[name] / rate['sync']:.2f}x",
+                  flush=True)
 
 
 if __name__ == "__main__":

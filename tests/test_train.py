@@ -124,6 +124,38 @@ def test_trainer_runs_on_an_env_without_task_indices(tiny_model, tmp_path):
     assert metrics["train/step"] == 1 and metrics["rollout/error_rate"] == 0
 
 
+_THREADS_SCRIPT = """
+import json, sys, torch
+from agent_rl.train import compose_config, train
+from trainers.learner import Learner
+
+seen, update = [], Learner.update
+def spy(self, *args, **kwargs):
+    seen.append(torch.get_num_threads())
+    return update(self, *args, **kwargs)
+Learner.update = spy
+model, out = sys.argv[1], sys.argv[2]
+base = ["env=math", f"model.name={model}", "rollout.group_size=2", "rollout.tasks_per_step=2", "rollout.max_new_tokens=8",
+        "rollout.max_turns=1", "train.steps=1", "train.micro_batch_tokens=512", "logging.wandb=false",
+        "train.progress=false"]
+torch.set_num_threads(3)  # a count the setting differs from, whatever this machine's default
+train(compose_config([*base, f"train.run_dir={out}/t1", "train.learner_threads=1"]))
+after = torch.get_num_threads()
+train(compose_config([*base, f"train.run_dir={out}/default"]))
+print(json.dumps({"seen": seen, "after": after}))
+"""
+
+
+def test_learner_threads_set_the_update_threads_and_are_restored(tiny_model, tmp_path):
+    # its own process: once an in-process vLLM engine (an earlier test) has bound this process's threads,
+    # torch.set_num_threads no longer takes effect here
+    out = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, tiny_model, str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"seen": [1, 3], "after": 3}
+
+
 def test_trainer_runs_on_math_with_periodic_eval(tiny_model, tmp_path):
     metrics = train(quick(tiny_model, tmp_path / "math", "train.steps=1", "train.eval_every=1",
                           "train.eval_episodes=2", env=("env=math",)))
@@ -138,6 +170,7 @@ def test_trainer_runs_on_math_with_periodic_eval(tiny_model, tmp_path):
     (["env.id=nope/Missing-v0"], "not registered"),
     (["env.import_modules=[no_such_module_xyz]"], "cannot import"),
     (["rollout.constrain_actions=true", "rollout.template=alfworld"], "reasoning before the action"),
+    (["train.learner_threads=0"], "train.learner_threads"),
 ])
 def test_config_errors_say_what_and_how_to_fix(tiny_model, tmp_path, override, match):
     with pytest.raises(ConfigError, match=match) as info:
