@@ -50,14 +50,17 @@ data:
 	  done; \
 	else echo "no $(SHARED)/alfworld: ALFWorld tests use generated games only"; fi
 
-# The main job, end to end, on easy generated households (<= 10 receptacles; no download), on 2 CPU cores:
-# eval the embedded model on 12 held-out households, a short SFT warm start on expert demonstrations
-# (4 turns a step, its cosine ending at the 270 s budget), one RL step (agent_rl.train, algo=holder),
-# eval again; prints the before/after table (success and invalid-action rate).
+# The main job, end to end, on easy generated households (<= 10 receptacles; no download) of the two
+# single-object task types, on 2 CPU cores: eval the embedded model on 12 held-out households, a short SFT
+# warm start on expert demonstrations (bottom 20 layers frozen, their activations kept across passes, 4 turns
+# a step, its cosine ending at the 450 s budget), one RL step (agent_rl.train, algo=holder), eval again;
+# prints the before/after table (success and invalid-action rate) and the per-game comparison.
 demo: venv
 	$(PY) -m agent_rl.curve --source generated --difficulty easy --generated-games 24 --out outputs/demo \
-	  --episodes 12 --max-steps 15 --max-new-tokens 24 --sft-games 24 --sft-epochs 4 --sft-batch 4 --sft-lr 2e-4 \
-	  --sft-budget-s 270 --rl-steps 1 --tasks 2 --group 2 --algos holder --skip-sft-eval
+	  --task-types pick_and_place_simple,look_at_obj_in_light \
+	  --episodes 12 --max-steps 15 --max-new-tokens 24 --sft-games 24 --sft-epochs 12 --sft-batch 4 --sft-lr 2e-4 \
+	  --sft-budget-s 450 --sft-freeze 20 --rl-steps 1 --tasks 2 --group 2 --algos holder --skip-sft-eval \
+	  model.freeze_layers=20
 
 test: venv data
 	ALFWORLD_DATA="$(ALFWORLD_DATA)" AGENT_RL_MATH_DATA="$(SHARED)/math" $(PY) -m pytest -q

@@ -96,8 +96,10 @@ def test_make_demo_command_composes_valid_stage_configs(tmp_path):
     cfg = compose_config(_hydra_free(rl_overrides("holder", tmp_path / "sft", args, tmp_path / "rl")))
     validate(cfg)
     assert cfg.train.steps == args.rl_steps and cfg.env.kwargs["generate_kwargs"]["difficulty"] == "easy"
-    assert cfg.model.freeze_layers == 0  # RL trains every layer of the SFT checkpoint
-    assert json.loads(curve.eval_env_kwargs(args)[1])["generate_kwargs"]["difficulty"] == "easy"
+    assert cfg.model.freeze_layers == 20  # the demo's RL step keeps SFT's frozen layers (an extra override)
+    assert list(cfg.env.kwargs["generate_kwargs"]["task_types"]) == ["pick_and_place_simple", "look_at_obj_in_light"]
+    kwargs = json.loads(curve.eval_env_kwargs(args)[1])["generate_kwargs"]
+    assert kwargs["difficulty"] == "easy" and kwargs["task_types"] == ["pick_and_place_simple", "look_at_obj_in_light"]
 
 
 def test_mcnemar_p_is_the_exact_binomial_tail():
