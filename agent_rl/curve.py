@@ -51,7 +51,7 @@ def env_overrides(args) -> list[str]:
 
 def task_types(args) -> list[str]:
     """``--task-types`` as a list; [] = all six (the generator's default, so its cached sets are reused)."""
-    return [t for t in (getattr(args, "task_types", "") or "").split(",") if t]
+    return [t for t in args.task_types.split(",") if t]
 
 
 def eval_env_kwargs(args) -> list[str]:
@@ -85,22 +85,18 @@ def evaluate(stage: str, model_args: list[str], args) -> None:
 
 
 def check_task_types(args) -> None:
-    """``--task-types``: known names, and only where the games are generated (before any stage runs)."""
-    import difflib
-
-    from envs.alfworld.data import TASK_TYPES
+    """``--task-types``: known, distinct names, and only where the games are generated (before any stage runs)."""
+    from envs.alfworld.generate import check_task_types as check_names
 
     wanted = task_types(args)
     if wanted and args.source != "generated":
         raise SystemExit(f"--task-types {args.task_types} needs --source generated: it chooses which households are "
                          f"generated (the release splits are fixed). Fix: add --source generated, or drop --task-types")
-    for t in wanted:
-        if t not in TASK_TYPES:
-            close = difflib.get_close_matches(t, TASK_TYPES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise SystemExit(f"--task-types: unknown task type {t!r}{hint}; task types are {', '.join(TASK_TYPES)}")
-    if len(set(wanted)) != len(wanted):
-        raise SystemExit(f"--task-types {args.task_types} names a task type twice. Fix: list each once")
+    if wanted:
+        try:
+            check_names(wanted)
+        except ValueError as exc:
+            raise SystemExit(f"--task-types: {exc}") from None
 
 
 def sft_overrides(args, run_dir: Path) -> list[str]:

@@ -384,6 +384,25 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("AGENT_RL_CACHE", "~/.cache/agent_rl")).expanduser() / "alfworld_generated"
 
 
+def check_task_types(task_types) -> tuple[str, ...]:
+    """``task_types`` (a list from a config or JSON, or a tuple) as a tuple of distinct known names, else a
+    ValueError that says which name is wrong and what the names are."""
+    task_types = tuple(task_types)
+    if not task_types:
+        raise ValueError(f"task_types is empty. Fix: name some of {', '.join(TASK_TYPES)}, or leave task_types out")
+    for t in task_types:
+        if t not in TASK_TYPES:
+            close = difflib.get_close_matches(t, TASK_TYPES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown task type {t!r}{hint}; task types are {', '.join(TASK_TYPES)}. Fix: use a "
+                             f"subset of those names, or leave task_types out")
+    for t in task_types:
+        if task_types.count(t) > 1:
+            raise ValueError(f"task_types {list(task_types)} names {t!r} twice; they must be distinct. Fix: list "
+                             f"each once")
+    return task_types
+
+
 def ensure_generated_set(out_root: str | os.PathLike | None = None, num_games: int = 24, seed: int = 0,
                          split: str = "train", difficulty: str = "medium",
                          text_version: str = DEFAULT_TEXT_VERSION, task_types=TASK_TYPES) -> Path:
@@ -397,13 +416,7 @@ def ensure_generated_set(out_root: str | os.PathLike | None = None, num_games: i
     """
     diff = hh.get_difficulty(difficulty)
     check_version(text_version)
-    task_types = tuple(task_types)  # a list from a config or JSON
-    unknown = [t for t in task_types if t not in TASK_TYPES]
-    if unknown or not task_types or len(set(task_types)) != len(task_types):
-        close = [m for t in unknown for m in difflib.get_close_matches(t, TASK_TYPES, n=1)]
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"task_types must name distinct task types from {', '.join(TASK_TYPES)}; got "
-                         f"{list(task_types)}{hint}. Fix: use a subset of those names, or leave task_types out")
+    task_types = check_task_types(task_types)
     if out_root is None:
         name = f"{seed}-{num_games}-{diff.name}" + ("" if text_version == DEFAULT_TEXT_VERSION else f"-{text_version}")
         if task_types != TASK_TYPES:
