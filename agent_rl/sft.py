@@ -20,7 +20,8 @@ import logging
 import random
 import time
 
-from agent_rl.config import Config, ConfigError, validate, validate_sft
+from agent_rl.config import Config, ConfigError
+from agent_rl.validation import validate, validate_sft
 
 log = logging.getLogger("agent_rl")
 

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent_rl.config import Config, ConfigError, validate
+from agent_rl.config import Config, ConfigError
+from agent_rl.validation import validate
 from trainers.batch import collect_rollouts, env_num_tasks, row_advantages, sample_tasks  # the step's batch
 
 log = logging.getLogger("agent_rl")

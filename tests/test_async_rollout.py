@@ -165,7 +165,8 @@ def test_vllm_policy_wakes_weights_then_loads_then_wakes_the_kv_cache():
 
 
 def test_sleep_mode_is_refused_where_it_cannot_work():
-    from agent_rl.config import ConfigError, validate
+    from agent_rl.config import ConfigError
+    from agent_rl.validation import validate
     from agent_rl.train import compose_config
 
     for extra in (["rollout=hf"], ["rollout=vllm", "train.async_rollouts=true"], ["rollout=vllm", "ray.enabled=true"]):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_rl.config import validate, validate_sft
+from agent_rl.validation import validate, validate_sft
 from agent_rl import curve
 from agent_rl.curve import build_parser, report, rl_overrides, sft_overrides, table
 from agent_rl.train import compose_config

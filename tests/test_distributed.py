@@ -137,7 +137,8 @@ def test_torchrun_trainer_with_vllm_rollouts_on_rank_zero(tmp_path):
 
 def test_fsdp2_is_refused_where_it_cannot_work():
     """LoRA (nothing worth sharding) and asynchronous rollouts (whole weight sets swapped in) are refused up front."""
-    from agent_rl.config import ConfigError, validate
+    from agent_rl.config import ConfigError
+    from agent_rl.validation import validate
     from agent_rl.train import compose_config
 
     for extra in (["model.lora.enabled=true"], ["rollout=vllm", "train.async_rollouts=true"]):

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent_rl.config import ConfigError, resume_changes, validate
+from agent_rl.config import ConfigError, resume_changes
+from agent_rl.validation import validate
 from agent_rl.train import check_finite_updates, compose_config, train
 from trainers.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from trainers.learner import Learner, LearnerSettings

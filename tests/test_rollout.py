@@ -457,7 +457,8 @@ def test_overlapped_env_steps_need_two_workers(tokenizer):
     with EnvPool(ENV_ID, num_envs=2, num_workers=1, import_modules=["test_rollout"]) as pool:
         with pytest.raises(ValueError, match="env.num_workers=2"):
             RolloutEngine(ScriptedPolicy(tokenizer, _solver), pool, overlap_env_steps=True)
-    from agent_rl.config import ConfigError, validate
+    from agent_rl.config import ConfigError
+    from agent_rl.validation import validate
     from agent_rl.train import compose_config
 
     with pytest.raises(ConfigError, match="rollout.overlap_env_steps"):

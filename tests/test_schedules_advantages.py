@@ -166,7 +166,8 @@ def test_gigpo_equals_a_direct_implementation(case):
 
 
 def test_gigpo_runs_in_the_trainer_config():
-    from agent_rl.config import ConfigError, validate
+    from agent_rl.config import ConfigError
+    from agent_rl.validation import validate
     from agent_rl.train import compose_config
 
     cfg = compose_config(["algo=gigpo"])
@@ -211,7 +212,9 @@ def test_adaptive_p_anneals_while_the_token_weights_stay_spread_and_backs_off_to
 def test_adaptive_p_needs_the_holder_loss():
     import pytest
 
-    from agent_rl.config import ConfigError, validate
+    from agent_rl.config import ConfigError
+
+    from agent_rl.validation import validate
     from agent_rl.train import compose_config
 
     validate(compose_config(["algo.p_schedule=adaptive", "algo.num_minibatches=2"]))

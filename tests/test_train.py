@@ -12,7 +12,9 @@ import gymnasium as gym
 import pytest
 import torch
 
-from agent_rl.config import ConfigError, validate
+from agent_rl.config import ConfigError
+
+from agent_rl.validation import validate
 from agent_rl.train import compose_config, train
 from envs.spaces import UnicodeText
 from trainers.models import build_tiny_model
@@ -294,7 +296,7 @@ def _readme_commands(module: str) -> list[list[str]]:
 
 
 def test_every_readme_train_and_sft_command_composes_and_validates():
-    from agent_rl.config import validate_sft
+    from agent_rl.validation import validate_sft
 
     commands = _readme_commands("agent_rl.train") + _readme_commands("agent_rl.sft")
     assert len(commands) >= 9
