@@ -155,10 +155,20 @@ def rl_overrides(algo: str, sft_run: Path, args, run_dir: Path) -> list[str]:
             f"rollout.constrain_actions={str(args.constrain_actions).lower()}", *args.extra]
 
 
+def finished_steps(run_dir: Path) -> int:
+    """Training steps the newest checkpoint of ``run_dir`` holds (0: none yet)."""
+    from trainers.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(run_dir, weights_only=True)
+    return 0 if ckpt is None else int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+
+
 def rl(algo: str, sft_run: Path, args) -> Path:
     run_dir = args.out / f"rl-{algo}"
-    if (run_dir / "checkpoints" / "latest").exists() and not args.fresh:
+    if finished_steps(run_dir) >= args.rl_steps and not args.fresh:
         return run_dir
+    # a run stopped part-way (killed, out of time) is run again and resumes from its newest checkpoint
+    # (train.resume=auto), instead of its partial model being evaluated as if it were the stage's
     run([sys.executable, "-m", "agent_rl.train", *rl_overrides(algo, sft_run, args, run_dir)],
         args.out / f"rl-{algo}.log", args.threads)
     return run_dir

@@ -173,7 +173,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     try:
         from trainers.checkpoint import latest_checkpoint
 
-        found = latest_checkpoint(path)
+        found = latest_checkpoint(path, weights_only=True)
     except ImportError:
         found = None
     if found is not None and (found / "config.json").is_file():

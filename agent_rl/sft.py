@@ -89,7 +89,7 @@ def sft(cfg: Config) -> dict[str, float]:
     validate_sft(cfg)
     s = cfg.sft
     run_dir = make_run_dir(cfg)
-    if latest_checkpoint(run_dir) is not None:
+    if latest_checkpoint(run_dir, weights_only=True) is not None:
         raise ConfigError(f"train.run_dir={run_dir} already holds a checkpoint; SFT does not overwrite one. Fix: "
                           f"choose a new train.run_dir (or start RL from this one with model.name={run_dir})")
     user_demos = read_jsonl(s.demos) if s.demos else None

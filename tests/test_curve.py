@@ -160,3 +160,29 @@ def test_task_types_reach_every_stage_and_are_checked_first(tmp_path, monkeypatc
                         "twice")):
         with pytest.raises(SystemExit, match=match):
             curve.main(["--out", str(tmp_path / "x"), *bad])
+
+
+def _checkpoint(run_dir: Path, step: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    ckpt = run_dir / "checkpoints" / f"step_{step:06d}"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": step, "p": 1.0, "extra": {}}))
+    (ckpt / "config.json").write_text("{}")
+    save_file({"w": torch.zeros(2)}, str(ckpt / "model.safetensors"))
+    (run_dir / "checkpoints" / "latest").write_text(ckpt.name)
+
+
+def test_an_rl_stage_stopped_part_way_runs_again_and_a_finished_one_is_reused(tmp_path, monkeypatch):
+    args = build_parser().parse_args(["--out", str(tmp_path), "--rl-steps", "4"])
+    calls = []
+    monkeypatch.setattr(curve, "run", lambda cmd, log, threads: calls.append(cmd))
+    _checkpoint(tmp_path / "rl-holder", 2)  # killed after step 2 of 4
+    assert curve.finished_steps(tmp_path / "rl-holder") == 2
+    curve.rl("holder", tmp_path / "sft", args)
+    assert len(calls) == 1 and "train.steps=4" in calls[0]  # train resumes from step 2 (train.resume=auto)
+    _checkpoint(tmp_path / "rl-holder", 4)
+    curve.rl("holder", tmp_path / "sft", args)
+    assert len(calls) == 1  # finished: reused, not retrained
+    assert curve.finished_steps(tmp_path / "rl-grpo") == 0

@@ -353,3 +353,18 @@ def test_an_unparseable_reference_answer_is_flagged_when_the_env_loads(caplog):
     env = MathEnv(problems=problems)
     assert env.unparseable_references == [1]
     assert "cannot be parsed by math-verify" in caplog.text and "minerva-bad" in caplog.text
+
+
+def test_a_checkpoint_without_optimizer_state_loads_as_a_model_but_is_not_resumed(tiny, tmp_path):
+    # optimizer.pt is a finished run's largest file, the one users delete to free disk
+    from trainers.models import resolve_model
+
+    run = tmp_path / "run"
+    ckpt = _save(tiny, run, 3)
+    (ckpt / "optimizer.pt").unlink()
+    (ckpt / "rng.pt").unlink()
+    assert latest_checkpoint(run) is None  # resuming needs the optimizer and RNG states
+    assert latest_checkpoint(run, weights_only=True) == ckpt
+    assert resolve_model(run) == str(ckpt)  # model.name=<run dir>, as a curve's RL stage starts from its SFT run
+    (ckpt / "model.safetensors").unlink()
+    assert latest_checkpoint(run, weights_only=True) is None

@@ -78,9 +78,11 @@ def checkpoint_root(run_dir: str | os.PathLike) -> Path:
 _STEP_NAME = re.compile(r"step_\d{6,}")
 
 
-def checkpoint_problem(path: Path) -> str | None:
+def checkpoint_problem(path: Path, weights_only: bool = False) -> str | None:
     """Why the checkpoint folder ``path`` cannot be used, or None when it is intact (cheap checks:
-    files present, safetensors headers and data lengths, zip directories, trainer_state.json)."""
+    files present, safetensors headers and data lengths, zip directories, trainer_state.json).
+    ``weights_only``: intact enough to load the model (eval, a model to start from), so the optimizer and
+    RNG states that only resuming reads may be absent, e.g. deleted to free disk."""
     try:
         meta = json.loads((path / "trainer_state.json").read_text())
         int(meta["step"]), float(meta["p"])
@@ -95,7 +97,7 @@ def checkpoint_problem(path: Path) -> str | None:
         why = _safetensors_problem(w)
         if why:
             return f"{w.name}: {why}"
-    for name in ("optimizer.pt", "rng.pt"):
+    for name in () if weights_only else ("optimizer.pt", "rng.pt"):
         try:
             with zipfile.ZipFile(path / name) as z:
                 z.namelist()
@@ -123,9 +125,10 @@ def _safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+def latest_checkpoint(run_dir: str | os.PathLike, weights_only: bool = False) -> Path | None:
     """The newest intact checkpoint folder of a run, or None: the one ``latest`` names when it is
-    intact, else the highest intact ``step_*`` folder (each damaged one passed over is logged)."""
+    intact, else the highest intact ``step_*`` folder (each damaged one passed over is logged).
+    ``weights_only``: for loading the model only (see :func:`checkpoint_problem`); resuming needs all of it."""
     root = checkpoint_root(run_dir)
     candidates: list[Path] = []
     pointer = root / "latest"
@@ -141,7 +144,7 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
         if path in seen or not path.is_dir():
             continue
         seen.add(path)
-        why = checkpoint_problem(path)
+        why = checkpoint_problem(path, weights_only)
         if why is None:
             return path
         log.warning("checkpoint %s is damaged (%s); trying an older one", path, why)

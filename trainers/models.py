@@ -312,7 +312,7 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
         if path.is_dir() and (path / "checkpoints").is_dir() and not (path / "config.json").is_file():
             from trainers.checkpoint import latest_checkpoint
 
-            found = latest_checkpoint(path)  # a run dir (train or sft): its newest complete checkpoint
+            found = latest_checkpoint(path, weights_only=True)  # a run dir (train or sft): its newest checkpoint
             if found is None:
                 raise ModelNotAvailableError(f"run dir {path} has no complete checkpoint under checkpoints/; point "
                                              f"model= at a finished run or at one of its step folders")
