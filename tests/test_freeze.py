@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from agent_rl.config import ConfigError
-
 from agent_rl.validation import validate
 from agent_rl.train import compose_config, load_model
 from trainers.models import build_tiny_model, decoder_layers, freeze_bottom_layers, load_model_and_tokenizer

@@ -213,7 +213,6 @@ def test_adaptive_p_needs_the_holder_loss():
     import pytest
 
     from agent_rl.config import ConfigError
-
     from agent_rl.validation import validate
     from agent_rl.train import compose_config
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from agent_rl.config import ConfigError
-
 from agent_rl.validation import validate
 from agent_rl.train import compose_config, train
 from envs.spaces import UnicodeText
