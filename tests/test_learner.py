@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 
 import pytest
@@ -363,3 +364,25 @@ def test_turn_advantages_are_normalised_over_the_groups_turn_rows():
     assert torch.allclose(got.double(), want, atol=1e-5)
     per_traj = row_advantages(compose_config([]), batch)
     assert per_traj.shape == (2,) and batch.advantages == per_traj.tolist()
+
+
+def test_turn_rows_carry_only_their_own_invalid_action_penalty():
+    """algo.ratio_unit=turn, float64 by hand: a won episode with turns (valid, invalid) and a lost one with
+    (invalid, valid, valid), penalty 0.1. Each turn row's reward is the env return less its own turn's penalty
+    (the authors' placement): rows [1.0, 0.9, -0.1, 0.0, 0.0]; trajectory rows keep every penalty: [0.9, -0.1]."""
+    from agent_rl.train import compose_config
+    from trainers.batch import row_advantages
+
+    batch = make_batch("per_step", seed=0, n_traj=2)
+    won, lost = batch.trajectories
+    won.turns = [dataclasses.replace(won.turns[0], action_valid=v) for v in (True, False)]
+    lost.turns = [dataclasses.replace(won.turns[0], action_valid=v) for v in (False, True, True)]
+    won.turns[1].reward = 1.0  # the env's reward for the win, on the last turn
+    won.reward, lost.reward = 1.0 - 0.1, 0.0 - 0.1  # what the rollout sets: env return less every penalty
+    got = row_advantages(compose_config(["algo.ratio_unit=turn", "rollout.invalid_action_penalty=0.1"]), batch)
+    r = torch.tensor([1.0, 0.9, -0.1, 0.0, 0.0], dtype=torch.float64)
+    want = (r - r.mean()) / (r.std() + 1e-6)
+    assert torch.allclose(got.double(), want, atol=1e-5)
+    assert got[0] > got[1] and got[3] > got[2]  # within an episode, the invalid turn ranks below the valid ones
+    per_traj = row_advantages(compose_config(["rollout.invalid_action_penalty=0.1"]), batch)
+    assert torch.allclose(per_traj.double(), torch.tensor([0.9, -0.1], dtype=torch.float64).sub(0.4).div(0.5 ** 0.5 + 1e-6), atol=1e-5)

@@ -75,10 +75,27 @@ def collect_rollouts(cfg: Config, engine, tasks, num_tasks: int | None, step: in
     return trajectories, metrics
 
 
+def row_rewards(batch, owners: list[int], unit: str, invalid_action_penalty: float) -> list[float]:
+    """The reward of each loss row [R] (``owners``: each row's trajectory, ``batch.row_trajectories(unit)``).
+    ``trajectory``: the episode's reward (its env return less the penalty of every invalid turn). ``turn``: the
+    episode's env return less the penalty of that turn only, as the HölderPO authors' per-turn ALFWorld code has
+    it (verl-agent puts the penalty on the invalid turn's own reward), so an invalid turn ranks below the valid
+    turns of its own episode and the number of invalid turns does not rank whole episodes."""
+    trajs = batch.trajectories
+    if unit == "trajectory":
+        return [trajs[k].reward for k in owners]
+    if [k for k, t in enumerate(trajs) for _ in t.turns] != list(owners):
+        raise ValueError(f"turn rows must be the turns in order, one per_step sequence each; got rows of trajectories "
+                         f"{list(owners)[:20]} for turn counts {[t.num_turns for t in trajs][:20]}")
+    return [t.reward + invalid_action_penalty * (t.num_invalid_actions - (not turn.action_valid))
+            for t in trajs for turn in t.turns]
+
+
 def row_advantages(cfg: Config, batch):
     """Group-relative advantages, one per loss row (``TrajectoryBatch.rows``): per trajectory, or with
-    ``algo.ratio_unit=turn`` per turn, each turn carrying its episode's reward and normalised over all turn
-    rows of its group (so a long episode weighs more, as in the HölderPO authors' per-turn ALFWorld code)."""
+    ``algo.ratio_unit=turn`` per turn, each turn carrying its episode's reward (:func:`row_rewards`) and
+    normalised over all turn rows of its group (so a long episode weighs more, as in the HölderPO authors'
+    per-turn ALFWorld code)."""
     import torch
 
     from trainers.advantages import TURN_ADVANTAGES, compute_advantages
@@ -88,7 +105,8 @@ def row_advantages(cfg: Config, batch):
             batch, gamma=cfg.algo.gigpo_gamma, omega=cfg.algo.gigpo_omega,
             invalid_action_penalty=cfg.rollout.invalid_action_penalty)
     owners = batch.row_trajectories(cfg.algo.ratio_unit)  # [R]
-    rewards = torch.tensor([batch.trajectories[k].reward for k in owners], dtype=torch.float32)  # [R]
+    rewards = torch.tensor(row_rewards(batch, owners, cfg.algo.ratio_unit, cfg.rollout.invalid_action_penalty),
+                           dtype=torch.float32)  # [R]
     groups = torch.tensor([batch.group_ids[k] for k in owners])  # [R]
     advantages = compute_advantages(cfg.algo.advantage, rewards, groups)  # [R]
     if cfg.algo.ratio_unit == "trajectory":
