@@ -162,8 +162,13 @@ class RolloutConfig:
     history_k: int = 2
     # per_step (one prompt per turn with a history window) or conversation (the whole episode as one sequence).
     prompt_mode: str = "per_step"
-    # Reward penalty for a reply without a parseable action.
+    # Reward penalty for a reply without a parseable action. Trajectory rows (algo.ratio_unit=trajectory) carry the
+    # episode's return less every penalty of the episode; turn rows carry it less only their own turn's penalty
+    # (the HölderPO authors put it on the invalid turn's reward).
     invalid_action_penalty: float = 0.1
+    # Lowercase the parsed action before the env gets it and the history shows it (the authors' ALFWorld code does;
+    # ALFWorld's commands are all lowercase). Off by default: another env's actions may be case-sensitive.
+    lowercase_actions: bool = False
     # Stop strings that end a reply: null = the template's (alfworld: </action>); [] = end-of-sequence only.
     stop: Optional[list[str]] = None
     # Prompt template (prompts.render.TEMPLATES): null = the env's own (metadata["prompt_template"]);
@@ -368,8 +373,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "entropy_coef": 0.001, "num_minibatches": 4},
         "rollout": {"group_size": 8, "tasks_per_step": 16, "max_turns": 50, "history_k": 2, "max_new_tokens": 512,
                     "max_prompt_tokens": 2048, "invalid_action_penalty": 0.1, "temperature": 1.0,
-                    "stop": []},  # replies end at end-of-sequence, as theirs do
-        "train": {"lr": 1e-6, "weight_decay": 0.01, "steps": 150},
+                    "stop": [],  # replies end at end-of-sequence, as theirs do
+                    "lowercase_actions": True},
+        # their periodic eval: before training and every 5 steps, 128 seeded valid_seen episodes at temperature 0.4
+        "train": {"lr": 1e-6, "weight_decay": 0.01, "steps": 150, "eval_every": 5, "eval_at_start": True,
+                  "eval_protocol": "verl-agent"},
     },
     # A few minutes on a 2-core CPU: the README's first run.
     "cpu_quick": {

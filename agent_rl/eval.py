@@ -185,21 +185,28 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     )
 
 
-def run_template(checkpoint: Path) -> str | None:
-    """The prompt template a train/sft checkpoint was trained with (``rollout.template`` of its
-    config.yaml), so ``--checkpoint`` evaluates with the prompts the model learned; None: the env's."""
+RUN_REPLY_SETTINGS = ("template", "stop", "lowercase_actions")  # rollout.* fields that shape prompts and replies
+
+
+def run_reply_settings(checkpoint: Path) -> dict[str, Any]:
+    """The prompt and reply settings a train/sft checkpoint was trained with (``rollout.template``, ``stop`` and
+    ``lowercase_actions`` of its config.yaml, those that are set), so ``--checkpoint`` evaluates with the prompts
+    and reply handling the model learned; {} when the folder has no readable config."""
     path = Path(checkpoint) / "config.yaml"
     if not path.is_file():
-        return None
+        return {}
     import yaml
 
     try:
-        template = ((yaml.safe_load(path.read_text()) or {}).get("rollout") or {}).get("template")
+        rollout = (yaml.safe_load(path.read_text()) or {}).get("rollout") or {}
     except yaml.YAMLError:
-        return None
-    if template:
-        log.info("--checkpoint: using the run's prompt template %r (override with --template)", template)
-    return template or None
+        return {}
+    found = {k: rollout[k] for k in RUN_REPLY_SETTINGS if rollout.get(k) not in (None, False)}
+    if found:
+        said = {"template": "prompt template", "stop": "stop strings", "lowercase_actions": "lowercase_actions"}
+        log.info("--checkpoint: using the run's %s (override with --template / --rollout-kwargs)",
+                 ", ".join(f"{said[k]} {v!r}" for k, v in found.items()))
+    return found
 
 
 def make_policy_from_args(args: argparse.Namespace):
@@ -246,8 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         apply_protocol(args)
     args.env_kwargs = _json_arg(args.env_kwargs, "--env-kwargs")
     rollout_kwargs = _json_arg(args.rollout_kwargs, "--rollout-kwargs")
-    if not args.template and "template" not in rollout_kwargs and args.checkpoint and not args.model:
-        args.template = run_template(resolve_checkpoint(args.checkpoint))  # what the run trained with
+    if args.checkpoint and not args.model:  # what the run trained with, unless given here
+        for key, value in run_reply_settings(resolve_checkpoint(args.checkpoint)).items():
+            if key == "template":
+                args.template = args.template or rollout_kwargs.get("template") or value
+            else:
+                rollout_kwargs.setdefault(key, value)
     if args.template:
         if rollout_kwargs.get("template", args.template) != args.template:
             raise SystemExit(f"--template {args.template} and --rollout-kwargs template "

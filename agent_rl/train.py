@@ -157,7 +157,7 @@ def make_rollout_engine(cfg: Config, policy, pool, template):
                          prompt_mode=cfg.rollout.prompt_mode, max_prompt_tokens=cfg.rollout.max_prompt_tokens,
                          invalid_action_penalty=cfg.rollout.invalid_action_penalty, template=template,
                          constrain_actions=cfg.rollout.constrain_actions, overlap_env_steps=cfg.rollout.overlap_env_steps,
-                         progress=cfg.train.progress)
+                         lowercase_actions=cfg.rollout.lowercase_actions, progress=cfg.train.progress)
 
 
 def make_rollout_stream(cfg: Config, engine, policy, model, num_tasks: int | None, start_step: int):
@@ -503,6 +503,8 @@ def run_periodic_eval(cfg: Config, env_id: str, policy, step: int) -> dict[str, 
                                       "max_prompt_tokens": cfg.rollout.max_prompt_tokens,
                                       "invalid_action_penalty": cfg.rollout.invalid_action_penalty,
                                       "template": cfg.rollout.template,
+                                      "stop": None if cfg.rollout.stop is None else list(cfg.rollout.stop),
+                                      "lowercase_actions": cfg.rollout.lowercase_actions,
                                       "constrain_actions": cfg.rollout.constrain_actions})
     return {k: v for k, v in result.metrics.items() if k.startswith("eval/")}
 

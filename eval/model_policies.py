@@ -104,12 +104,14 @@ def make_engine(engine_cls, policy, pool, temperature, max_steps, max_new_tokens
     """The training rollout engine with eval sampling (greedy by default) and the step limit.
 
     ``rollout_kwargs`` pass through (``history_k``, ``prompt_mode``, ``max_prompt_tokens``...), so an
-    eval can use exactly the trainer's prompt settings.
+    eval can use exactly the trainer's prompt settings; ``stop`` (``rollout.stop``) goes into the sampling.
     """
     from trainers.policies import SamplingParams
 
     kwargs = dict(rollout_kwargs)
-    kwargs.setdefault("sampling", SamplingParams(temperature=temperature, max_tokens=max_new_tokens))
+    stop = kwargs.pop("stop", None)  # null: the template's stop strings; []: end-of-sequence only (rollout.stop)
+    kwargs.setdefault("sampling", SamplingParams(temperature=temperature, max_tokens=max_new_tokens,
+                                                 stop=None if stop is None else list(stop)))
     kwargs.setdefault("max_turns", max_steps)
     kwargs.setdefault("progress", False)  # evaluate() shows its own bar over the whole eval
     return engine_cls(policy, pool, **kwargs)

@@ -337,3 +337,16 @@ def test_eval_protocols_set_their_flags_and_refuse_contradictions():
         apply_protocol(build_parser().parse_args(["--protocol", "verl-agent", "--temperature", "0"]))
     with pytest.raises(SystemExit, match="ALFWorld protocol"):
         apply_protocol(build_parser().parse_args(["--protocol", "verl-agent", "--env", "math"]))
+
+
+def test_checkpoint_eval_takes_the_runs_prompt_and_reply_settings(tmp_path):
+    """eval --checkpoint plays with the template, stop strings and action casing the run trained with."""
+    from agent_rl.eval import run_reply_settings
+
+    (tmp_path / "config.yaml").write_text("rollout:\n  template: alfworld_act\n  stop: []\n  lowercase_actions: true\n"
+                                          "  history_k: 2\n")
+    assert run_reply_settings(tmp_path) == {"template": "alfworld_act", "stop": [], "lowercase_actions": True}
+    (tmp_path / "config.yaml").write_text("rollout:\n  template: null\n  stop: null\n  lowercase_actions: false\n")
+    assert run_reply_settings(tmp_path) == {}  # the defaults: nothing to carry over
+    (tmp_path / "config.yaml").write_text("rollout: [unclosed\n")
+    assert run_reply_settings(tmp_path) == {} and run_reply_settings(tmp_path / "missing") == {}

@@ -463,3 +463,23 @@ def test_overlapped_env_steps_need_two_workers(tokenizer):
 
     with pytest.raises(ConfigError, match="rollout.overlap_env_steps"):
         validate(compose_config(["rollout.overlap_env_steps=true", "env.num_workers=1"]))
+
+
+def test_lowercase_actions_reach_the_env_and_the_history_lowercased(tokenizer):
+    """rollout.lowercase_actions (the HölderPO authors' ALFWorld parsing): the parsed action is lowercased
+    before env.step and in the history the next prompt shows; off, the env gets the reply's casing."""
+    def shouty(prompt):
+        if _steps_taken(prompt) == 0:
+            return "<think>first look</think><action>LOOK</action>"
+        color = re.search(r"open the (\w+) door", prompt).group(1)
+        return f"<think>go</think><action>Open {color.upper()} Door</action>"
+
+    task = [TaskSpec("t", 0, {"task": 0})]
+    with EnvPool(ENV_ID, num_envs=1) as pool:
+        (low,), _ = RolloutEngine(ScriptedPolicy(tokenizer, shouty), pool, max_turns=2, lowercase_actions=True,
+                                  progress=False).run(task, 1)
+        (kept,), _ = RolloutEngine(ScriptedPolicy(tokenizer, shouty), pool, max_turns=2, progress=False).run(task, 1)
+    assert [t.action for t in low.turns] == ["look", "open red door"] and low.won
+    assert "Action 1: 'look'" in tokenizer.decode(low.turns[1].prompt_ids)
+    assert [t.action for t in kept.turns] == ["LOOK", "Open RED Door"] and not kept.won
+    assert "Action 1: 'LOOK'" in tokenizer.decode(kept.turns[1].prompt_ids)

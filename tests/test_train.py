@@ -411,6 +411,9 @@ def test_paper_preset_has_the_authors_alfworld_settings():
     validate(cfg)
     assert cfg.env.kwargs["reward_scale"] == 10.0 and cfg.train.weight_decay == 0.01 and cfg.train.steps == 150
     assert cfg.rollout.stop == [] and (cfg.algo.kl_coef, cfg.algo.entropy_coef) == (0.01, 0.001)
+    assert cfg.rollout.lowercase_actions and not compose_config([]).rollout.lowercase_actions
+    # their periodic eval: before training, then every 5 steps, on their protocol
+    assert (cfg.train.eval_at_start, cfg.train.eval_every, cfg.train.eval_protocol) == (True, 5, "verl-agent")
     with pytest.raises(ConfigError, match="rollout.stop"):
         validate(compose_config(["rollout.stop=['']"]))
 
@@ -465,6 +468,11 @@ def test_periodic_eval_follows_the_eval_protocol(monkeypatch):
     assert (seen["env_kwargs"]["split"], seen["episodes"], seen["temperature"]) == ("valid_seen", 128, 0.4)
     run_periodic_eval(compose_config(["env=alfworld", "train.eval_episodes=7"]), "agent_rl/ALFWorld-v0", None, 0)
     assert (seen["env_kwargs"]["split"], seen["episodes"], seen["temperature"]) == ("valid_unseen", 7, 0.0)
+    assert seen["rollout_kwargs"]["stop"] is None and not seen["rollout_kwargs"]["lowercase_actions"]
+    # the eval replies end, and their actions are cased, as the training rollout's do
+    run_periodic_eval(compose_config(["env=alfworld", "preset=paper_alfworld"]), "agent_rl/ALFWorld-v0", None, 0)
+    assert seen["rollout_kwargs"]["stop"] == [] and seen["rollout_kwargs"]["lowercase_actions"] is True
+    json.dumps(seen["rollout_kwargs"])  # written into the eval's results.json
     with pytest.raises(ConfigError, match="valid_seen"):
         validate(compose_config(["env=math", "train.eval_protocol=verl-agent"]))
 

@@ -91,6 +91,8 @@ class RolloutEngine:
             admissible action the model ranks first. Needs an action-only template (``alfworld_act``).
         overlap_env_steps: overlap one lane's env steps with the other lane's generation (module docstring);
             needs a pool with at least two workers (``pool.worker_of``).
+        lowercase_actions: lowercase what a reply parses to before the env gets it and the history shows it (the
+            HölderPO authors' ALFWorld code does; ALFWorld's commands are all lowercase, other envs may not be).
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class RolloutEngine:
         expert: Any = None,
         constrain_actions: bool = False,
         overlap_env_steps: bool = False,
+        lowercase_actions: bool = False,
     ):
         if prompt_mode not in PROMPT_MODES:
             raise ValueError(f"prompt_mode must be one of {PROMPT_MODES}, got {prompt_mode!r}")
@@ -125,6 +128,7 @@ class RolloutEngine:
         self.prompt_mode = prompt_mode
         self.max_prompt_tokens = max_prompt_tokens
         self.invalid_action_penalty = invalid_action_penalty
+        self.lowercase_actions = lowercase_actions
         self.template = get_template(template if template is not None else self._env_template_name())
         self.progress = progress
         self.expert = expert
@@ -376,6 +380,9 @@ class RolloutEngine:
                 continue
             stats.gen_tokens += len(gen.token_ids)
             parsed = self.template.parse(gen.text)
+            if self.lowercase_actions:  # what the env is sent and the history shows, valid or not
+                parsed.env_action = parsed.env_action.lower()
+                parsed.action = None if parsed.action is None else parsed.action.lower()
             turn = Turn(
                 observation=ep.observation,
                 prompt_ids=list(ids),
