@@ -110,7 +110,8 @@ def sft(cfg: Config) -> dict[str, float]:
     learner = SftLearner(model, optimizer, SftSettings(
         lr=s.lr, weight_decay=cfg.train.weight_decay, epochs=s.epochs, batch_size=s.batch_size,
         warmup_steps=s.warmup_steps, max_grad_norm=cfg.train.max_grad_norm,
-        micro_batch_tokens=cfg.train.micro_batch_tokens, bf16_autocast=learner_autocast(cfg, next(model.parameters()).device.type), seed=cfg.train.seed,
+        micro_batch_tokens=cfg.train.micro_batch_tokens, seed=cfg.train.seed,
+        bf16_autocast=learner_autocast(cfg, next(model.parameters()).device.type),
         max_nonfinite_steps=cfg.train.max_nonfinite_steps, frozen_layers=cfg.model.freeze_layers,
         freeze_cache=cfg.model.freeze_cache, freeze_cache_max_gb=cfg.model.freeze_cache_max_gb))
     tracker = Tracker(run_dir, config=OmegaConf.to_container(OmegaConf.structured(cfg)), use_wandb=cfg.logging.wandb,

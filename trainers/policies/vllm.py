@@ -95,7 +95,7 @@ def engine_dtype(dtype: str, platform: Any = None) -> str:
     if dtype not in DTYPES:
         raise ValueError(
             f"VLLMPolicy(dtype=...) must be one of {DTYPES}, got {dtype!r}; auto = bfloat16 on hardware with native "
-            f"bf16, else the checkpoint's; checkpoint = the checkpoint's dtype (vLLM's own 'auto')"
+            f"bf16, float32 on other CPUs, vLLM's own choice on older GPUs; checkpoint = vLLM's own 'auto'"
         )
     if dtype == "auto":
         if platform is None:
