@@ -97,6 +97,10 @@ class AlgoConfig:
     # step-level (anchor-state) advantage added to the episode-level one.
     gigpo_gamma: float = 0.95
     gigpo_omega: float = 1.0
+    # What GiGPO's episode part normalises over: trajectory (the paper's Eq. 3: episode rewards over the group's
+    # trajectories) or turn (verl-agent's code: each turn row's reward, the episode's less only that turn's
+    # invalid-action penalty, over all turn rows of the group).
+    gigpo_episode: str = "trajectory"
     # Weight of the low-variance (k3) KL to the reference model, as a loss term (0 disables; no reference is loaded).
     kl_coef: float = 0.0
     # Weight of the entropy bonus (token mean per trajectory).

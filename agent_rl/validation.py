@@ -95,7 +95,7 @@ def _check_model(cfg: Config) -> None:
 
 def _check_algo(cfg: Config) -> None:
     """Loss, advantage estimator, p schedule, clipping and the update's shape."""
-    from trainers.advantages import ADVANTAGES, TURN_ADVANTAGES
+    from trainers.advantages import ADVANTAGES, GIGPO_EPISODE, TURN_ADVANTAGES
     from trainers.losses import LOSSES
     from trainers.schedules import SCHEDULES
 
@@ -110,6 +110,9 @@ def _check_algo(cfg: Config) -> None:
     need(0 <= cfg.algo.gigpo_gamma <= 1 and cfg.algo.gigpo_omega >= 0, "algo.gigpo_gamma/gigpo_omega",
          (cfg.algo.gigpo_gamma, cfg.algo.gigpo_omega), "gamma is a discount in [0, 1] and omega a weight >= 0",
          "use 0.95 and 1.0 (the GiGPO paper)")
+    need(cfg.algo.gigpo_episode in GIGPO_EPISODE, "algo.gigpo_episode", cfg.algo.gigpo_episode,
+         f"GiGPO's episode part normalises over one of {GIGPO_EPISODE}",
+         "use trajectory (the paper) or turn (verl-agent's code)")
     need(cfg.algo.p_schedule in ("constant", "adaptive") or cfg.algo.p_schedule in SCHEDULES, "algo.p_schedule",
          cfg.algo.p_schedule, f"schedules are constant, adaptive, {', '.join(SCHEDULES.names())}", "pick one of them")
     need(cfg.algo.p_schedule != "adaptive" or (cfg.algo.loss in ("holder", "holder_token")

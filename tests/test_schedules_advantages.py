@@ -121,8 +121,10 @@ def _episode(group, steps, penalty_turns=()):
                       reward=env_return - 0.1 * len(penalty_turns), prompt_mode="per_step")
 
 
-def _gigpo_reference(trajs, gamma, omega, penalty):
-    """GiGPO by hand in float64 python: episode z-scores per group, step z-scores per (group, observation)."""
+def _gigpo_reference(trajs, gamma, omega, penalty, episode="trajectory"):
+    """GiGPO by hand in float64 python: episode z-scores per group (over its trajectories' rewards, or with
+    episode="turn" over its turn rows' scores: the env return less that turn's own penalty), step z-scores per
+    (group, observation)."""
     import statistics
 
     def z(values, x):
@@ -130,19 +132,25 @@ def _gigpo_reference(trajs, gamma, omega, penalty):
             return 0.0
         return (x - statistics.mean(values)) / (statistics.stdev(values) + 1e-6)
 
+    def row_score(t, u):  # env return less this turn's penalty
+        return sum(v.reward for v in t.turns) - penalty * (not u.action_valid)
+
     rows, anchor = [], {}
     for t in trajs:
         group = [u.reward for u in trajs if u.group_id == t.group_id]
+        group_rows = [row_score(v, u) for v in trajs if v.group_id == t.group_id for u in v.turns]
         r = [u.reward - penalty * (not u.action_valid) for u in t.turns]
         rets = [sum(gamma ** (k - i) * r[k] for k in range(i, len(r))) for i in range(len(r))]
         for u, ret in zip(t.turns, rets):
-            rows.append((z(group, t.reward), (t.group_id, u.observation), ret))
+            a_e = z(group, t.reward) if episode == "trajectory" else z(group_rows, row_score(t, u))
+            rows.append((a_e, (t.group_id, u.observation), ret))
             anchor.setdefault((t.group_id, u.observation), []).append(ret)
     return [a_e + omega * z(anchor[key], ret) for a_e, key, ret in rows]
 
 
+@pytest.mark.parametrize("episode", ["trajectory", "turn"])
 @pytest.mark.parametrize("case", ["repeated_states", "no_repeats", "one_trajectory"])
-def test_gigpo_equals_a_direct_implementation(case):
+def test_gigpo_equals_a_direct_implementation(case, episode):
     from agent_rl.types import TrajectoryBatch
     from trainers.advantages import gigpo_advantages
 
@@ -155,14 +163,18 @@ def test_gigpo_equals_a_direct_implementation(case):
         trajs = [_episode("g", [("a", 0), ("b", 1.0)]), _episode("g", [("c", 0), ("d", 0)])]
     else:
         trajs = [_episode("g", [("a", 0), ("a", 1.0)])]
-    got = gigpo_advantages(TrajectoryBatch(trajs), gamma=0.9, omega=0.7, invalid_action_penalty=0.1)
-    want = _gigpo_reference(trajs, 0.9, 0.7, 0.1)
+    got = gigpo_advantages(TrajectoryBatch(trajs), gamma=0.9, omega=0.7, invalid_action_penalty=0.1, episode=episode)
+    want = _gigpo_reference(trajs, 0.9, 0.7, 0.1, episode)
     assert got.shape == (sum(len(t.turns) for t in trajs),)
     assert got.tolist() == pytest.approx(want, abs=1e-5)
     if case == "no_repeats":  # no anchor state is shared: GiGPO is GRPO given to every turn
-        assert got.tolist() == pytest.approx([1 / (2 ** 0.5)] * 2 + [-1 / (2 ** 0.5)] * 2, abs=1e-5)
+        # (per turn row: 4 rows [1, 1, 0, 0], sample std 0.577 instead of 0.707 over 2 trajectories)
+        a = 1 / (2 ** 0.5) if episode == "trajectory" else 0.5 / (1 / 3) ** 0.5
+        assert got.tolist() == pytest.approx([a] * 2 + [-a] * 2, abs=1e-5)
     if case == "one_trajectory":  # nothing to compare within the group; its repeated state "a" still has signal
         assert got[0] != 0 and got[0] == pytest.approx(-got[1])
+    with pytest.raises(ValueError, match="episode must be one of"):
+        gigpo_advantages(TrajectoryBatch(trajs), episode="steps")
 
 
 def test_gigpo_runs_in_the_trainer_config():
@@ -176,6 +188,9 @@ def test_gigpo_runs_in_the_trainer_config():
     validate(compose_config(["algo=holder", "algo.advantage=gigpo", "algo.ratio_unit=turn"]))
     with pytest.raises(ConfigError, match="per-turn rows"):
         validate(compose_config(["algo.advantage=gigpo"]))
+    validate(compose_config(["algo=gigpo", "algo.gigpo_episode=turn"]))
+    with pytest.raises(ConfigError, match="algo.gigpo_episode"):
+        validate(compose_config(["algo=gigpo", "algo.gigpo_episode=steps"]))
 
 
 def test_adaptive_p_anneals_while_the_token_weights_stay_spread_and_backs_off_toward_zero():

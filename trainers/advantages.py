@@ -16,7 +16,9 @@ Per-turn estimators (``TURN_ADVANTAGES``, for ``algo.ratio_unit=turn``) see the 
 advantage per turn row (``TrajectoryBatch.rows("turn")`` order):
 
 * ``gigpo`` (GiGPO, Feng et al. 2025): A = A^E + ω·A^S. The episode part A^E is ``grpo`` over the group's
-  trajectories, given to each of a trajectory's turns. The step part groups the turns of a group that acted
+  trajectories, given to each of a trajectory's turns (the paper's Eq. 3); with ``episode="turn"`` it is
+  verl-agent's code instead: ``grpo`` over the group's turn rows, each scored by :func:`turn_row_rewards`
+  (verl-agent computes these stats "across steps" by default). The step part groups the turns of a group that acted
   on the same *anchor state* (identical observation text), and normalises their discounted returns
   R_t = Σ_k γ^(k−t) r_k within that anchor group as ``grpo`` does; a state seen once gets A^S = 0. Step
   rewards r_t are the env's reward minus the invalid-action penalty on an invalid turn, so they sum to the
@@ -82,17 +84,34 @@ def compute_advantages(name: str, rewards: torch.Tensor, group_ids: torch.Tensor
 
 
 TURN_ADVANTAGES: Registry[Callable[..., torch.Tensor]] = Registry("per-turn advantage estimator")
+GIGPO_EPISODE = ("trajectory", "turn")  # what GiGPO's episode part normalises over (gigpo_advantages)
+
+
+def turn_row_rewards(trajectories, invalid_action_penalty: float) -> list[float]:
+    """One reward per turn row [R], turns in order: the episode's env return less the penalty of that turn only,
+    where the HölderPO authors' and verl-agent's code put it (on the invalid turn's own reward). ``t.reward`` is
+    the env return less every penalty of the episode, so the others are added back."""
+    return [t.reward + invalid_action_penalty * (t.num_invalid_actions - (not turn.action_valid))
+            for t in trajectories for turn in t.turns]
 
 
 @TURN_ADVANTAGES.register("gigpo")
-def gigpo_advantages(batch, *, gamma: float = 0.95, omega: float = 1.0,
-                     invalid_action_penalty: float = 0.0) -> torch.Tensor:
-    """GiGPO advantages, one per turn row of ``batch`` (a ``TrajectoryBatch`` of per_step trajectories)."""
+def gigpo_advantages(batch, *, gamma: float = 0.95, omega: float = 1.0, invalid_action_penalty: float = 0.0,
+                     episode: str = "trajectory") -> torch.Tensor:
+    """GiGPO advantages, one per turn row of ``batch`` (a ``TrajectoryBatch`` of per_step trajectories);
+    ``episode``: what the episode part normalises over (module docstring)."""
     trajs = batch.trajectories
     if any(t.prompt_mode != "per_step" for t in trajs):
         raise ValueError("gigpo needs one sequence per turn (rollout.prompt_mode=per_step)")
+    if episode not in GIGPO_EPISODE:
+        raise ValueError(f"gigpo episode must be one of {GIGPO_EPISODE}, got {episode!r}")
     group_ids = torch.tensor(batch.group_ids)  # [B]
-    episode = grpo_advantages(torch.tensor([t.reward for t in trajs], dtype=torch.float64), group_ids)  # [B]
+    if episode == "turn":  # verl-agent: each turn row's own score, stats over the group's turn rows
+        row_groups = torch.tensor([int(g) for g, t in zip(group_ids, trajs) for _ in t.turns])  # [R]
+        scores = torch.tensor(turn_row_rewards(trajs, invalid_action_penalty), dtype=torch.float64)  # [R]
+        episode_rows = grpo_advantages(scores, row_groups)  # [R]
+    else:  # the paper: one score per trajectory, stats over the group's trajectories
+        episode_traj = grpo_advantages(torch.tensor([t.reward for t in trajs], dtype=torch.float64), group_ids)  # [B]
     owner, returns, anchors = [], [], []
     anchor_index: dict[tuple[int, str], int] = {}
     for k, t in enumerate(trajs):
@@ -106,4 +125,6 @@ def gigpo_advantages(batch, *, gamma: float = 0.95, omega: float = 1.0,
             returns.append(r)
             anchors.append(anchor_index.setdefault((int(group_ids[k]), turn.observation), len(anchor_index)))
     step = grpo_advantages(torch.tensor(returns, dtype=torch.float64), torch.tensor(anchors))  # [R]
-    return (episode[torch.tensor(owner, dtype=torch.long)] + omega * step).float()  # [R]
+    if episode == "trajectory":
+        episode_rows = episode_traj[torch.tensor(owner, dtype=torch.long)]  # [R]
+    return (episode_rows + omega * step).float()  # [R]

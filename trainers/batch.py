@@ -81,14 +81,15 @@ def row_rewards(batch, owners: list[int], unit: str, invalid_action_penalty: flo
     episode's env return less the penalty of that turn only, as the HölderPO authors' per-turn ALFWorld code has
     it (verl-agent puts the penalty on the invalid turn's own reward), so an invalid turn ranks below the valid
     turns of its own episode and the number of invalid turns does not rank whole episodes."""
+    from trainers.advantages import turn_row_rewards
+
     trajs = batch.trajectories
     if unit == "trajectory":
         return [trajs[k].reward for k in owners]
     if [k for k, t in enumerate(trajs) for _ in t.turns] != list(owners):
         raise ValueError(f"turn rows must be the turns in order, one per_step sequence each; got rows of trajectories "
                          f"{list(owners)[:20]} for turn counts {[t.num_turns for t in trajs][:20]}")
-    return [t.reward + invalid_action_penalty * (t.num_invalid_actions - (not turn.action_valid))
-            for t in trajs for turn in t.turns]
+    return turn_row_rewards(trajs, invalid_action_penalty)
 
 
 def row_advantages(cfg: Config, batch):
@@ -103,7 +104,7 @@ def row_advantages(cfg: Config, batch):
     if cfg.algo.advantage in TURN_ADVANTAGES:  # estimators that see each turn (GiGPO's anchor states)
         return TURN_ADVANTAGES.get(cfg.algo.advantage)(
             batch, gamma=cfg.algo.gigpo_gamma, omega=cfg.algo.gigpo_omega,
-            invalid_action_penalty=cfg.rollout.invalid_action_penalty)
+            invalid_action_penalty=cfg.rollout.invalid_action_penalty, episode=cfg.algo.gigpo_episode)
     owners = batch.row_trajectories(cfg.algo.ratio_unit)  # [R]
     rewards = torch.tensor(row_rewards(batch, owners, cfg.algo.ratio_unit, cfg.rollout.invalid_action_penalty),
                            dtype=torch.float32)  # [R]
