@@ -106,12 +106,6 @@ def gigpo_advantages(batch, *, gamma: float = 0.95, omega: float = 1.0, invalid_
     if episode not in GIGPO_EPISODE:
         raise ValueError(f"gigpo episode must be one of {GIGPO_EPISODE}, got {episode!r}")
     group_ids = torch.tensor(batch.group_ids)  # [B]
-    if episode == "turn":  # verl-agent: each turn row's own score, stats over the group's turn rows
-        row_groups = torch.tensor([int(g) for g, t in zip(group_ids, trajs) for _ in t.turns])  # [R]
-        scores = torch.tensor(turn_row_rewards(trajs, invalid_action_penalty), dtype=torch.float64)  # [R]
-        episode_rows = grpo_advantages(scores, row_groups)  # [R]
-    else:  # the paper: one score per trajectory, stats over the group's trajectories
-        episode_traj = grpo_advantages(torch.tensor([t.reward for t in trajs], dtype=torch.float64), group_ids)  # [B]
     owner, returns, anchors = [], [], []
     anchor_index: dict[tuple[int, str], int] = {}
     for k, t in enumerate(trajs):
@@ -124,7 +118,12 @@ def gigpo_advantages(batch, *, gamma: float = 0.95, omega: float = 1.0, invalid_
             owner.append(k)
             returns.append(r)
             anchors.append(anchor_index.setdefault((int(group_ids[k]), turn.observation), len(anchor_index)))
+    owner_t = torch.tensor(owner, dtype=torch.long)  # [R]
     step = grpo_advantages(torch.tensor(returns, dtype=torch.float64), torch.tensor(anchors))  # [R]
-    if episode == "trajectory":
-        episode_rows = episode_traj[torch.tensor(owner, dtype=torch.long)]  # [R]
+    if episode == "turn":  # verl-agent: each turn row's own score, stats over the group's turn rows
+        scores = torch.tensor(turn_row_rewards(trajs, invalid_action_penalty), dtype=torch.float64)  # [R]
+        episode_rows = grpo_advantages(scores, group_ids[owner_t])  # [R]
+    else:  # the paper: one score per trajectory, stats over the group's trajectories
+        rewards_t = torch.tensor([t.reward for t in trajs], dtype=torch.float64)  # [B]
+        episode_rows = grpo_advantages(rewards_t, group_ids)[owner_t]  # [R]
     return (episode_rows + omega * step).float()  # [R]
