@@ -30,17 +30,18 @@ def collect_round(cfg: Config, env_id: str, template, policy, *, round_index: in
                   temperature: float, num_tasks: int | None, pool) -> tuple[list, dict[str, float]]:
     """Play ``games`` train games with DAgger's mixture (``beta = 1``: the expert alone) and return
     the labelled turns as demonstrations, plus what happened in the episodes."""
+    from agent_rl.train import rollout_settings
     from trainers.batch import sample_tasks
     from trainers.demonstrations import ExpertMix, demonstrations_from, stamp_for
     from trainers.policies.base import SamplingParams
     from trainers.rollout import RolloutEngine
 
-    engine = RolloutEngine(policy, pool, max_turns=cfg.rollout.max_turns, history_k=cfg.rollout.history_k,
+    settings = rollout_settings(cfg)  # the prompts and reply handling RL and eval will use
+    settings.update(template=template, invalid_action_penalty=0.0)
+    engine = RolloutEngine(policy, pool, max_turns=cfg.rollout.max_turns,
                            sampling=SamplingParams(temperature=temperature, max_tokens=cfg.rollout.max_new_tokens),
-                           max_prompt_tokens=cfg.rollout.max_prompt_tokens, template=template,
-                           invalid_action_penalty=0.0, progress=cfg.train.progress,
-                           constrain_actions=cfg.rollout.constrain_actions,
-                           expert=ExpertMix(beta, seed=cfg.train.seed + round_index))
+                           progress=cfg.train.progress, expert=ExpertMix(beta, seed=cfg.train.seed + round_index),
+                           **settings)
     rng = random.Random(cfg.train.seed * 7919 + round_index)
     tasks = sample_tasks(rng, num_tasks, games, round_index, cfg.train.seed)
     t0 = time.perf_counter()

@@ -145,19 +145,32 @@ def load_model(cfg: Config, checkpoint: Path | None = None):
     return model, tokenizer
 
 
+def rollout_settings(cfg: Config) -> dict[str, Any]:
+    """The RolloutEngine arguments that shape prompts and replies (rollout.*), shared by the training rollout and
+    the periodic eval so both show the model the same prompts and read its replies the same way (JSON-friendly:
+    the eval writes them into results.json)."""
+    return {"history_k": cfg.rollout.history_k, "prompt_mode": cfg.rollout.prompt_mode,
+            "max_prompt_tokens": cfg.rollout.max_prompt_tokens,
+            "invalid_action_penalty": cfg.rollout.invalid_action_penalty, "template": cfg.rollout.template,
+            "constrain_actions": cfg.rollout.constrain_actions, "lowercase_actions": cfg.rollout.lowercase_actions}
+
+
+def rollout_stop(cfg: Config) -> list[str] | None:
+    """rollout.stop as a plain list (null: the template's stop strings)."""
+    return None if cfg.rollout.stop is None else list(cfg.rollout.stop)
+
+
 def make_rollout_engine(cfg: Config, policy, pool, template):
     """The multi-turn rollout engine over ``pool`` with ``policy`` (rollout.* settings)."""
     from trainers.policies.base import SamplingParams
     from trainers.rollout import RolloutEngine
 
-    return RolloutEngine(policy, pool, max_turns=cfg.rollout.max_turns, history_k=cfg.rollout.history_k,
+    settings = rollout_settings(cfg)
+    settings["template"] = template  # resolved (the env's own when rollout.template is null)
+    return RolloutEngine(policy, pool, max_turns=cfg.rollout.max_turns,
                          sampling=SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                                 max_tokens=cfg.rollout.max_new_tokens,
-                                                 stop=None if cfg.rollout.stop is None else list(cfg.rollout.stop)),
-                         prompt_mode=cfg.rollout.prompt_mode, max_prompt_tokens=cfg.rollout.max_prompt_tokens,
-                         invalid_action_penalty=cfg.rollout.invalid_action_penalty, template=template,
-                         constrain_actions=cfg.rollout.constrain_actions, overlap_env_steps=cfg.rollout.overlap_env_steps,
-                         lowercase_actions=cfg.rollout.lowercase_actions, progress=cfg.train.progress)
+                                                 max_tokens=cfg.rollout.max_new_tokens, stop=rollout_stop(cfg)),
+                         overlap_env_steps=cfg.rollout.overlap_env_steps, progress=cfg.train.progress, **settings)
 
 
 def make_rollout_stream(cfg: Config, engine, policy, model, num_tasks: int | None, start_step: int):
@@ -511,13 +524,7 @@ def run_periodic_eval(cfg: Config, env_id: str, policy, step: int) -> dict[str, 
                       max_steps=cfg.rollout.max_turns, temperature=protocol["temperature"], workers=cfg.env.num_workers,
                       seed=cfg.train.seed, import_modules=list(cfg.env.import_modules),
                       max_new_tokens=cfg.rollout.max_new_tokens, progress=False,
-                      rollout_kwargs={"history_k": cfg.rollout.history_k, "prompt_mode": cfg.rollout.prompt_mode,
-                                      "max_prompt_tokens": cfg.rollout.max_prompt_tokens,
-                                      "invalid_action_penalty": cfg.rollout.invalid_action_penalty,
-                                      "template": cfg.rollout.template,
-                                      "stop": None if cfg.rollout.stop is None else list(cfg.rollout.stop),
-                                      "lowercase_actions": cfg.rollout.lowercase_actions,
-                                      "constrain_actions": cfg.rollout.constrain_actions})
+                      rollout_kwargs={**rollout_settings(cfg), "stop": rollout_stop(cfg)})
     return {k: v for k, v in result.metrics.items() if k.startswith("eval/")}
 
 
