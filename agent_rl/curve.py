@@ -230,6 +230,33 @@ def paired(args) -> list[dict]:
     return out
 
 
+def training(args) -> list[dict]:
+    """What each RL stage's steps did, from its run's metrics.jsonl: how many steps had a gradient at all (a step
+    whose groups each scored all their episodes alike has none: its update is skipped, and the stage's model is
+    the one it started from), the rollout success over the steps (first-round episodes, as without dynamic
+    sampling), and with dynamic sampling the tasks played and informative groups kept."""
+    out = []
+    for run_dir in sorted(args.out.glob("rl-*")):
+        path = run_dir / "metrics.jsonl"
+        if not run_dir.is_dir() or not path.is_file():
+            continue
+        steps: dict[int, dict] = {}  # the last row of each step (a resumed run writes a step again)
+        for line in path.read_text().splitlines():
+            row = json.loads(line) if line.strip() else {}
+            if "rollout/success_rate" in row and "step" in row:
+                steps[int(row["step"])] = row
+        if not steps:
+            continue
+        rows = [steps[k] for k in sorted(steps)]
+        out.append({"stage": run_dir.name, "steps": len(rows),
+                    "steps_with_gradient": sum(r.get("perf/skipped_zero_gradient", 0.0) < 1.0 for r in rows),
+                    "rollout_success": [round(r["rollout/success_rate"], 3) for r in rows],
+                    "tasks_played": sum(r.get("rollout/tasks_played", 0.0) for r in rows),
+                    "informative_groups": sum(r.get("rollout/informative_groups", 0.0) for r in rows),
+                    "minutes": sum(r.get("perf/step_seconds", 0.0) for r in rows) / 60})
+    return out
+
+
 def report(rows: list[dict], args) -> None:
     with open(args.out / "curve.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -243,6 +270,12 @@ def report(rows: list[dict], args) -> None:
         print(f"alfworld_curve paired {x['stage']} vs {x['versus']}: {x['games']} games, "
               f"+{x['won_only_by_stage']} / -{x['won_only_by_versus']} "
               f"(net {x['won_only_by_stage'] - x['won_only_by_versus']:+d}), exact McNemar p = {x['mcnemar_p']:.3f}")
+    for x in training(args):
+        ds = (f", dynamic sampling: {x['tasks_played']:.0f} tasks played, {x['informative_groups']:.0f} informative "
+              f"groups kept" if x["tasks_played"] else "")
+        print(f"alfworld_curve training {x['stage']}: {x['steps']} step{'s' * (x['steps'] != 1)} in {x['minutes']:.1f} min, "
+              f"{x['steps_with_gradient']} with a gradient, rollout success per step "
+              f"{' '.join(f'{v:.3f}' for v in x['rollout_success'])}{ds}")
     import matplotlib
 
     matplotlib.use("Agg")

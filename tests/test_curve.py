@@ -186,3 +186,36 @@ def test_an_rl_stage_stopped_part_way_runs_again_and_a_finished_one_is_reused(tm
     curve.rl("holder", tmp_path / "sft", args)
     assert len(calls) == 1  # finished: reused, not retrained
     assert curve.finished_steps(tmp_path / "rl-grpo") == 0
+
+
+def test_training_lines_count_steps_with_a_gradient_and_dynamic_sampling(tmp_path, capsys):
+    """An RL stage whose every step skipped its update (all groups scored alike) is reported as such, so a
+    table row named rl-holder is not read as RL's doing; a resumed run's repeated step counts once."""
+    def write(stage, rows):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+
+    write("rl-holder", [{"step": 1, "rollout/success_rate": 0.0, "perf/skipped_zero_gradient": 1.0,
+                         "perf/step_seconds": 60.0},
+                        {"step": 2, "rollout/success_rate": 0.25, "perf/skipped_zero_gradient": 0.5,
+                         "perf/step_seconds": 90.0},
+                        {"step": 2, "rollout/success_rate": 0.5, "perf/step_seconds": 30.0},  # resumed: this one
+                        {"step": 2, "eval/success_rate": 1.0}])  # not a training row
+    write("rl-grpo+ds", [{"step": 1, "rollout/success_rate": 0.0, "rollout/tasks_played": 5.0,
+                          "rollout/informative_groups": 1.0, "perf/skipped_zero_gradient": 0.0}])
+    (tmp_path / "rl-grpo").mkdir()  # started, no step written yet: no line
+    args = build_parser().parse_args(["--out", str(tmp_path)])
+    args.out = Path(tmp_path)
+    got = {x["stage"]: x for x in curve.training(args)}
+    assert set(got) == {"rl-holder", "rl-grpo+ds"}
+    assert got["rl-holder"]["steps"] == 2 and got["rl-holder"]["steps_with_gradient"] == 1
+    assert got["rl-holder"]["rollout_success"] == [0.0, 0.5] and got["rl-holder"]["minutes"] == 1.5
+    assert got["rl-grpo+ds"]["steps_with_gradient"] == 1 and got["rl-grpo+ds"]["tasks_played"] == 5
+    (tmp_path / "eval_rl-holder").mkdir()
+    (tmp_path / "eval_rl-holder" / "results.json").write_text(json.dumps(_results({"a": (1, 3)})))
+    report(table(args), args)
+    out = capsys.readouterr().out
+    assert ("alfworld_curve training rl-holder: 2 steps in 1.5 min, 1 with a gradient, rollout success per step "
+            "0.000 0.500\n") in out
+    assert "rl-grpo+ds: 1 step in 0.0 min, 1 with a gradient, rollout success per step 0.000, dynamic sampling: " \
+           "5 tasks played, 1 informative groups kept" in out
