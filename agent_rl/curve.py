@@ -262,9 +262,10 @@ def report(rows: list[dict], args) -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    width = max([10] + [len(x["stage"]) for x in rows])  # rl-holder+gigpo+ds lines up with sft
     for x in rows:
         extra = f"  invalid={x['invalid_action_rate']} steps={x['mean_steps']}" if x["task_type"] == "all" else ""
-        print(f"alfworld_curve {x['stage']:<10} {x['task_type']:<32} {x['successes']:>3}/{x['episodes']:<3} "
+        print(f"alfworld_curve {x['stage']:<{width}} {x['task_type']:<32} {x['successes']:>3}/{x['episodes']:<3} "
               f"= {x['success_rate']:.3f}  [95% {x['ci95_low']:.3f}, {x['ci95_high']:.3f}]{extra}")
     for x in paired(args):
         print(f"alfworld_curve paired {x['stage']} vs {x['versus']}: {x['games']} games, "
