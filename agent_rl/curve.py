@@ -240,9 +240,12 @@ def training(args) -> list[dict]:
         path = run_dir / "metrics.jsonl"
         if not run_dir.is_dir() or not path.is_file():
             continue
-        steps: dict[int, dict] = {}  # the last row of each step (a resumed run writes a step again)
+        steps: dict[int, dict] = {}  # step → its training row (eval rows share the step number)
         for line in path.read_text().splitlines():
-            row = json.loads(line) if line.strip() else {}
+            try:
+                row = json.loads(line)
+            except ValueError:  # the torn last line of a killed stage (train drops it when it resumes)
+                continue
             if "rollout/success_rate" in row and "step" in row:
                 steps[int(row["step"])] = row
         if not steps:

@@ -190,7 +190,7 @@ def test_an_rl_stage_stopped_part_way_runs_again_and_a_finished_one_is_reused(tm
 
 def test_training_lines_count_steps_with_a_gradient_and_dynamic_sampling(tmp_path, capsys):
     """An RL stage whose every step skipped its update (all groups scored alike) is reported as such, so a
-    table row named rl-holder is not read as RL's doing; a resumed run's repeated step counts once."""
+    table row named rl-holder is not read as RL's doing; a step written twice counts once, a torn line not at all."""
     def write(stage, rows):
         (tmp_path / stage).mkdir()
         (tmp_path / stage / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
@@ -203,6 +203,8 @@ def test_training_lines_count_steps_with_a_gradient_and_dynamic_sampling(tmp_pat
                         {"step": 2, "eval/success_rate": 1.0}])  # not a training row
     write("rl-grpo+ds", [{"step": 1, "rollout/success_rate": 0.0, "rollout/tasks_played": 5.0,
                           "rollout/informative_groups": 1.0, "perf/skipped_zero_gradient": 0.0}])
+    with open(tmp_path / "rl-grpo+ds" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "rollout/succ')  # killed mid-write: the torn line is not a step
     (tmp_path / "rl-grpo").mkdir()  # started, no step written yet: no line
     args = build_parser().parse_args(["--out", str(tmp_path)])
     args.out = Path(tmp_path)
