@@ -240,7 +240,7 @@ def training(args) -> list[dict]:
         path = run_dir / "metrics.jsonl"
         if not run_dir.is_dir() or not path.is_file():
             continue
-        steps: dict[int, dict] = {}  # step → its training row (eval rows share the step number)
+        steps: dict[int, dict] = {}  # step → its training row (a row without rollout metrics, the step-0 eval, is not one)
         for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)
