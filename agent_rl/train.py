@@ -222,6 +222,38 @@ def learner_autocast(cfg: Config, device_type: str = "cpu", cpu_native_bf16: boo
     return cfg.train.bf16
 
 
+def load_reference_model(cfg: Config, device):
+    """The frozen reference policy of the KL term (``algo.kl_coef`` > 0), in ``model.dtype`` on ``device``; None
+    without a KL term, and for LoRA, whose reference is the base model with the adapter switched off."""
+    if cfg.algo.kl_coef <= 0 or cfg.model.lora.enabled:
+        return None
+    from trainers.models import load_model_and_tokenizer
+
+    ref_model, _ = load_model_and_tokenizer(cfg.model.name, dtype=cfg.model.dtype)
+    return ref_model.to(device).eval().requires_grad_(False)
+
+
+def make_optimizer(cfg: Config, model):
+    """AdamW over the trainable (float32 master) weights."""
+    import torch
+
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
+                             weight_decay=cfg.train.weight_decay)
+
+
+def learner_settings(cfg: Config, device_type: str):
+    """The learner's settings from the config, for a model on ``device_type`` (bf16 autocast depends on it)."""
+    from trainers.learner import LearnerSettings
+
+    return LearnerSettings(
+        loss=cfg.algo.loss, clip_low=cfg.algo.clip_low, clip_high=cfg.algo.clip_high, kl_coef=cfg.algo.kl_coef,
+        entropy_coef=cfg.algo.entropy_coef, micro_batch_tokens=cfg.train.micro_batch_tokens,
+        num_minibatches=cfg.algo.num_minibatches, epochs=cfg.algo.epochs, max_grad_norm=cfg.train.max_grad_norm,
+        bf16_autocast=learner_autocast(cfg, device_type), temperature=cfg.rollout.temperature,
+        ratio_unit=cfg.algo.ratio_unit, frozen_layers=cfg.model.freeze_layers, freeze_cache=cfg.model.freeze_cache,
+        freeze_cache_max_gb=cfg.model.freeze_cache_max_gb)
+
+
 def vllm_engine_mode(in_process: bool, world_size: int, environ: Any = None) -> str:
     """Set and return ``VLLM_ENABLE_V1_MULTIPROCESSING`` for ``rollout.vllm.in_process``: "0" in process, "1"
     in processes of its own. Set explicitly both ways, since on CPU VLLMPolicy otherwise defaults to in process.
@@ -351,7 +383,7 @@ def train(cfg: Config) -> dict[str, float]:
     from trainers.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
     from trainers.async_rollout import BehaviourWeights, RolloutStream
     from trainers.distributed import init_data_parallel
-    from trainers.learner import Learner, LearnerSettings
+    from trainers.learner import Learner
     from trainers.schedules import PControl
     from trainers.tracking import NullTracker, Tracker
 
@@ -381,14 +413,8 @@ def train(cfg: Config) -> dict[str, float]:
     # train.fsdp2: shard the model over the ranks; `weights` is the full copy rank 0's rollout side reads (the model
     # itself when it is not sharded)
     weights = dp.shard_parameters(model, cfg.train.fsdp2)
-    ref_model = None
-    if cfg.algo.kl_coef > 0 and not cfg.model.lora.enabled:
-        from trainers.models import load_model_and_tokenizer
-
-        ref_model, _ = load_model_and_tokenizer(cfg.model.name, dtype=cfg.model.dtype)
-        ref_model.to(next(model.parameters()).device).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
-                                  weight_decay=cfg.train.weight_decay)
+    ref_model = load_reference_model(cfg, next(model.parameters()).device)
+    optimizer = make_optimizer(cfg, model)
     start_step, wandb_id = 0, None
     p_control = PControl(cfg.algo, cfg.train.steps)  # p per step (a schedule, or adaptive: trainers.schedules)
     if ckpt is not None:
@@ -400,16 +426,8 @@ def train(cfg: Config) -> dict[str, float]:
     tracker = Tracker(run_dir, config=OmegaConf.to_container(OmegaConf.structured(cfg)), use_wandb=cfg.logging.wandb,
                       wandb_mode=cfg.logging.wandb_mode, project=cfg.logging.project, run_name=cfg.logging.run_name,
                       resume_id=wandb_id, start_step=start_step) if dp.is_main else NullTracker()
-    learner = Learner(model, optimizer, LearnerSettings(
-        loss=cfg.algo.loss, clip_low=cfg.algo.clip_low, clip_high=cfg.algo.clip_high, kl_coef=cfg.algo.kl_coef,
-        entropy_coef=cfg.algo.entropy_coef, micro_batch_tokens=cfg.train.micro_batch_tokens,
-        num_minibatches=cfg.algo.num_minibatches, epochs=cfg.algo.epochs, max_grad_norm=cfg.train.max_grad_norm,
-        bf16_autocast=learner_autocast(cfg, next(model.parameters()).device.type),
-        temperature=cfg.rollout.temperature,
-        ratio_unit=cfg.algo.ratio_unit, frozen_layers=cfg.model.freeze_layers, freeze_cache=cfg.model.freeze_cache,
-        freeze_cache_max_gb=cfg.model.freeze_cache_max_gb),
-        ref_model=ref_model,
-        seed=cfg.train.seed + start_step, dp=dp)
+    learner = Learner(model, optimizer, learner_settings(cfg, next(model.parameters()).device.type),
+                      ref_model=ref_model, seed=cfg.train.seed + start_step, dp=dp)
     # the rollout side lives on rank 0 only (None on the other ranks)
     policy = dp.on_main(make_rollout_policy, cfg, weights, tokenizer)
     cfg.rollout.backend = dp.broadcast(cfg.rollout.backend)  # auto resolved on rank 0: the same branches on every rank

@@ -263,7 +263,7 @@ class Learner:
                     ref_mat, _ = self._traj_matrix(ref, [seqs_of[t] for t in trajs], masks)
                     kl = kl_low_var(lp_leaf, ref_mat, mask)
                     total = total + self.s.kl_coef * kl
-                    metrics["loss/kl"] = float(kl)
+                    metrics["loss/kl"] = float(kl.detach())
                 (g_mat,) = torch.autograd.grad(total, lp_leaf)  # [b, T]
                 if not (bool(torch.isfinite(total)) and bool(torch.isfinite(g_mat).all())):
                     metrics.update({"loss/policy": float(out.loss), "loss/total": float(total),
