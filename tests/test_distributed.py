@@ -17,7 +17,9 @@ HERE = Path(__file__).parent
 
 
 def torchrun(nproc: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE)]))
+    """``nproc`` CPU ranks over gloo (GPUs hidden: these are the gloo tests, also on a machine with one GPU)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")]),
+               CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -145,3 +147,16 @@ def test_fsdp2_is_refused_where_it_cannot_work():
         with pytest.raises(ConfigError, match="train.fsdp2"):
             validate(compose_config(["train.fsdp2=true", *extra]))
     validate(compose_config(["train.fsdp2=true"]))
+
+
+def test_more_ranks_than_gpus_is_a_clear_error(monkeypatch):
+    """Two torchrun ranks on a one-GPU node: refused with the fix named, before NCCL fails obscurely."""
+    from trainers.distributed import init_data_parallel
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda *_: pytest.fail("set_device reached"))
+    for k, v in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(RuntimeError, match=r"local rank 1 of 2 .* 1 visible CUDA device.*--nproc_per_node=1"):
+        init_data_parallel()

@@ -248,7 +248,13 @@ def init_data_parallel(timeout_s: float = 6 * 3600) -> DataParallel:
         return DataParallel()
     rank = int(os.environ["RANK"])
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local >= gpus:  # NCCL needs a GPU of its own per rank; two ranks on one GPU fail deep inside its init
+            raise RuntimeError(
+                f"torchrun started local rank {local} of {os.environ.get('LOCAL_WORLD_SIZE', world)} on this node, "
+                f"but it has {gpus} visible CUDA device(s): the learner's NCCL gradients need one GPU per rank. "
+                f"Fix: --nproc_per_node={gpus} (or fewer), or CUDA_VISIBLE_DEVICES= to train on the CPU over gloo")
+        torch.cuda.set_device(local)
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
                                              timeout=timedelta(seconds=timeout_s))
