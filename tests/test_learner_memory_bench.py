@@ -1,0 +1,54 @@
+"""bench/learner_memory.py: the learner built as `train` builds it (preset + overrides), on a random model of a
+named shape; on a CPU the memory columns are n/a and the rest runs. Its numbers come from a GPU run."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("learner_memory", ROOT / "bench" / "learner_memory.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_variants_apply_their_overrides_and_checkpointing_keeps_the_gradient(tmp_path):
+    bench = _bench()
+    model_dir = bench.write_model(tmp_path, "tiny")
+    batch, adv, tokens = bench.make_batch(4, 3, 120, 20, bench.SHAPES["tiny"]["vocab_size"])
+    assert tokens == sum(len(t.prompt_ids) + len(t.response_ids) for tr in batch.trajectories for t in tr.turns)
+    assert adv.tolist() == [-1.0, 1.0, -1.0, 1.0]
+    f32 = ["model.dtype=float32"]  # emulated bf16 autocast is slow on this CPU and not what is compared here
+    base = bench.run_variant(model_dir, "paper_alfworld", f32, batch, adv, updates=1)
+    ckpt = bench.run_variant(model_dir, "paper_alfworld", [*f32, "model.gradient_checkpointing=true",
+                                                           "train.micro_batch_tokens=256"], batch, adv, updates=1)
+    assert (base["checkpointing"], ckpt["checkpointing"]) == (False, True)
+    assert (base["mbt"], ckpt["mbt"]) == (4096, 256) and base["minibatches"] == 4 and base["kl"] == 0.01  # the preset
+    assert base["grad_norm"] > 0
+    # recomputing activations and packing smaller micro-batches change the order of float32 sums only
+    assert ckpt["grad_norm"] == pytest.approx(base["grad_norm"], rel=1e-4)
+    if not torch.cuda.is_available():
+        assert base["peak"] is None and base["loaded"] is None
+
+
+def test_main_prints_a_line_per_variant_and_a_ratio(capsys):
+    _bench().main(["--shape", "tiny", "--trajectories", "2", "--turns", "2", "--prompt-tokens", "60",
+                   "--response-tokens", "10", "--updates", "1", "--variant", "a:model.dtype=float32",
+                   "--variant", "b:model.dtype=float32;train.micro_batch_tokens=128"])
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("learner_memory ")]
+    assert len(lines) == 4 and "2 trajectories" in lines[0]
+    assert lines[1].startswith("learner_memory a (model.dtype=float32)") and "micro_batch_tokens=4096" in lines[1]
+    assert "micro_batch_tokens=128" in lines[2] and "tokens/s" in lines[2]
+    assert lines[3].startswith("learner_memory ratio b/a: peak memory ")
+
+
+def test_a_malformed_variant_is_refused():
+    with pytest.raises(SystemExit, match="NAME:override"):
+        _bench().parse_variant("no-colon")
