@@ -52,3 +52,17 @@ def test_main_prints_a_line_per_variant_and_a_ratio(capsys):
 def test_a_malformed_variant_is_refused():
     with pytest.raises(SystemExit, match="NAME:override"):
         _bench().parse_variant("no-colon")
+
+
+def test_the_readme_command_names_known_shapes_and_valid_variants():
+    import shlex
+
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    commands = [shlex.split(l) for l in text.splitlines() if l.startswith("python bench/learner_memory.py --")]
+    assert commands, "the README's measured learner_memory command is gone"
+    bench = _bench()
+    for argv in commands:
+        args = argv[2:]
+        assert args[args.index("--shape") + 1] in bench.SHAPES
+        variants = [args[i + 1] for i, a in enumerate(args) if a == "--variant"]
+        assert [bench.parse_variant(v)[0] for v in variants] == ["baseline", "gradient_checkpointing", "micro_batch_16k"]
