@@ -15,7 +15,7 @@ trajectories won, so every advantage is ±1 and every sequence gets a forward an
 Each variant (``NAME:override;override``, default: the preset as is, and with gradient checkpointing) runs
 ``--updates`` updates in this process, one after the other; the first also allocates the gradients and the
 AdamW moments. Printed per variant: the memory held after loading (weights + reference), after the updates
-(+ gradients + AdamW moments), the peak during them (CUDA allocator statistics; on a CPU they do not exist
+(+ the AdamW moments; the gradients are freed after each optimizer step), the peak during them (CUDA allocator statistics; on a CPU they do not exist
 and are printed as n/a), the last update's wall time and tokens/s. Then one ratio line per variant against
 the first.
 

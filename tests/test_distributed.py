@@ -18,8 +18,8 @@ HERE = Path(__file__).parent
 
 def torchrun(nproc: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """``nproc`` CPU ranks over gloo (GPUs hidden: these are the gloo tests, also on a machine with one GPU)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")]),
-               CUDA_VISIBLE_DEVICES="")
+    path = [str(HERE.parent), str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]  # the caller's kept
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(path), CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
