@@ -30,7 +30,7 @@ def collect_round(cfg: Config, env_id: str, template, policy, *, round_index: in
                   temperature: float, num_tasks: int | None, pool) -> tuple[list, dict[str, float]]:
     """Play ``games`` train games with DAgger's mixture (``beta = 1``: the expert alone) and return
     the labelled turns as demonstrations, plus what happened in the episodes."""
-    from agent_rl.train import rollout_settings
+    from agent_rl.rollout_side import rollout_settings
     from trainers.batch import sample_tasks
     from trainers.demonstrations import ExpertMix, demonstrations_from, stamp_for
     from trainers.policies.base import SamplingParams
@@ -77,8 +77,8 @@ def sft(cfg: Config) -> dict[str, float]:
     import torch
     from omegaconf import OmegaConf
 
-    from agent_rl.train import (learner_autocast, load_model, make_pool, make_rollout_policy, make_run_dir,
-                                resolve_env, resolve_template, sync_weights)
+    from agent_rl.rollout_side import make_pool, make_rollout_policy, sync_weights
+    from agent_rl.train import learner_autocast, load_model, make_run_dir, resolve_env, resolve_template
     from trainers.batch import env_num_tasks
     from trainers.checkpoint import latest_checkpoint, save_checkpoint
     from trainers.demonstrations import TokenizerOnlyPolicy, read_jsonl, write_jsonl

@@ -218,7 +218,7 @@ def test_auto_backend_picks_vllm_when_usable_else_hf(monkeypatch):
 
 def test_auto_backend_falls_back_to_hf_when_the_engine_fails(tiny_path, monkeypatch):
     from agent_rl.config import Config
-    from agent_rl.train import make_rollout_policy
+    from agent_rl.rollout_side import make_rollout_policy
     from trainers.policies import vllm as vllm_backend
 
     monkeypatch.setattr(vllm_backend, "usable", lambda: None)

@@ -123,6 +123,7 @@ def test_impossible_resources_and_bad_arguments_are_refused_at_once(ray_local, t
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_train_step_rolls_out_in_the_actor_and_syncs_its_weights(ray_local, tiny_path, tmp_path, monkeypatch, lora):
+    import agent_rl.rollout_side as rollout_side
     import agent_rl.train as train_mod
     from agent_rl.train import compose_config, train
 
@@ -161,7 +162,7 @@ def test_train_step_rolls_out_in_the_actor_and_syncs_its_weights(ray_local, tiny
     assert info["sync_calls"] == 2  # the start weights, then after the one update
     model = built["model"]
     if lora:
-        state = train_mod._merged_lora_state(model).items()
+        state = rollout_side._merged_lora_state(model).items()
     else:
         state = model.named_parameters()
     driver = weights_digest(state)

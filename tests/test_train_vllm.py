@@ -11,6 +11,7 @@ from test_policies import need_vllm
 
 need_vllm()
 
+import agent_rl.rollout_side as rollout_side  # noqa: E402
 import agent_rl.train as train_mod  # noqa: E402
 from test_train import quick, tiny_model  # noqa: E402,F401  (the tiny model fixture and the user env)
 
@@ -33,7 +34,8 @@ def _record(monkeypatch) -> list[str]:
             events.append("generate")
         return real_generate(self, prompts, params)
 
-    monkeypatch.setattr(train_mod, "sync_weights", sync)
+    monkeypatch.setattr(train_mod, "sync_weights", sync)  # the resume sync
+    monkeypatch.setattr(rollout_side, "sync_weights", sync)  # the sync after every update (the rollout stream's)
     monkeypatch.setattr(VLLMPolicy, "generate", generate)
     return events
 
@@ -110,7 +112,7 @@ def test_vllm_sleep_mode_wakes_with_the_synced_weights(tiny_model):
 def test_vllm_engine_mode_follows_rollout_vllm_in_process():
     """Both ways explicitly: on CPU VLLMPolicy would otherwise run the engine in process even when the config
     says processes of its own; under torchrun always processes of its own (an in-process engine hangs there)."""
-    from agent_rl.train import vllm_engine_mode
+    from agent_rl.rollout_side import vllm_engine_mode
 
     env: dict[str, str] = {}
     assert vllm_engine_mode(True, 1, env) == "0" and env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"

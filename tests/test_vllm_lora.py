@@ -18,7 +18,7 @@ vllm = need_vllm()
 peft = pytest.importorskip("peft", reason="peft is not installed in this environment (LoRA needs it)")
 
 from agent_rl.config import RayConfig  # noqa: E402
-from agent_rl.train import sync_weights, vllm_lora_kwargs  # noqa: E402
+from agent_rl.rollout_side import sync_weights, vllm_lora_kwargs  # noqa: E402
 from trainers.models import build_tiny_model, load_model_and_tokenizer  # noqa: E402
 from trainers.policies import SamplingParams, make_policy  # noqa: E402
 from trainers.policies.hf import HFPolicy  # noqa: E402
