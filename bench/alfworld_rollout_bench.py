@@ -4,6 +4,7 @@
     python bench/alfworld_rollout_bench.py --baseline-games 2    # the slow baseline on 2 of those games only
     python bench/alfworld_rollout_bench.py --template alfworld_act --max-new-tokens 32
     python bench/alfworld_rollout_bench.py --skip-baseline --env-workers 2 --overlap   # env steps overlapping generation
+    python bench/alfworld_rollout_bench.py --skip-baseline --compare-compile  # vLLM eager vs torch.compile'd
 
 Both paths play real ALFWorld episodes (``agent_rl/ALFWorld-v0``, release games from
 ``$ALFWORLD_DATA``) with the embedded model through the training :class:`~trainers.rollout.RolloutEngine`:
@@ -97,11 +98,16 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--env-workers", type=int, default=0, help="env worker processes (0: in-process, as before)")
+    p.add_argument("--compare-compile", action="store_true",
+                   help="after the (eager) new path, play the same games on a compiled vLLM engine and print the "
+                        "ratio: why rollout.vllm.enforce_eager=null means eager on CPU")
     p.add_argument("--overlap", action="store_true",
                    help="also play the new path with rollout.overlap_env_steps (needs --env-workers >= 2)")
     args = p.parse_args()
     if args.overlap and args.env_workers < 2:
         p.error(f"--overlap needs --env-workers >= 2 (one lane per worker), got {args.env_workers}")
+    if args.compare_compile and args.compile:
+        p.error("--compare-compile plays an eager engine and then a compiled one; leave out --compile")
     baseline_games = args.games if args.baseline_games is None else args.baseline_games
     if not 1 <= baseline_games <= args.games:
         p.error(f"--baseline-games must be in 1..--games ({args.games}), got {baseline_games}")
@@ -158,6 +164,20 @@ def main() -> None:
         print(line(label + " + overlapped env steps", results["overlap"], start, args.games), flush=True)
         print(f"ratio overlap/new = {results['overlap']['rate'] / results['new']['rate']:.2f}x", flush=True)
     new.close()
+    if args.compare_compile and backend == "vllm":  # the same games on a compiled engine (torch.compile, inductor)
+        t0 = time.perf_counter()
+        comp = make_policy("vllm", model=model, dtype=args.new_dtype, seed=args.seed, max_model_len=4096,
+                           enforce_eager=False)
+        comp_start = time.perf_counter() - t0
+        results["compiled"] = play(comp, games, task_ids, args)
+        comp.close()
+        print(line(label.replace("eager", "compiled"), results["compiled"], comp_start, args.games), flush=True)
+        n, c = results["new"], results["compiled"]
+        extra = comp_start - start
+        saved = 1 - c["gen_s"] / n["gen_s"] if n["gen_s"] > 0 else 0.0  # fraction of generation time compiling saves
+        even = f"{extra / saved:.0f} s of eager generation" if saved > 0 else "never"
+        print(f"ratio compiled/eager = {c['rate'] / n['rate']:.2f}x turns/s, engine start {comp_start:.1f} s vs "
+              f"{start:.1f} s (+{extra:.1f} s); the start is paid back after {even}")
 
     if "baseline" in results and results["baseline"]["rate"] > 0:
         b, n = results["baseline"], results["new"]

@@ -1,0 +1,45 @@
+"""bench/alfworld_rollout_bench.py: its options are checked before anything loads, and (slow: real valid_unseen
+games on vLLM, a compiled engine's first start takes over a minute) --compare-compile prints both engines'
+lines and the ratio the README quotes."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_alfworld_env import HAVE_DATA, HAVE_ENGINE
+from test_policies import need_vllm
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench" / "alfworld_rollout_bench.py"
+
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="2"))
+
+
+def test_compare_compile_refuses_compile_and_overlap_needs_workers():
+    r = _run("--compare-compile", "--compile")
+    assert r.returncode == 2 and "--compare-compile plays an eager engine and then a compiled one" in r.stderr
+    r = _run("--overlap")
+    assert r.returncode == 2 and "--overlap needs --env-workers >= 2" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.alfworld
+@pytest.mark.skipif(not (HAVE_ENGINE and HAVE_DATA), reason="needs alfworld and the valid_unseen games")
+def test_compare_compile_plays_the_same_games_on_both_engines():
+    need_vllm()
+    r = _run("--skip-baseline", "--compare-compile", "--games", "1", "--turns", "2", "--template", "alfworld_act",
+             "--max-new-tokens", "8", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    eager = re.search(r"^new vllm \S+ prefix-caching eager: 1 of 1 games, (\d+) turns", r.stdout, re.M)
+    compiled = re.search(r"^new vllm \S+ prefix-caching compiled: 1 of 1 games, (\d+) turns", r.stdout, re.M)
+    assert eager and compiled and eager.group(1) == compiled.group(1), r.stdout
+    assert re.search(r"^ratio compiled/eager = [\d.]+x turns/s, engine start [\d.]+ s vs [\d.]+ s", r.stdout, re.M)
