@@ -278,6 +278,22 @@ def test_cpu_engine_runs_in_process_on_every_allowed_core_unless_the_caller_says
     # vLLM's reserved core is where its scheduler process runs
 
 
+def test_trainer_passes_rollout_vllm_enforce_eager_to_the_engine(tiny_path, monkeypatch):
+    from agent_rl.config import Config
+    from agent_rl.rollout_side import make_rollout_policy
+    from trainers.policies import vllm as vllm_backend
+
+    seen: list = []
+    monkeypatch.setattr(vllm_backend.VLLMPolicy, "__init__", lambda self, model, **kw: seen.append(kw))
+    model, tok = load_model_and_tokenizer(tiny_path)
+    for value in (None, False, True):
+        cfg = Config()
+        cfg.model.name, cfg.rollout.backend, cfg.rollout.vllm.enforce_eager = str(tiny_path), "vllm", value
+        make_rollout_policy(cfg, model, tok)
+        assert seen[-1]["enforce_eager"] is value  # null: the engine decides per device (engine_eager)
+    assert Config().rollout.vllm.enforce_eager is None
+
+
 def test_vllm_runs_eager_on_cpu_and_compiled_on_gpu_unless_asked():
     from trainers.policies.vllm import engine_eager
 
