@@ -72,6 +72,22 @@ def play(policy, games: list[int], task_ids: list[str], args, overlap: bool = Fa
             "tokens": metrics["rollout/mean_response_tokens"], "prompt": metrics["rollout/mean_prompt_tokens"]}
 
 
+def start_new(backend: str, model: str, args, compiled: bool):
+    """The new path's policy, its printed label and its start time (engine start and model load)."""
+    from trainers.policies import make_policy
+
+    t0 = time.perf_counter()
+    if backend == "vllm":
+        pol = make_policy("vllm", model=model, dtype=args.new_dtype, seed=args.seed, max_model_len=4096,
+                          enforce_eager=not compiled)
+        label = (f"new vllm {pol.dtype if pol.dtype != 'auto' else 'checkpoint-dtype'} prefix-caching "
+                 f"{'compiled' if compiled else 'eager'}")
+    else:
+        pol = make_policy(backend, model=model, dtype="float32" if args.new_dtype == "auto" else args.new_dtype)
+        label = f"new {backend} (dedup)"
+    return pol, label, time.perf_counter() - t0
+
+
 def line(name: str, r: dict[str, float], start_s: float, of: int) -> str:
     with_start = r["turns"] / (r["wall"] + start_s)
     return (f"{name}: {r['games']} of {of} games, {r['turns']} turns in {r['wall']:.1f} s = {r['rate']:.3f} turns/s "
@@ -147,16 +163,7 @@ def main() -> None:
         base.close()
 
     backend = resolve_backend(args.new_backend)
-    t0 = time.perf_counter()
-    if backend == "vllm":
-        new = make_policy("vllm", model=model, dtype=args.new_dtype, seed=args.seed, max_model_len=4096,
-                          enforce_eager=not args.compile)
-        label = (f"new vllm {new.dtype if new.dtype != 'auto' else 'checkpoint-dtype'} prefix-caching "
-                 f"{'compiled' if args.compile else 'eager'}")
-    else:
-        new = make_policy(backend, model=model, dtype="float32" if args.new_dtype == "auto" else args.new_dtype)
-        label = f"new {backend} (dedup)"
-    start = time.perf_counter() - t0
+    new, label, start = start_new(backend, model, args, compiled=args.compile)
     results["new"] = play(new, games, task_ids, args)
     print(line(label, results["new"], start, args.games), flush=True)
     if args.overlap:  # the same engine, its env steps overlapping generation (same weights, same games)
@@ -165,13 +172,10 @@ def main() -> None:
         print(f"ratio overlap/new = {results['overlap']['rate'] / results['new']['rate']:.2f}x", flush=True)
     new.close()
     if args.compare_compile and backend == "vllm":  # the same games on a compiled engine (torch.compile, inductor)
-        t0 = time.perf_counter()
-        comp = make_policy("vllm", model=model, dtype=args.new_dtype, seed=args.seed, max_model_len=4096,
-                           enforce_eager=False)
-        comp_start = time.perf_counter() - t0
+        comp, comp_label, comp_start = start_new(backend, model, args, compiled=True)
         results["compiled"] = play(comp, games, task_ids, args)
         comp.close()
-        print(line(label.replace("eager", "compiled"), results["compiled"], comp_start, args.games), flush=True)
+        print(line(comp_label, results["compiled"], comp_start, args.games), flush=True)
         n, c = results["new"], results["compiled"]
         extra = comp_start - start
         saved = 1 - c["gen_s"] / n["gen_s"] if n["gen_s"] > 0 else 0.0  # fraction of generation time compiling saves
