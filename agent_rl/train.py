@@ -191,7 +191,9 @@ def learner_settings(cfg: Config, device_type: str):
         num_minibatches=cfg.algo.num_minibatches, epochs=cfg.algo.epochs, max_grad_norm=cfg.train.max_grad_norm,
         bf16_autocast=learner_autocast(cfg, device_type), temperature=cfg.rollout.temperature,
         ratio_unit=cfg.algo.ratio_unit, frozen_layers=cfg.model.freeze_layers, freeze_cache=cfg.model.freeze_cache,
-        freeze_cache_max_gb=cfg.model.freeze_cache_max_gb)
+        freeze_cache_max_gb=cfg.model.freeze_cache_max_gb,
+        # a row is one turn (ratio_unit=turn) or every turn of an episode: its agent-token budget
+        norm_tokens=cfg.rollout.max_new_tokens * (1 if cfg.algo.ratio_unit == "turn" else cfg.rollout.max_turns))
 
 
 # ---------------------------------------------------------------------------------------- the loop

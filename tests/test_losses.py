@@ -24,9 +24,9 @@ def batch(seed=0, B=6, T=12, scale=0.3, dtype=torch.float64):
     return new, old, mask, adv
 
 
-def run(name, new, old, mask, adv, p=None):
+def run(name, new, old, mask, adv, p=None, norm_tokens=None):
     return policy_loss(name, logprobs=new, old_logprobs=old, advantages=adv, loss_mask=mask, p=p,
-                       clip_low=EPS_LOW, clip_high=EPS_HIGH)
+                       clip_low=EPS_LOW, clip_high=EPS_HIGH, norm_tokens=norm_tokens)
 
 
 def per_row(new, old, mask):
@@ -81,10 +81,13 @@ def direct_holder_token(new, old, mask, adv, p):
     return torch.stack(losses).mean()
 
 
+MAX_TOKENS = 40  # Dr. GRPO's constant: the agent tokens a row could hold (the batches here have T = 12)
+
+
 def direct_dr_grpo(new, old, mask, adv):
     r = (new - old).exp()
     tok = torch.maximum(-adv[:, None] * r, -adv[:, None] * r.clamp(1 - EPS_LOW, 1 + EPS_HIGH)) * mask
-    return (tok.sum(-1) / new.shape[1]).mean()
+    return (tok.sum(-1) / MAX_TOKENS).mean()
 
 
 def assert_same_value_and_grad(ours_fn, direct_fn, seed, scale=0.3):
@@ -104,7 +107,23 @@ def test_presets_match_published_formulas(seed, scale):
     assert_same_value_and_grad(lambda *a: run("grpo", *a).loss, direct_grpo, seed, scale)
     assert_same_value_and_grad(lambda *a: run("gspo", *a).loss, direct_gspo, seed, scale)
     assert_same_value_and_grad(lambda *a: run("gmpo", *a).loss, direct_gmpo, seed, scale)
-    assert_same_value_and_grad(lambda *a: run("dr_grpo", *a).loss, direct_dr_grpo, seed, scale)
+    assert_same_value_and_grad(lambda *a: run("dr_grpo", *a, norm_tokens=MAX_TOKENS).loss, direct_dr_grpo, seed, scale)
+
+
+def test_dr_grpo_normaliser_does_not_depend_on_the_batchs_padding():
+    # The learner pads each minibatch to its longest row; with the budget given, extra padding (a longer
+    # trajectory elsewhere in the minibatch) must not rescale this row's loss or gradient.
+    new, old, mask, adv = batch(1)
+    pad = lambda t: torch.cat([t, torch.zeros(t.shape[0], 4, dtype=t.dtype)], -1)  # noqa: E731
+    wide_new = pad(new.detach()).requires_grad_()
+    a = run("dr_grpo", new, old, mask, adv, norm_tokens=MAX_TOKENS).loss
+    b = run("dr_grpo", wide_new, pad(old), pad(mask), adv, norm_tokens=MAX_TOKENS).loss
+    assert float(a) == pytest.approx(float(b), abs=1e-12)
+    (ga,), (gb,) = torch.autograd.grad(a, new), torch.autograd.grad(b, wide_new)
+    assert torch.allclose(ga, gb[:, :12], atol=1e-12)
+    # losses that normalise per row take no budget; a row past the budget raises the constant
+    assert float(run("grpo", new, old, mask, adv, norm_tokens=MAX_TOKENS).loss) == float(run("grpo", new, old, mask, adv).loss)
+    assert float(run("dr_grpo", new, old, mask, adv, norm_tokens=5).loss) == float(run("dr_grpo", new, old, mask, adv).loss)
 
 
 @pytest.mark.parametrize("p", [2.0, 1.0, 0.5, -1.0, -2.0])

@@ -186,6 +186,15 @@ def test_cli_lists_choices_for_a_misspelled_group(tmp_path):
     assert "alfworld" in out.stderr and "math" in out.stderr
 
 
+def test_dr_grpo_normalises_by_a_rows_token_budget_not_the_minibatchs_longest_row():
+    from agent_rl.train import learner_settings
+
+    cfg = compose_config(["algo=dr_grpo", "rollout.max_new_tokens=24", "rollout.max_turns=15"])
+    assert learner_settings(cfg, "cpu").norm_tokens == 24 * 15  # a trajectory row holds every turn's reply
+    cfg = compose_config(["algo=dr_grpo", "rollout.max_new_tokens=24", "algo.ratio_unit=turn"])
+    assert learner_settings(cfg, "cpu").norm_tokens == 24  # a turn row holds one reply
+
+
 def test_presets_compose():
     paper = compose_config(["preset=paper_alfworld"])
     assert (paper.rollout.tasks_per_step, paper.rollout.group_size, paper.rollout.max_turns) == (16, 8, 50)

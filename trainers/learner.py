@@ -72,6 +72,9 @@ class LearnerSettings:
     # Sampling temperature of the rollouts: logprobs are taken under softmax(logits / T), the
     # distribution the tokens were drawn from (as verl does), so the ratio compares like with like.
     temperature: float = 1.0
+    # Dr. GRPO's constant normaliser: the agent tokens a loss row can hold (rollout.max_new_tokens × turns per
+    # row); None: the loss matrix's padded width, which changes with the longest row of each minibatch.
+    norm_tokens: int | None = None
     # Attend within each packed sequence (trainers.attention) instead of through a dense
     # block mask over the whole row: switches sdpa models to "agent_rl_varlen".
     varlen_attention: bool = True
@@ -254,6 +257,7 @@ class Learner:
                 out = policy_loss(
                     self.s.loss, logprobs=lp_leaf, old_logprobs=old_mat, advantages=advantages[trajs].float(),
                     loss_mask=mask, p=p, clip_low=self.s.clip_low, clip_high=self.s.clip_high,
+                    norm_tokens=self.s.norm_tokens,
                 )
                 total = out.loss
                 metrics = dict(out.metrics)

@@ -14,7 +14,7 @@ A trajectory's ratio is the Hölder mean M_p of its token ratios (see
   max(r_t, clip(r_t)); ρ_i = M_p(c_i); L_i = −A_i ρ_i.
 * presets: ``grpo`` = holder_token at p = 1 (GRPO with per-sequence token mean),
   ``gspo`` = holder at p = 0, ``gmpo`` = holder_token at p = 0, ``dr_grpo`` = GRPO's
-  token loss summed per trajectory over a constant length (Dr. GRPO aggregation).
+  token loss summed per trajectory over a constant length, the row's token budget (Dr. GRPO aggregation).
 
 The loss is the mean of L_i over trajectories that have at least one agent token.
 
@@ -27,6 +27,7 @@ Add a loss with ``@LOSSES.register("name")``: a function of the same keyword arg
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
@@ -154,10 +155,17 @@ def gmpo(*, p=None, **kw) -> LossOutput:
 
 @LOSSES.register("dr_grpo")
 def dr_grpo(
-    *, logprobs, old_logprobs, advantages, loss_mask, p=None, clip_low=0.2, clip_high=0.2
+    *, logprobs, old_logprobs, advantages, loss_mask, p=None, clip_low=0.2, clip_high=0.2,
+    norm_tokens: int | None = None,
 ) -> LossOutput:
-    """Dr. GRPO aggregation: GRPO token losses summed per trajectory, divided by the
-    constant padded length T (not the trajectory's own length), then averaged."""
+    """Dr. GRPO aggregation: GRPO token losses summed per trajectory, divided by a constant
+    (not the trajectory's own length), then averaged.
+
+    The constant is ``norm_tokens``, the agent-token budget of a row (Dr. GRPO's MAX_TOKENS; the learner
+    passes ``rollout.max_new_tokens`` × the turns a row holds). It must not depend on the batch: the padded
+    width T of the [B, T] matrix is the longest row of the minibatch, so dividing by it would rescale every
+    row's gradient by whichever trajectory happens to be longest. ``None`` uses T, for callers whose
+    matrices have a fixed width; a T past ``norm_tokens`` is used instead of it."""
     _validate(logprobs, old_logprobs, advantages, loss_mask, clip_low, clip_high)
     mask = loss_mask.bool()  # [B, T]
     rows = mask.any(-1)  # [B]
@@ -166,7 +174,8 @@ def dr_grpo(
     clipped_ratio = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)  # [B, T]
     adv = advantages.to(ratio.dtype).unsqueeze(-1)  # [B, 1]
     token_loss = torch.maximum(-adv * ratio, -adv * clipped_ratio) * mask  # [B, T]
-    per_traj = token_loss.sum(-1) / logprobs.shape[1]  # [B]
+    # A row past its budget (a constrained reply longer than max_new_tokens) raises the constant, never the reverse.
+    per_traj = token_loss.sum(-1) / max(norm_tokens or 0, logprobs.shape[1])  # [B]
     with torch.no_grad():
         n = mask.sum().clamp_min(1)
         metrics = {
@@ -194,12 +203,17 @@ def policy_loss(
     p: float,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
+    norm_tokens: int | None = None,
 ) -> LossOutput:
     """Compute the registered loss ``name`` (see module docstring for the formulas).
 
-    Shapes: ``logprobs``, ``old_logprobs``, ``loss_mask``: [B, T]; ``advantages``: [B].
+    Shapes: ``logprobs``, ``old_logprobs``, ``loss_mask``: [B, T]; ``advantages``: [B]. ``norm_tokens``
+    (a row's agent-token budget) goes to the losses that normalise by a constant length (``dr_grpo``,
+    and any registered loss with a ``norm_tokens`` parameter); the others normalise per row.
     """
-    return LOSSES.get(name)(
+    fn = LOSSES.get(name)
+    extra = {"norm_tokens": norm_tokens} if "norm_tokens" in inspect.signature(fn).parameters else {}
+    return fn(
         logprobs=logprobs,
         old_logprobs=old_logprobs,
         advantages=advantages,
@@ -207,6 +221,7 @@ def policy_loss(
         p=p,
         clip_low=clip_low,
         clip_high=clip_high,
+        **extra,
     )
 
 
