@@ -108,7 +108,8 @@ class AlgoConfig:
     # Optimizer steps per rollout batch: epochs × num_minibatches (1 × 1 is on-policy).
     epochs: int = 1
     num_minibatches: int = 1
-    # DAPO's dynamic sampling: groups whose rewards are all equal (advantage 0: no signal) are dropped and more
+    # DAPO's dynamic sampling: groups without signal (every loss row's advantage 0: for episode-level advantages,
+    # all rewards equal; per-turn penalties and GiGPO's step advantages can give signal to equal rewards) are dropped and more
     # tasks are played, up to dynamic_sampling_rounds extra rounds, until the step holds rollout.tasks_per_step
     # informative groups; a step without any skips its update (rollout/informative_groups says so).
     dynamic_sampling: bool = False

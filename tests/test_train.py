@@ -381,6 +381,31 @@ class _ScriptedEngine:
         return out, {"rollout/success_rate": 0.0}
 
 
+def test_dynamic_sampling_keeps_a_group_whose_rewards_are_equal_but_whose_turn_rows_differ():
+    from agent_rl.types import Trajectory, Turn
+    from trainers.batch import informative_groups
+
+    def traj(j, group, observations, valid, reward):
+        turns = [Turn(observation=o, prompt_ids=[1, 2], response_ids=[3], response_logprobs=[-0.5], action_valid=v,
+                      reward=r) for o, v, r in zip(observations, valid, reward)]
+        return Trajectory(traj_id=f"{group}:{j}", group_id=group, task_id=group, turns=turns,
+                          reward=sum(reward) - 0.1 * valid.count(False))
+
+    # "a": both episodes won in 2 turns, one invalid turn each, at different turns: equal episode rewards
+    a = [traj(0, "a", ["s0", "s1"], [False, True], [0.0, 1.0]), traj(1, "a", ["s0", "s2"], [True, False], [0.0, 1.0])]
+    # "b": both won by the same path: no signal at any level
+    b = [traj(j, "b", ["s0", "s1"], [True, True], [0.0, 1.0]) for j in range(2)]
+    # "c": both won, one in 1 turn, one in 3 turns from the same start: GiGPO's anchor "s0" ranks them
+    c = [traj(0, "c", ["s0"], [True], [1.0]), traj(1, "c", ["s0", "s3", "s4"], [True] * 3, [0.0, 0.0, 1.0])]
+    assert all(len({t.reward for t in g}) == 1 for g in (a, b, c))
+    kw = ["rollout.invalid_action_penalty=0.1"]
+    assert informative_groups(compose_config(kw), a + b) == []  # episode rows: equal rewards, advantage 0
+    assert informative_groups(compose_config(kw + ["algo.ratio_unit=turn"]), a + b) == [a]  # the invalid turns rank
+    gigpo = compose_config(kw + ["algo=gigpo"])
+    assert informative_groups(gigpo, b + c) == [c]  # the shorter path has the higher discounted return from s0
+    assert informative_groups(compose_config(kw), c) == []
+
+
 def test_dynamic_sampling_keeps_informative_groups_and_plays_more_tasks():
     import random
 

@@ -40,7 +40,7 @@ def collect_rollouts(cfg: Config, engine, tasks, num_tasks: int | None, step: in
     """One step's training trajectories and rollout metrics: ``tasks`` × G episodes, less the groups with an
     env/worker failure (an infrastructure fault is not the policy's doing; their tasks are played once more,
     and what fails again is left out: ``rollout/dropped_episodes``, ``rollout/retried_groups``). With ``algo.dynamic_sampling``,
-    groups whose rewards are all equal are dropped too, and more tasks are played (at most
+    groups without signal (every advantage 0: :func:`informative_groups`) are dropped too, and more tasks are played (at most
     ``algo.dynamic_sampling_rounds`` extra rounds, drawn from a per-step stream so a resumed run replays the
     same tasks) until ``rollout.tasks_per_step`` informative groups are held. ``rollout/*`` success metrics
     are those of the first round, comparable with runs without dynamic sampling."""
@@ -58,7 +58,7 @@ def collect_rollouts(cfg: Config, engine, tasks, num_tasks: int | None, step: in
     if cfg.algo.dynamic_sampling:
         want, played, rounds = cfg.rollout.tasks_per_step, len(tasks), 0
         rng = random.Random(cfg.train.seed * 7_919 + step)
-        kept = informative_groups(trajectories)
+        kept = informative_groups(cfg, trajectories)
         while len(kept) < want and rounds < cfg.algo.dynamic_sampling_rounds:
             rounds += 1
             more = sample_tasks(rng, num_tasks, want - len(kept), step, cfg.train.seed, offset=played)
@@ -66,7 +66,7 @@ def collect_rollouts(cfg: Config, engine, tasks, num_tasks: int | None, step: in
             extra, _ = engine.run(more, cfg.rollout.group_size)
             extra, lost = drop_failed_groups(extra)
             dropped += lost
-            kept += informative_groups(extra)
+            kept += informative_groups(cfg, extra)
         kept = kept[:want]
         trajectories = [t for group in kept for t in group]
         metrics.update({"rollout/informative_groups": float(len(kept)), "rollout/extra_rounds": float(rounds),
@@ -115,9 +115,17 @@ def row_advantages(cfg: Config, batch):
     return advantages
 
 
-def informative_groups(trajectories) -> list[list]:
-    """The groups (in order of first appearance) whose members' rewards are not all equal."""
+def informative_groups(cfg: Config, trajectories) -> list[list]:
+    """The groups (in order of first appearance) with signal: some loss row of theirs gets a non-zero advantage
+    from ``algo.advantage`` (DAPO drops the others because they add no gradient). For the episode-level
+    estimators that is "rewards not all equal"; per-turn rows (``ratio_unit=turn``: only an invalid turn carries
+    its penalty) and GiGPO's step advantages (an all-won group whose episodes took different paths) can have
+    signal where every episode's reward is the same, and such a group is kept."""
+    from agent_rl.types import TrajectoryBatch
+
     groups: dict[str, list] = {}
     for t in trajectories:
         groups.setdefault(t.group_id, []).append(t)
-    return [g for g in groups.values() if len({t.reward for t in g}) > 1]
+    # Advantages are relative within a group, so one group alone gets the values it has in the whole batch.
+    # 1e-6: a group of equal rewards can come out at float rounding (~1e-8) instead of exactly 0.
+    return [g for g in groups.values() if bool((row_advantages(cfg, TrajectoryBatch(list(g))).abs() > 1e-6).any())]
