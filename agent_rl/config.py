@@ -15,6 +15,7 @@ Hydra itself is imported only in :func:`register_configs`, so the dataclasses ar
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -88,7 +89,7 @@ class AlgoConfig:
     p_steps: Optional[int] = None
     # p_schedule=adaptive: the lowest token-weight ESS (normalised, 1 = uniform weights) p may anneal into.
     p_target_ess: float = 0.9
-    # Clip range of the ratio: [1 - clip_low, 1 + clip_high].
+    # Clip range of the ratio: [1 - clip_low, 1 + clip_high] (algo=gspo and algo=gmpo set their papers' ranges).
     clip_low: float = 0.2
     clip_high: float = 0.2
     # Advantage estimator (trainers.advantages): grpo, dr_grpo, rloo; per turn (ratio_unit=turn): gigpo.
@@ -416,8 +417,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 ALGO_PRESETS: dict[str, dict[str, Any]] = {
     "holder": {"loss": "holder", "p_schedule": "linear", "p_start": 2.0, "p_end": -2.0},
     "grpo": {"loss": "grpo", "p_schedule": "constant", "p_start": 1.0, "p_end": 1.0},
-    "gspo": {"loss": "gspo", "p_schedule": "constant", "p_start": 0.0, "p_end": 0.0},
-    "gmpo": {"loss": "gmpo", "p_schedule": "constant", "p_start": 0.0, "p_end": 0.0},
+    # Each paper's own clip range: GSPO clips its sequence ratio (a geometric mean, close to 1) to
+    # [1 - 3e-4, 1 + 4e-4] (Zheng et al. 2025, sec. 5.1); GMPO clips token log-ratios to [-0.4, 0.4]
+    # (Zhao et al. 2025), wider than GRPO's 0.2. The default 0.2 on GSPO's sequence ratio would almost never clip.
+    "gspo": {"loss": "gspo", "p_schedule": "constant", "p_start": 0.0, "p_end": 0.0,
+             "clip_low": 3e-4, "clip_high": 4e-4},
+    "gmpo": {"loss": "gmpo", "p_schedule": "constant", "p_start": 0.0, "p_end": 0.0,
+             "clip_low": 1.0 - math.exp(-0.4), "clip_high": math.exp(0.4) - 1.0},
     "dr_grpo": {"loss": "dr_grpo", "advantage": "dr_grpo", "p_schedule": "constant", "p_start": 1.0, "p_end": 1.0},
     # GiGPO: GRPO's token loss on per-turn rows with episode + anchor-state step advantages (verl-agent's).
     # Hölder with GiGPO credit: algo=holder algo.advantage=gigpo algo.ratio_unit=turn.

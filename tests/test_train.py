@@ -204,6 +204,11 @@ def test_presets_compose():
     assert lc.env.id == "agent_rl/Math-v0" and "split" not in lc.env.kwargs
     grpo = compose_config(["algo=grpo"])
     assert grpo.algo.loss == "grpo" and grpo.algo.p_at(5, 10) == 1.0
+    # the baselines' own papers' clip ranges
+    gspo = compose_config(["algo=gspo"])
+    assert (gspo.algo.clip_low, gspo.algo.clip_high) == (3e-4, 4e-4)
+    gmpo = compose_config(["algo=gmpo", "algo.clip_high=0.3"])  # an override still wins
+    assert math.log1p(-gmpo.algo.clip_low) == pytest.approx(-0.4) and gmpo.algo.clip_high == 0.3
 
 
 def test_trainer_with_env_workers_as_local_ray_actors(tiny_model, tmp_path):
