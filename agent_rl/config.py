@@ -143,6 +143,10 @@ class VllmConfig:
     # slower the first time, ~13 s once cached: false pays off on long CPU runs), compiled on GPU (CUDA graphs).
     enforce_eager: Optional[bool] = None
     max_model_len: int = 4096
+    # KV-cache block size in tokens; prefix caching reuses whole blocks only. null: 32 on CPU (the smallest its
+    # attention takes; vLLM's CPU default of 128 is longer than the shared instruction, so no turn reused it),
+    # vLLM's default on GPU.
+    block_size: Optional[int] = None
     # Run the engine in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0); weight sync is then in-place.
     in_process: bool = True
     # One GPU for both: vLLM sleeps during the learner's update (KV cache freed, weights in host memory) and wakes

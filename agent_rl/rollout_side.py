@@ -132,6 +132,8 @@ def make_rollout_policy(cfg: Config, model, tokenizer):
                   "enforce_eager": v.enforce_eager, "max_model_len": v.max_model_len}
         if v.sleep_mode:
             kwargs["sleep_mode"] = True
+        if v.block_size is not None:  # null: the engine's device default (VLLMPolicy)
+            kwargs["block_size"] = v.block_size
         if v.gpu_memory_utilization is not None:  # null: the engine's device default (VLLMPolicy)
             kwargs["gpu_memory_utilization"] = v.gpu_memory_utilization
         kwargs.update(vllm_lora_kwargs(cfg))  # a LoRA run: the engine serves base + adapter, syncs the adapter only

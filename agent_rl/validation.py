@@ -167,6 +167,10 @@ def _check_rollout(cfg: Config) -> None:
     gmu = cfg.rollout.vllm.gpu_memory_utilization
     need(gmu is None or 0 < gmu <= 1, "rollout.vllm.gpu_memory_utilization", gmu, "it is a fraction of GPU memory",
          "use null (0.5 on GPU, a fixed KV cache on CPU) or a value in (0, 1]")
+    bs = cfg.rollout.vllm.block_size
+    need(bs is None or (bs > 0 and bs % 16 == 0), "rollout.vllm.block_size", bs, "vLLM's attention kernels take "
+         "KV-cache blocks of a multiple of 16 tokens (of 32 on CPU)", "use null (32 on CPU, vLLM's default on GPU) "
+         "or a multiple of 16 (of 32 on CPU)")
     need(cfg.rollout.vllm.dtype in VLLM_DTYPES, "rollout.vllm.dtype", cfg.rollout.vllm.dtype,
          f"vLLM dtypes here are {', '.join(VLLM_DTYPES)}", "use auto (bf16 where native, else the checkpoint's)")
     need(cfg.rollout.group_size >= 2, "rollout.group_size", cfg.rollout.group_size,

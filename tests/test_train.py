@@ -172,6 +172,7 @@ def test_trainer_runs_on_math_with_periodic_eval(tiny_model, tmp_path):
     (["env.import_modules=[no_such_module_xyz]"], "cannot import"),
     (["rollout.constrain_actions=true", "rollout.template=alfworld"], "reasoning before the action"),
     (["train.learner_threads=0"], "train.learner_threads"),
+    (["rollout.vllm.block_size=24"], "rollout.vllm.block_size"),
 ])
 def test_config_errors_say_what_and_how_to_fix(tiny_model, tmp_path, override, match):
     with pytest.raises(ConfigError, match=match) as info:

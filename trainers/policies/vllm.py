@@ -147,6 +147,29 @@ def engine_eager(enforce_eager: bool | None, is_cpu: bool, environ: Any = None) 
     return eager
 
 
+# The smallest KV block vLLM's CPU attention takes (it needs a multiple of 32). vLLM's CPU default is 128,
+# and prefix caching reuses whole blocks only: ALFWorld's constant instruction and the task (~90 tokens with
+# the chat template's system line) fill no 128-token block, so nothing was reused between turns.
+CPU_PREFIX_BLOCK_SIZE = 32
+
+
+def engine_block_size(block_size: int | None, is_cpu: bool, enable_prefix_caching: bool) -> int | None:
+    """The engine's KV-cache block size; ``None`` picks per device: 32 on CPU with prefix caching on, else
+    vLLM's own default (16 on GPU, 128 on CPU).
+
+    Prefix caching shares full blocks only, so the block size bounds what a turn can reuse of the shared
+    start of its prompts (the instruction, the task, the actions so far). Measured on 2 CPU cores
+    (``bench/alfworld_rollout_bench.py --block-sizes 128,32``, SmolLM2-135M, float32): see the README's
+    rollout-backend section. A smaller block adds some attention overhead; 32 is the smallest the CPU
+    backend accepts."""
+    if block_size is not None:
+        if block_size <= 0:
+            raise ValueError(f"vLLM block_size must be a positive number of tokens, got {block_size!r}; "
+                             f"use null for the per-device default")
+        return int(block_size)
+    return CPU_PREFIX_BLOCK_SIZE if is_cpu and enable_prefix_caching else None
+
+
 def usable() -> str | None:
     """None when vLLM can be built here, else why not (for ``rollout.backend=auto``). Importing
     vllm is the check: a broken install (a torchvision built for another torch, a missing
@@ -274,6 +297,8 @@ class VLLMPolicy:
             CPU, compiled on GPU (:func:`engine_eager` has the measurements).
         enable_prefix_caching: reuse the KV blocks of prompt prefixes already computed (on: the
             instruction part of every per-step prompt, the G identical first prompts of a group).
+        block_size: KV-cache block size in tokens; ``None`` (default): 32 on CPU with prefix caching,
+            vLLM's default otherwise (:func:`engine_block_size`).
         lora_rank: the LoRA rank ``r`` of the adapter the learner trains; enables
             :meth:`sync_adapter` (the engine then serves base weights + that adapter).
         sleep_mode: colocation with a learner on the same GPU: :meth:`sleep` releases the KV cache and
@@ -293,6 +318,7 @@ class VLLMPolicy:
         max_model_len: int | None = None,
         enforce_eager: bool | None = None,
         enable_prefix_caching: bool = True,
+        block_size: int | None = None,
         lora_rank: int | None = None,
         sleep_mode: bool = False,
         **engine_kwargs: Any,
@@ -314,8 +340,9 @@ class VLLMPolicy:
                      "in processes of its own", bind or os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"))
         self.dtype = engine_dtype(dtype, current_platform)
         enforce_eager = engine_eager(enforce_eager, self.is_cpu)
-        log.info("vLLM engine dtype %s (asked %s; native bf16 here: %s), prefix caching %s, %s", self.dtype, dtype,
-                 native_bf16(current_platform), "on" if enable_prefix_caching else "off",
+        log.info("vLLM engine dtype %s (asked %s; native bf16 here: %s), prefix caching %s (block size %s), %s",
+                 self.dtype, dtype, native_bf16(current_platform), "on" if enable_prefix_caching else "off",
+                 engine_block_size(block_size, self.is_cpu, enable_prefix_caching) or "vLLM's default",
                  "eager" if enforce_eager else "compiled")
         if sleep_mode and not current_platform.is_sleep_mode_available():
             raise ValueError(f"VLLMPolicy(sleep_mode=True): vLLM has no sleep mode on this platform "
@@ -323,6 +350,9 @@ class VLLMPolicy:
                              f"Fix: rollout.vllm.sleep_mode=false here (on CPU there is no GPU memory to share)")
         if sleep_mode:
             engine_kwargs["enable_sleep_mode"] = True
+        self.block_size = engine_block_size(block_size, self.is_cpu, enable_prefix_caching)
+        if self.block_size is not None:
+            engine_kwargs["block_size"] = self.block_size
         if self.is_cpu and not {"gpu_memory_utilization", "kv_cache_memory_bytes"} & set(engine_kwargs):
             # On CPU gpu_memory_utilization reserves that fraction of *host* RAM (0.92 by
             # default), which fails on a shared machine; a fixed KV budget is what we want.
