@@ -102,6 +102,9 @@ class AlgoConfig:
     # trajectories) or turn (verl-agent's code: each turn row's reward, the episode's less only that turn's
     # invalid-action penalty, over all turn rows of the group).
     gigpo_episode: str = "trajectory"
+    # How both GiGPO parts normalise: std ((x - mean) / std: the paper's F_norm, verl-agent's ALFWorld script) or
+    # mean (x - mean only: gigpo.mode=mean_norm, which verl-agent's scripts for other envs such as WebShop use).
+    gigpo_norm: str = "std"
     # Weight of the low-variance (k3) KL to the reference model, as a loss term (0 disables; no reference is loaded).
     kl_coef: float = 0.0
     # Weight of the entropy bonus (token mean per trajectory).

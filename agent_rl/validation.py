@@ -95,7 +95,7 @@ def _check_model(cfg: Config) -> None:
 
 def _check_algo(cfg: Config) -> None:
     """Loss, advantage estimator, p schedule, clipping and the update's shape."""
-    from trainers.advantages import ADVANTAGES, GIGPO_EPISODE, TURN_ADVANTAGES
+    from trainers.advantages import ADVANTAGES, GIGPO_EPISODE, GIGPO_NORM, TURN_ADVANTAGES
     from trainers.losses import LOSSES
     from trainers.schedules import SCHEDULES
 
@@ -113,6 +113,9 @@ def _check_algo(cfg: Config) -> None:
     need(cfg.algo.gigpo_episode in GIGPO_EPISODE, "algo.gigpo_episode", cfg.algo.gigpo_episode,
          f"GiGPO's episode part normalises over one of {GIGPO_EPISODE}",
          "use trajectory (the paper) or turn (verl-agent's code)")
+    need(cfg.algo.gigpo_norm in GIGPO_NORM, "algo.gigpo_norm", cfg.algo.gigpo_norm,
+         f"GiGPO's two parts normalise by one of {tuple(GIGPO_NORM)}",
+         "use std (the paper, verl-agent's ALFWorld script) or mean (verl-agent's mode=mean_norm)")
     need(cfg.algo.p_schedule in ("constant", "adaptive") or cfg.algo.p_schedule in SCHEDULES, "algo.p_schedule",
          cfg.algo.p_schedule, f"schedules are constant, adaptive, {', '.join(SCHEDULES.names())}", "pick one of them")
     need(cfg.algo.p_schedule != "adaptive" or (cfg.algo.loss in ("holder", "holder_token")

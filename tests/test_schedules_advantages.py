@@ -121,7 +121,7 @@ def _episode(group, steps, penalty_turns=()):
                       reward=env_return - 0.1 * len(penalty_turns), prompt_mode="per_step")
 
 
-def _gigpo_reference(trajs, gamma, omega, penalty, episode="trajectory"):
+def _gigpo_reference(trajs, gamma, omega, penalty, episode="trajectory", norm="std"):
     """GiGPO by hand in float64 python: episode z-scores per group (over its trajectories' rewards, or with
     episode="turn" over its turn rows' scores: the env return less that turn's own penalty), step z-scores per
     (group, observation)."""
@@ -130,6 +130,8 @@ def _gigpo_reference(trajs, gamma, omega, penalty, episode="trajectory"):
     def z(values, x):
         if len(values) < 2 or statistics.stdev(values) < 1e-12:
             return 0.0
+        if norm == "mean":  # verl-agent's mode=mean_norm
+            return x - statistics.mean(values)
         return (x - statistics.mean(values)) / (statistics.stdev(values) + 1e-6)
 
     def row_score(t, u):  # env return less this turn's penalty
@@ -148,9 +150,10 @@ def _gigpo_reference(trajs, gamma, omega, penalty, episode="trajectory"):
     return [a_e + omega * z(anchor[key], ret) for a_e, key, ret in rows]
 
 
+@pytest.mark.parametrize("norm", ["std", "mean"])
 @pytest.mark.parametrize("episode", ["trajectory", "turn"])
 @pytest.mark.parametrize("case", ["repeated_states", "no_repeats", "one_trajectory"])
-def test_gigpo_equals_a_direct_implementation(case, episode):
+def test_gigpo_equals_a_direct_implementation(case, episode, norm):
     from agent_rl.types import TrajectoryBatch
     from trainers.advantages import gigpo_advantages
 
@@ -163,11 +166,12 @@ def test_gigpo_equals_a_direct_implementation(case, episode):
         trajs = [_episode("g", [("a", 0), ("b", 1.0)]), _episode("g", [("c", 0), ("d", 0)])]
     else:
         trajs = [_episode("g", [("a", 0), ("a", 1.0)])]
-    got = gigpo_advantages(TrajectoryBatch(trajs), gamma=0.9, omega=0.7, invalid_action_penalty=0.1, episode=episode)
-    want = _gigpo_reference(trajs, 0.9, 0.7, 0.1, episode)
+    got = gigpo_advantages(TrajectoryBatch(trajs), gamma=0.9, omega=0.7, invalid_action_penalty=0.1, episode=episode,
+                           norm=norm)
+    want = _gigpo_reference(trajs, 0.9, 0.7, 0.1, episode, norm)
     assert got.shape == (sum(len(t.turns) for t in trajs),)
     assert got.tolist() == pytest.approx(want, abs=1e-5)
-    if case == "no_repeats":  # no anchor state is shared: GiGPO is GRPO given to every turn
+    if case == "no_repeats" and norm == "std":  # no anchor state is shared: GiGPO is GRPO given to every turn
         # (per turn row: 4 rows [1, 1, 0, 0], sample std 0.577 instead of 0.707 over 2 trajectories)
         a = 1 / (2 ** 0.5) if episode == "trajectory" else 0.5 / (1 / 3) ** 0.5
         assert got.tolist() == pytest.approx([a] * 2 + [-a] * 2, abs=1e-5)
@@ -175,6 +179,8 @@ def test_gigpo_equals_a_direct_implementation(case, episode):
         assert got[0] != 0 and got[0] == pytest.approx(-got[1])
     with pytest.raises(ValueError, match="episode must be one of"):
         gigpo_advantages(TrajectoryBatch(trajs), episode="steps")
+    with pytest.raises(ValueError, match="norm must be one of"):
+        gigpo_advantages(TrajectoryBatch(trajs), norm="mean_norm")
 
 
 def test_gigpo_runs_in_the_trainer_config():
@@ -191,6 +197,9 @@ def test_gigpo_runs_in_the_trainer_config():
     validate(compose_config(["algo=gigpo", "algo.gigpo_episode=turn"]))
     with pytest.raises(ConfigError, match="algo.gigpo_episode"):
         validate(compose_config(["algo=gigpo", "algo.gigpo_episode=steps"]))
+    validate(compose_config(["algo=gigpo", "algo.gigpo_norm=mean"]))
+    with pytest.raises(ConfigError, match="algo.gigpo_norm"):
+        validate(compose_config(["algo=gigpo", "algo.gigpo_norm=mean_norm"]))
 
 
 def test_adaptive_p_anneals_while_the_token_weights_stay_spread_and_backs_off_toward_zero():

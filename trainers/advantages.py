@@ -20,7 +20,8 @@ advantage per turn row (``TrajectoryBatch.rows("turn")`` order):
   verl-agent's code instead: ``grpo`` over the group's turn rows, each scored by :func:`turn_row_rewards`
   (verl-agent computes these stats "across steps" by default). The step part groups the turns of a group that acted
   on the same *anchor state* (identical observation text), and normalises their discounted returns
-  R_t = Σ_k γ^(k−t) r_k within that anchor group as ``grpo`` does; a state seen once gets A^S = 0. Step
+  R_t = Σ_k γ^(k−t) r_k within that anchor group as ``grpo`` does (``norm="mean"``: both parts subtract the
+  mean only, as ``dr_grpo`` does: verl-agent's ``mode=mean_norm``); a state seen once gets A^S = 0. Step
   rewards r_t are the env's reward minus the invalid-action penalty on an invalid turn, so they sum to the
   trajectory's reward.
 """
@@ -85,6 +86,9 @@ def compute_advantages(name: str, rewards: torch.Tensor, group_ids: torch.Tensor
 
 TURN_ADVANTAGES: Registry[Callable[..., torch.Tensor]] = Registry("per-turn advantage estimator")
 GIGPO_EPISODE = ("trajectory", "turn")  # what GiGPO's episode part normalises over (gigpo_advantages)
+# How both GiGPO parts normalise: "std", (x − mean) / std (the paper's F_norm; verl-agent's ALFWorld script,
+# gigpo.mode=mean_std_norm); "mean", x − mean only (gigpo.mode=mean_norm, in verl-agent's scripts for other envs).
+GIGPO_NORM = {"std": grpo_advantages, "mean": dr_grpo_advantages}
 
 
 def turn_row_rewards(trajectories, invalid_action_penalty: float) -> list[float]:
@@ -97,14 +101,18 @@ def turn_row_rewards(trajectories, invalid_action_penalty: float) -> list[float]
 
 @TURN_ADVANTAGES.register("gigpo")
 def gigpo_advantages(batch, *, gamma: float = 0.95, omega: float = 1.0, invalid_action_penalty: float = 0.0,
-                     episode: str = "trajectory") -> torch.Tensor:
+                     episode: str = "trajectory", norm: str = "std") -> torch.Tensor:
     """GiGPO advantages, one per turn row of ``batch`` (a ``TrajectoryBatch`` of per_step trajectories);
-    ``episode``: what the episode part normalises over (module docstring)."""
+    ``episode``: what the episode part normalises over; ``norm``: how both parts normalise
+    (:data:`GIGPO_NORM`; module docstring)."""
     trajs = batch.trajectories
     if any(t.prompt_mode != "per_step" for t in trajs):
         raise ValueError("gigpo needs one sequence per turn (rollout.prompt_mode=per_step)")
     if episode not in GIGPO_EPISODE:
         raise ValueError(f"gigpo episode must be one of {GIGPO_EPISODE}, got {episode!r}")
+    if norm not in GIGPO_NORM:
+        raise ValueError(f"gigpo norm must be one of {tuple(GIGPO_NORM)}, got {norm!r}")
+    relative = GIGPO_NORM[norm]
     group_ids = torch.tensor(batch.group_ids)  # [B]
     owner, returns, anchors = [], [], []
     anchor_index: dict[tuple[int, str], int] = {}
@@ -119,11 +127,11 @@ def gigpo_advantages(batch, *, gamma: float = 0.95, omega: float = 1.0, invalid_
             returns.append(r)
             anchors.append(anchor_index.setdefault((int(group_ids[k]), turn.observation), len(anchor_index)))
     owner_t = torch.tensor(owner, dtype=torch.long)  # [R]
-    step = grpo_advantages(torch.tensor(returns, dtype=torch.float64), torch.tensor(anchors))  # [R]
+    step = relative(torch.tensor(returns, dtype=torch.float64), torch.tensor(anchors))  # [R]
     if episode == "turn":  # verl-agent: each turn row's own score, stats over the group's turn rows
         scores = torch.tensor(turn_row_rewards(trajs, invalid_action_penalty), dtype=torch.float64)  # [R]
-        episode_rows = grpo_advantages(scores, group_ids[owner_t])  # [R]
+        episode_rows = relative(scores, group_ids[owner_t])  # [R]
     else:  # the paper: one score per trajectory, stats over the group's trajectories
         rewards_t = torch.tensor([t.reward for t in trajs], dtype=torch.float64)  # [B]
-        episode_rows = grpo_advantages(rewards_t, group_ids)[owner_t]  # [R]
+        episode_rows = relative(rewards_t, group_ids)[owner_t]  # [R]
     return (episode_rows + omega * step).float()  # [R]

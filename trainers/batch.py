@@ -104,7 +104,8 @@ def row_advantages(cfg: Config, batch):
     if cfg.algo.advantage in TURN_ADVANTAGES:  # estimators that see each turn (GiGPO's anchor states)
         return TURN_ADVANTAGES.get(cfg.algo.advantage)(
             batch, gamma=cfg.algo.gigpo_gamma, omega=cfg.algo.gigpo_omega,
-            invalid_action_penalty=cfg.rollout.invalid_action_penalty, episode=cfg.algo.gigpo_episode)
+            invalid_action_penalty=cfg.rollout.invalid_action_penalty, episode=cfg.algo.gigpo_episode,
+            norm=cfg.algo.gigpo_norm)
     owners = batch.row_trajectories(cfg.algo.ratio_unit)  # [R]
     rewards = torch.tensor(row_rewards(batch, owners, cfg.algo.ratio_unit, cfg.rollout.invalid_action_penalty),
                            dtype=torch.float32)  # [R]
