@@ -86,7 +86,7 @@ def sft(cfg: Config) -> dict[str, float]:
     from trainers.tracking import Tracker
 
     # 1. everything that can be wrong is checked before a model or an env loads
-    validate(cfg)
+    validate(cfg, rl=False)
     validate_sft(cfg)
     s = cfg.sft
     run_dir = make_run_dir(cfg)

@@ -24,10 +24,11 @@ def need(ok: bool, what: str, got: Any, why: str, fix: str) -> None:
         raise ConfigError(f"{what}: got {got!r}; {why}. Fix: {fix}")
 
 
-def validate(cfg: Config) -> None:
-    """Raise :class:`ConfigError` for values that cannot work, with the fix."""
+def validate(cfg: Config, *, rl: bool = True) -> None:
+    """Raise :class:`ConfigError` for values that cannot work, with the fix (``rl=False``: for SFT, which
+    shares the config but not the RL learner's constraints)."""
     _check_finite_and_ids(cfg)
-    _check_model(cfg)
+    _check_model(cfg, rl)
     _check_algo(cfg)
     _check_rollout(cfg)
     _check_train(cfg)
@@ -74,7 +75,7 @@ def _check_finite_and_ids(cfg: Config) -> None:
              "use a finite number")
 
 
-def _check_model(cfg: Config) -> None:
+def _check_model(cfg: Config, rl: bool = True) -> None:
     """Layer freezing and LoRA."""
     need(cfg.model.freeze_layers >= 0, "model.freeze_layers", cfg.model.freeze_layers,
          "it counts the bottom decoder layers kept fixed", "use 0 (train every layer) or e.g. 20")
@@ -88,6 +89,11 @@ def _check_model(cfg: Config) -> None:
         need(lora.r >= 1 and lora.alpha > 0 and 0 <= lora.dropout < 1, "model.lora.r/alpha/dropout",
              (lora.r, lora.alpha, lora.dropout), "LoRA needs rank r >= 1, alpha > 0 and dropout in [0, 1)",
              "use r=16 alpha=32 dropout=0")
+        need(not rl or lora.dropout == 0, "model.lora.dropout", lora.dropout, "the RL learner takes a trajectory's "
+             "ratio and its gradient from two forward passes that must see the same network, and the rollout engine "
+             "samples without dropout, so with it neither pass matches the behaviour policy (the on-policy ratio is "
+             "no longer 1) and the two passes use different dropout masks",
+             "use model.lora.dropout=0 for RL (agent_rl.sft accepts dropout)")
         need(bool(lora.target_modules) and all(isinstance(m, str) and m for m in lora.target_modules),
              "model.lora.target_modules", list(lora.target_modules), "LoRA needs module names to adapt",
              "use [q_proj,k_proj,v_proj,o_proj] (Llama/Qwen) or the names of your model's linear layers")

@@ -173,11 +173,19 @@ def test_trainer_runs_on_math_with_periodic_eval(tiny_model, tmp_path):
     (["rollout.constrain_actions=true", "rollout.template=alfworld"], "reasoning before the action"),
     (["train.learner_threads=0"], "train.learner_threads"),
     (["rollout.vllm.block_size=24"], "rollout.vllm.block_size"),
+    (["model.lora.enabled=true", "model.lora.dropout=0.05"], "two forward passes"),
 ])
 def test_config_errors_say_what_and_how_to_fix(tiny_model, tmp_path, override, match):
     with pytest.raises(ConfigError, match=match) as info:
         train(quick(tiny_model, tmp_path / "bad", *override))
     assert "Fix" in str(info.value) or "Use an alias" in str(info.value)
+
+
+def test_lora_dropout_is_refused_for_rl_and_accepted_for_sft():
+    cfg = compose_config(["model.lora.enabled=true", "model.lora.dropout=0.05"])
+    with pytest.raises(ConfigError, match="model.lora.dropout: got 0.05"):
+        validate(cfg)
+    validate(cfg, rl=False)  # agent_rl.sft: one forward pass per update, no behaviour policy
 
 
 def test_cli_lists_choices_for_a_misspelled_group(tmp_path):
