@@ -147,7 +147,7 @@ class VllmConfig:
     enforce_eager: Optional[bool] = None
     max_model_len: int = 4096
     # KV-cache block size in tokens; prefix caching reuses whole blocks only. null: 32 on CPU (the smallest its
-    # attention takes; vLLM's CPU default of 128 is longer than the shared instruction, so no turn reused it),
+    # attention takes; vLLM's CPU default of 128 is longer than most turns' shared start, so most reused nothing),
     # vLLM's default on GPU.
     block_size: Optional[int] = None
     # Run the engine in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0); weight sync is then in-place.

@@ -149,7 +149,7 @@ def engine_eager(enforce_eager: bool | None, is_cpu: bool, environ: Any = None) 
 
 # The smallest KV block vLLM's CPU attention takes (it needs a multiple of 32). vLLM's CPU default is 128,
 # and prefix caching reuses whole blocks only: ALFWorld's constant instruction and the task (~90 tokens with
-# the chat template's system line) fill no 128-token block, so nothing was reused between turns.
+# the chat template's system line) fill no 128-token block, so most turns reused nothing.
 CPU_PREFIX_BLOCK_SIZE = 32
 
 
@@ -159,7 +159,7 @@ def engine_block_size(block_size: int | None, is_cpu: bool, enable_prefix_cachin
 
     Prefix caching shares full blocks only, so the block size bounds what a turn can reuse of the shared
     start of its prompts (the instruction, the task, the actions so far). Measured on 2 CPU cores
-    (``bench/alfworld_rollout_bench.py --block-sizes 128,32``, SmolLM2-135M, float32): see the README's
+    (``bench/alfworld_rollout_bench.py --compare-block-size 128``, SmolLM2-135M, float32): see the README's
     rollout-backend section. A smaller block adds some attention overhead; 32 is the smallest the CPU
     backend accepts."""
     if block_size is not None:
