@@ -190,6 +190,43 @@ def test_resume_after_a_damaged_checkpoint_never_logs_a_step_twice(tiny_path, tm
     assert steps == [1, 2, 3]
 
 
+def test_a_damaged_newer_checkpoint_never_prunes_the_one_just_written(tiny, tmp_path):
+    # a run that resumed behind a damaged newer step: by name, step_000006 outranked the new step_000001
+    run = tmp_path / "run"
+    opt = torch.optim.AdamW(tiny.parameters(), lr=1e-3)
+    save = lambda step: save_checkpoint(run, model=tiny, tokenizer=None, optimizer=opt, step=step, p=1.0,  # noqa: E731
+                                        config_yaml="x: 1\n", keep=1)
+    _truncate(save(6) / "model.safetensors")
+    save(1)
+    assert latest_checkpoint(run) == run / "checkpoints" / "step_000001"
+    save(2)  # keep=1: the older step goes, the damaged later one stays until step 6 replaces it
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_000002", "step_000006"]
+    assert latest_checkpoint(run) == run / "checkpoints" / "step_000002"
+
+
+def test_a_run_whose_checkpoints_are_all_damaged_is_not_started_over(tiny_path, tmp_path):
+    run = tmp_path / "run"
+    train(quick(tiny_path, run, "train.steps=1", "train.keep_checkpoints=1"))
+    _truncate(run / "checkpoints" / "step_000001" / "model.safetensors")
+    metrics = (run / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match=r"1 checkpoint\(s\), none intact \(newest step_000001: model.safetensors"):
+        train(quick(tiny_path, run, "train.steps=2", "train.keep_checkpoints=1"))
+    assert (run / "metrics.jsonl").read_text() == metrics  # nothing of the run was overwritten
+
+
+def test_cuda_rng_states_are_restored_on_the_gpus_a_resume_sees(monkeypatch):
+    from trainers import checkpoint
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.zeros(4, dtype=torch.uint8)] * 2)
+    seen = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: seen.append(device))
+    state = checkpoint._rng_state()  # saved on a process that saw 2 GPUs
+    checkpoint._set_rng_state(state)  # resumed on one
+    assert len(state["cuda"]) == 2 and seen == [0]
+
+
 # ----------------------------------------------------------------------------- reused dirs
 
 

@@ -68,7 +68,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.random.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # One state per GPU the saving process saw; a resume may see fewer (another node, fewer ranks,
+        # CUDA_VISIBLE_DEVICES): restore those it has, as set_rng_state_all would fail on a missing device.
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Set the python, numpy, torch (and CUDA) RNG states of a checkpoint's ``TrainerState.rng`` again (after
+    something that reseeds the process, such as starting an in-process vLLM engine); {} does nothing."""
+    if state:
+        _set_rng_state(state)
 
 
 def checkpoint_root(run_dir: str | os.PathLike) -> Path:
@@ -76,6 +86,14 @@ def checkpoint_root(run_dir: str | os.PathLike) -> Path:
 
 
 _STEP_NAME = re.compile(r"step_\d{6,}")
+
+
+def step_folders(run_dir: str | os.PathLike) -> list[Path]:
+    """The run's ``step_N`` checkpoint folders, intact or not, oldest step first (by number: names sort
+    wrongly past step 999,999)."""
+    root = checkpoint_root(run_dir)
+    found = [p for p in root.glob("step_*") if _STEP_NAME.fullmatch(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name[len("step_"):]))
 
 
 def checkpoint_problem(path: Path, weights_only: bool = False) -> str | None:
@@ -138,7 +156,7 @@ def latest_checkpoint(run_dir: str | os.PathLike, weights_only: bool = False) ->
             candidates.append(root / name)
         else:  # only a step folder of this run: never a path elsewhere
             log.warning("%s names %r, not a step_NNNNNN folder of this run; ignoring it", pointer, name[:200])
-    candidates += sorted((p for p in root.glob("step_*") if _STEP_NAME.fullmatch(p.name)), reverse=True)
+    candidates += step_folders(run_dir)[::-1]
     seen = set()
     for path in candidates:
         if path in seen or not path.is_dir():
@@ -186,7 +204,11 @@ def save_checkpoint(
     pointer_tmp = root / ".latest.tmp"
     pointer_tmp.write_text(name)
     os.replace(pointer_tmp, root / "latest")
-    for old in sorted(root.glob("step_*"))[: -max(keep, 1)]:
+    # Prune the oldest of the steps before this one: a folder of a later step is from a run this one resumed
+    # behind (it was damaged), and is replaced when this run gets there. By name, a damaged newer folder
+    # outranked the one just written, which was deleted straight away.
+    older = [p for p in step_folders(run_dir) if int(p.name[len("step_"):]) < step]
+    for old in older[: max(len(older) - (max(keep, 1) - 1), 0)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
