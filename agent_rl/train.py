@@ -204,7 +204,8 @@ def train(cfg: Config) -> dict[str, float]:
     from omegaconf import OmegaConf
 
     from agent_rl.types import TrajectoryBatch
-    from trainers.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+    from trainers.checkpoint import (checkpoint_problem, latest_checkpoint, load_trainer_state, restore_rng_state,
+                                     save_checkpoint, step_folders)
     from trainers.async_rollout import BehaviourWeights, RolloutStream
     from trainers.distributed import init_data_parallel
     from trainers.learner import Learner
@@ -215,6 +216,13 @@ def train(cfg: Config) -> dict[str, float]:
     dp = init_data_parallel()  # one process, or this rank of torchrun's
     run_dir = Path(dp.broadcast(str(make_run_dir(cfg))))  # rank 0's, should Hydra's clock differ between ranks
     ckpt = latest_checkpoint(run_dir)
+    if ckpt is None and step_folders(run_dir):  # checkpoints there, none intact: never start over on top of them
+        damaged = step_folders(run_dir)
+        raise ConfigError(
+            f"{run_dir}/checkpoints holds {len(damaged)} checkpoint(s), none intact (newest {damaged[-1].name}: "
+            f"{checkpoint_problem(damaged[-1])}); starting over there would overwrite this run's metrics and prune "
+            f"its checkpoints. Fix: move {run_dir}/checkpoints away (or delete it) to start the run again, or use a "
+            f"new train.run_dir")
     resume = str(cfg.train.resume).lower()
     if resume == "true" and ckpt is None:
         raise ConfigError(f"train.resume=true but {run_dir}/checkpoints has no complete checkpoint. Fix: point "
@@ -252,8 +260,12 @@ def train(cfg: Config) -> dict[str, float]:
                       resume_id=wandb_id, start_step=start_step) if dp.is_main else NullTracker()
     learner = Learner(model, optimizer, learner_settings(cfg, next(model.parameters()).device.type),
                       ref_model=ref_model, seed=cfg.train.seed + start_step, dp=dp)
+    if ckpt is not None:  # the minibatch shuffle continues where it stopped (older checkpoints: seeded by the step)
+        learner.set_rng_state(state.extra.get("learner_rng"))
     # the rollout side lives on rank 0 only (None on the other ranks)
     policy = dp.on_main(make_rollout_policy, cfg, weights, tokenizer)
+    if ckpt is not None:  # an in-process vLLM engine reseeds python, numpy and torch when it starts
+        restore_rng_state(state.rng)
     cfg.rollout.backend = dp.broadcast(cfg.rollout.backend)  # auto resolved on rank 0: the same branches on every rank
     if ckpt is not None and cfg.rollout.backend != "hf" and not cfg.ray.rollout_in_actor:
         dp.on_main(sync_weights, cfg, policy, weights)  # the engine started from model.name, not the resumed weights
@@ -302,7 +314,8 @@ def train(cfg: Config) -> dict[str, float]:
                 optimizer_state = dp.optimizer_state(model, optimizer)  # FSDP2: gathered onto rank 0 (collective)
                 dp.on_main(save_checkpoint, run_dir, model=weights, tokenizer=tokenizer, optimizer_state=optimizer_state,
                            step=step + 1, p=p, config_yaml=config_yaml, keep=cfg.train.keep_checkpoints,
-                           extra={"wandb_id": tracker.wandb_id, **p_control.state()})
+                           extra={"wandb_id": tracker.wandb_id, "learner_rng": learner.rng_state(),
+                                  **p_control.state()})
             tracker.log(step + 1, metrics)
             if cfg.train.progress and dp.is_main:
                 print(Tracker.console_line(step + 1, cfg.train.steps, metrics), flush=True)

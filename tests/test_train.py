@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -105,6 +106,24 @@ def test_two_steps_change_parameters_checkpoint_and_resume(tiny_model, tmp_path)
     assert [x["step"] for x in lines] == [1, 2, 3, 4]
     assert lines[2]["loss/p"] == -1.0 and lines[3]["loss/p"] == -2.0
     assert latest_checkpoint(run).name == "step_000004"
+
+
+def test_a_resumed_run_with_minibatches_ends_where_the_uninterrupted_one_does(tiny_model, tmp_path):
+    # hf sampling draws from the restored torch RNG; the learner's minibatch shuffle is checkpointed too
+    from trainers.checkpoint import latest_checkpoint
+    from trainers.models import load_model_and_tokenizer
+
+    args = ("rollout=hf", "algo.num_minibatches=2", "rollout.tasks_per_step=4")
+    train(quick(tiny_model, tmp_path / "whole", *args, "train.steps=3"))
+    train(quick(tiny_model, tmp_path / "resumed", *args, "train.steps=3", "train.save_every=1", "train.keep_checkpoints=3"))
+    # the same run stopped after step 1 (its later checkpoints removed) and resumed
+    for later in ("step_000002", "step_000003"):
+        shutil.rmtree(tmp_path / "resumed" / "checkpoints" / later)
+    (tmp_path / "resumed" / "checkpoints" / "latest").write_text("step_000001")
+    train(quick(tiny_model, tmp_path / "resumed", *args, "train.steps=3", "train.save_every=1", "train.keep_checkpoints=3"))
+    whole, _ = load_model_and_tokenizer(latest_checkpoint(tmp_path / "whole"))
+    resumed, _ = load_model_and_tokenizer(latest_checkpoint(tmp_path / "resumed"))
+    assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters()))
 
 
 def test_resume_false_refuses_a_used_run_dir(tiny_model, tmp_path):

@@ -196,6 +196,18 @@ class Learner:
         """A copy of the trainable weights: the behaviour policy of a rollout that starts now."""
         return {n: t.detach().clone() for n, t in self.model.named_parameters() if t.requires_grad}
 
+    def rng_state(self) -> list:
+        """The minibatch shuffle's RNG state, JSON-able (checkpointed so a resumed run shuffles as an
+        uninterrupted one would)."""
+        version, internal, gauss = self.rng.getstate()
+        return [version, list(internal), gauss]
+
+    def set_rng_state(self, state: list | None) -> None:
+        """Restore :meth:`rng_state`; None (a checkpoint from before it was saved) keeps the seeded RNG."""
+        if state is not None:
+            version, internal, gauss = state
+            self.rng.setstate((version, tuple(internal), gauss))
+
     def update(self, batch: TrajectoryBatch, advantages: torch.Tensor, p: float,
                behaviour: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
         """K = epochs × num_minibatches optimizer steps on ``batch``; returns averaged metrics.
