@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import dataclasses
 import random
 
@@ -389,3 +390,15 @@ def test_turn_rows_carry_only_their_own_invalid_action_penalty():
     assert got[0] > got[1] and got[3] > got[2]  # within an episode, the invalid turn ranks below the valid ones
     per_traj = row_advantages(compose_config(["rollout.invalid_action_penalty=0.1"]), batch)
     assert torch.allclose(per_traj.double(), torch.tensor([0.9, -0.1], dtype=torch.float64).sub(0.4).div(0.5 ** 0.5 + 1e-6), atol=1e-5)
+
+
+def test_sampler_logprob_gap_is_reported_only_at_temperature_1(tiny):
+    # backends report temperature-1 logprobs; the learner's are at the sampling temperature
+    batch = make_batch("per_step", seed=5)
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    for temperature, logged in ((1.0, True), (0.7, False)):
+        model = copy.deepcopy(tiny)
+        learner = Learner(model, torch.optim.SGD(model.parameters(), lr=0.0), LearnerSettings(temperature=temperature))
+        m = learner.update(batch, adv, p=1.0)
+        assert ("loss/sampler_logprob_diff" in m) is logged
+        assert math.isfinite(m["loss/policy"])

@@ -69,8 +69,9 @@ class LearnerSettings:
     epochs: int = 1
     max_grad_norm: float | None = 1.0  # 0 or None: no clipping
     bf16_autocast: bool | None = None  # None: on CUDA only; True: CPU too (see TrainConfig.bf16)
-    # Sampling temperature of the rollouts: logprobs are taken under softmax(logits / T), the
-    # distribution the tokens were drawn from (as verl does), so the ratio compares like with like.
+    # Sampling temperature of the rollouts: logprobs are taken under softmax(logits / T), the distribution
+    # the tokens were drawn from (as verl does; with rollout.top_p < 1 the sampler also truncated it to the
+    # nucleus, which the learner does not: both sides of the ratio are the untruncated softmax(logits / T)).
     temperature: float = 1.0
     # Dr. GRPO's constant normaliser: the agent tokens a loss row can hold (rollout.max_new_tokens × turns per
     # row); None: the loss matrix's padded width, which changes with the longest row of each minibatch.
@@ -288,15 +289,18 @@ class Learner:
                     n_skipped += 1
                     continue
                 with torch.no_grad():
-                    samp_mat, _ = self._traj_matrix(sampled, [seqs_of[t] for t in trajs], masks)
                     metrics["loss/policy"] = float(out.loss)
                     metrics["loss/total"] = float(total)
                     # vLLM/bf16 sampling vs the learner's recomputed logprobs (the reason we recompute),
-                    # over the trajectories that were recomputed
-                    computed = mask * torch.tensor([0.0 if seqs_of[t] and seqs_of[t][0] in inert else 1.0
-                                                    for t in trajs]).unsqueeze(-1)  # [b, T]
-                    n = computed.sum().clamp_min(1)
-                    metrics["loss/sampler_logprob_diff"] = float(((samp_mat - old_mat).abs() * computed).sum() / n)
+                    # over the trajectories that were recomputed. Backends report temperature-1 logprobs
+                    # (trainers.policies.base) and the learner's are at the sampling temperature, so the two
+                    # are comparable only at temperature 1; otherwise the gap would be mostly the temperature.
+                    if self.s.temperature == 1.0:
+                        samp_mat, _ = self._traj_matrix(sampled, [seqs_of[t] for t in trajs], masks)
+                        computed = mask * torch.tensor([0.0 if seqs_of[t] and seqs_of[t][0] in inert else 1.0
+                                                        for t in trajs]).unsqueeze(-1)  # [b, T]
+                        n = computed.sum().clamp_min(1)
+                        metrics["loss/sampler_logprob_diff"] = float(((samp_mat - old_mat).abs() * computed).sum() / n)
                 ent_coef = self._entropy_coefficients([seqs_of[t] for t in trajs], masks, sequences)
                 if ent_coef is None and not bool(g_mat.any()):
                     # e.g. every group had equal rewards: the gradient is exactly zero, so skip

@@ -11,9 +11,11 @@ device, also the in-memory model the trainer updates; ``vllm``: vLLM on GPU or
 Logprobs convention (all backends): ``Generation.logprobs[t]`` is
 ``log softmax(logits_t)[token_t]`` of the *raw* model logits, i.e. under the model's
 distribution at temperature 1 with no top-p truncation, whatever temperature/top-p was
-used to sample. That is vLLM's default ("raw_logprobs") and what the learner
-recomputes as ``old_logprobs``, so the two agree up to numerics (bf16 vLLM vs fp32 HF
-differ by up to ~0.1).
+used to sample. That is vLLM's default ("raw_logprobs"). The learner recomputes its own
+``old_logprobs`` at the sampling temperature (softmax(logits / T), untruncated), so at temperature 1
+the two agree up to numerics (bf16 vLLM vs fp32 HF differ by up to ~0.1) and its
+``loss/sampler_logprob_diff`` metric shows that gap; at another temperature they are different
+distributions and the metric is not logged.
 
 Constrained replies (``generate(..., choices=...)``): a prompt given a list of allowed replies
 (e.g. ALFWorld's admissible actions in the template's reply format) is answered with exactly one
