@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-import math
 import dataclasses
+import math
 import random
 
 import pytest
