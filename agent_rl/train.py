@@ -309,14 +309,15 @@ def train(cfg: Config) -> dict[str, float]:
             metrics["perf/step_seconds"] = time.perf_counter() - t0
             metrics["perf/rollout_seconds"] = t_rollout  # async: the wait for a batch played during the last update
             metrics["train/step"] = step + 1
-            # 6. checkpoint (atomic) and metrics
+            # 6. metrics, then the checkpoint (atomic): a run stopped between the two resumes from the checkpoint
+            #    before and logs this step again (rows past a resume's start are cut), never loses its row
+            tracker.log(step + 1, metrics)
             if (step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps:
                 optimizer_state = dp.optimizer_state(model, optimizer)  # FSDP2: gathered onto rank 0 (collective)
                 dp.on_main(save_checkpoint, run_dir, model=weights, tokenizer=tokenizer, optimizer_state=optimizer_state,
                            step=step + 1, p=p, config_yaml=config_yaml, keep=cfg.train.keep_checkpoints,
                            extra={"wandb_id": tracker.wandb_id, "learner_rng": learner.rng_state(),
                                   **p_control.state()})
-            tracker.log(step + 1, metrics)
             if cfg.train.progress and dp.is_main:
                 print(Tracker.console_line(step + 1, cfg.train.steps, metrics), flush=True)
             nonfinite_steps = check_finite_updates(cfg, metrics, nonfinite_steps, step + 1)

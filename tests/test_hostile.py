@@ -190,6 +190,25 @@ def test_resume_after_a_damaged_checkpoint_never_logs_a_step_twice(tiny_path, tm
     assert steps == [1, 2, 3]
 
 
+def test_a_run_stopped_between_its_metrics_and_its_checkpoint_keeps_every_step_row(tiny_path, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    log = Tracker.log
+
+    def stop_after_logging_step_2(self, step, metrics):
+        log(self, step, metrics)
+        if step == 2:
+            raise KeyboardInterrupt("stopped before step 2's checkpoint")
+
+    monkeypatch.setattr(Tracker, "log", stop_after_logging_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(quick(tiny_path, run, "train.steps=3", "train.save_every=1", "train.keep_checkpoints=3"))
+    monkeypatch.setattr(Tracker, "log", log)
+    assert latest_checkpoint(run).name == "step_000001"  # step 2 was logged, not saved: it runs again
+    train(quick(tiny_path, run, "train.steps=3", "train.save_every=1", "train.keep_checkpoints=3"))
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
 def test_a_damaged_newer_checkpoint_never_prunes_the_one_just_written(tiny, tmp_path):
     # a run that resumed behind a damaged newer step: by name, step_000006 outranked the new step_000001
     run = tmp_path / "run"
