@@ -64,6 +64,18 @@ def test_nan_logprobs_never_reach_the_weights(tiny):
         assert torch.equal(a, b)
 
 
+def test_a_nan_token_weight_ess_never_reaches_the_off_policy_summary(tiny):
+    # behaviour weights given: every update is off-policy, so each one's ESS would feed the summary (adaptive p)
+    model = copy.deepcopy(tiny)
+    with torch.no_grad():  # a NaN weight: NaN logits, logprobs, ratios and token-weight ESS
+        model.lm_head.weight[0, 0] = math.nan
+    learner = Learner(model, torch.optim.AdamW(model.parameters(), lr=1e-2), LearnerSettings(num_minibatches=2))
+    m = learner.update(make_batch("per_step", seed=1), torch.tensor([1.0, -1.0, 1.0, -1.0]), p=0.5,
+                       behaviour=learner.snapshot())
+    assert m["train/nonfinite_updates"] == 2
+    assert math.isfinite(m.get("loss/token_weight_ess_offpolicy", 1.0))
+
+
 def test_nan_advantages_skip_the_step_and_finite_ones_still_train(tiny):
     model = copy.deepcopy(tiny)
     learner = Learner(model, torch.optim.SGD(model.parameters(), lr=0.1), LearnerSettings())

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -274,7 +275,8 @@ class Learner:
                 )
                 total = out.loss
                 metrics = dict(out.metrics)
-                if not fresh and "loss/token_weight_ess" in metrics:
+                # a NaN ESS (NaN logprobs: this update is skipped below) would make min() depend on the order
+                if not fresh and math.isfinite(metrics.get("loss/token_weight_ess", math.nan)):
                     offpolicy_ess.append(metrics["loss/token_weight_ess"])
                 if ref is not None:
                     ref_mat, _ = self._traj_matrix(ref, [seqs_of[t] for t in trajs], masks)
