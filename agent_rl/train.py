@@ -17,6 +17,7 @@ Under ``torchrun --nproc_per_node=N -m agent_rl.train ...`` the learner is data-
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -213,74 +214,80 @@ def train(cfg: Config) -> dict[str, float]:
     from trainers.tracking import NullTracker, Tracker
 
     validate(cfg)
-    dp = init_data_parallel()  # one process, or this rank of torchrun's
-    run_dir = Path(dp.broadcast(str(make_run_dir(cfg))))  # rank 0's, should Hydra's clock differ between ranks
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None and step_folders(run_dir):  # checkpoints there, none intact: never start over on top of them
-        damaged = step_folders(run_dir)
-        raise ConfigError(
-            f"{run_dir}/checkpoints holds {len(damaged)} checkpoint(s), none intact (newest {damaged[-1].name}: "
-            f"{checkpoint_problem(damaged[-1])}); starting over there would overwrite this run's metrics and prune "
-            f"its checkpoints. Fix: move {run_dir}/checkpoints away (or delete it) to start the run again, or use a "
-            f"new train.run_dir")
-    resume = str(cfg.train.resume).lower()
-    if resume == "true" and ckpt is None:
-        raise ConfigError(f"train.resume=true but {run_dir}/checkpoints has no complete checkpoint. Fix: point "
-                          f"train.run_dir at the run to continue, or use train.resume=auto")
-    if resume == "false" and ckpt is not None:
-        raise ConfigError(f"train.resume=false but {run_dir} already holds checkpoints; refusing to overwrite. "
-                          f"Fix: choose a new train.run_dir, or resume with train.resume=auto")
-    if resume == "false":
-        ckpt = None
-    if ckpt is not None:
-        check_resume_config(cfg, ckpt)  # before anything heavy loads
-    random.seed(cfg.train.seed)
-    np.random.seed(cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
+    with contextlib.ExitStack() as cleanup:  # every part built below is closed however the run ends, setup included
+        dp = init_data_parallel()  # one process, or this rank of torchrun's
+        cleanup.callback(dp.close)
+        run_dir = Path(dp.broadcast(str(make_run_dir(cfg))))  # rank 0's, should Hydra's clock differ between ranks
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None and step_folders(run_dir):  # checkpoints there, none intact: never start over on top of them
+            damaged = step_folders(run_dir)
+            raise ConfigError(
+                f"{run_dir}/checkpoints holds {len(damaged)} checkpoint(s), none intact (newest {damaged[-1].name}: "
+                f"{checkpoint_problem(damaged[-1])}); starting over there would overwrite this run's metrics and "
+                f"prune its checkpoints. Fix: move {run_dir}/checkpoints away (or delete it) to start the run again, "
+                f"or use a new train.run_dir")
+        resume = str(cfg.train.resume).lower()
+        if resume == "true" and ckpt is None:
+            raise ConfigError(f"train.resume=true but {run_dir}/checkpoints has no complete checkpoint. Fix: point "
+                              f"train.run_dir at the run to continue, or use train.resume=auto")
+        if resume == "false" and ckpt is not None:
+            raise ConfigError(f"train.resume=false but {run_dir} already holds checkpoints; refusing to overwrite. "
+                              f"Fix: choose a new train.run_dir, or resume with train.resume=auto")
+        if resume == "false":
+            ckpt = None
+        if ckpt is not None:
+            check_resume_config(cfg, ckpt)  # before anything heavy loads
+        random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)
 
-    env_id = resolve_env(cfg)
-    template = resolve_template(cfg, env_id)
-    model, tokenizer = load_model(cfg, ckpt)
-    dp.broadcast_parameters(model)  # identical replicas whatever each rank's initialisation (a LoRA adapter's)
-    # train.fsdp2: shard the model over the ranks; `weights` is the full copy rank 0's rollout side reads (the model
-    # itself when it is not sharded)
-    weights = dp.shard_parameters(model, cfg.train.fsdp2)
-    ref_model = load_reference_model(cfg, next(model.parameters()).device)
-    optimizer = make_optimizer(cfg, model)
-    start_step, wandb_id = 0, None
-    p_control = PControl(cfg.algo, cfg.train.steps)  # p per step (a schedule, or adaptive: trainers.schedules)
-    if ckpt is not None:
-        state = load_trainer_state(ckpt, optimizer, load_optimizer=lambda sd: dp.load_optimizer_state(model, optimizer, sd))
-        start_step, wandb_id = state.step, state.extra.get("wandb_id")
-        p_control.restore(state.extra)
-        log.info("resumed from %s at step %d (p=%.3f)", ckpt, state.step, state.p)
-    config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
-    tracker = Tracker(run_dir, config=OmegaConf.to_container(OmegaConf.structured(cfg)), use_wandb=cfg.logging.wandb,
-                      wandb_mode=cfg.logging.wandb_mode, project=cfg.logging.project, run_name=cfg.logging.run_name,
-                      resume_id=wandb_id, start_step=start_step) if dp.is_main else NullTracker()
-    learner = Learner(model, optimizer, learner_settings(cfg, next(model.parameters()).device.type),
-                      ref_model=ref_model, seed=cfg.train.seed + start_step, dp=dp)
-    if ckpt is not None:  # the minibatch shuffle continues where it stopped (older checkpoints: seeded by the step)
-        learner.set_rng_state(state.extra.get("learner_rng"))
-    # the rollout side lives on rank 0 only (None on the other ranks)
-    policy = dp.on_main(make_rollout_policy, cfg, weights, tokenizer)
-    if ckpt is not None:  # an in-process vLLM engine reseeds python, numpy and torch when it starts
-        restore_rng_state(state.rng)
-    cfg.rollout.backend = dp.broadcast(cfg.rollout.backend)  # auto resolved on rank 0: the same branches on every rank
-    if ckpt is not None and cfg.rollout.backend != "hf" and not cfg.ray.rollout_in_actor:
-        dp.on_main(sync_weights, cfg, policy, weights)  # the engine started from model.name, not the resumed weights
-    pool = dp.on_main(make_pool, cfg, env_id, cfg.episodes_per_step, dict(cfg.env.kwargs))
-    engine = dp.on_main(make_rollout_engine, cfg, policy, pool, template)
-    num_tasks = dp.from_main(env_num_tasks, pool)
-    rollouts = dp.on_main(make_rollout_stream, cfg, engine, policy, weights, num_tasks, start_step)  # None off rank 0
-    behaviour = BehaviourWeights(learner, stale=cfg.train.async_rollouts and cfg.train.max_staleness > 0)
+        env_id = resolve_env(cfg)
+        template = resolve_template(cfg, env_id)
+        model, tokenizer = load_model(cfg, ckpt)
+        dp.broadcast_parameters(model)  # identical replicas whatever each rank's initialisation (a LoRA adapter's)
+        # train.fsdp2: shard the model over the ranks; `weights` is the full copy rank 0's rollout side reads (the model
+        # itself when it is not sharded)
+        weights = dp.shard_parameters(model, cfg.train.fsdp2)
+        ref_model = load_reference_model(cfg, next(model.parameters()).device)
+        optimizer = make_optimizer(cfg, model)
+        start_step, wandb_id = 0, None
+        p_control = PControl(cfg.algo, cfg.train.steps)  # p per step (a schedule, or adaptive: trainers.schedules)
+        if ckpt is not None:
+            state = load_trainer_state(ckpt, optimizer,
+                                       load_optimizer=lambda sd: dp.load_optimizer_state(model, optimizer, sd))
+            start_step, wandb_id = state.step, state.extra.get("wandb_id")
+            p_control.restore(state.extra)
+            log.info("resumed from %s at step %d (p=%.3f)", ckpt, state.step, state.p)
+        config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+        tracker = Tracker(run_dir, config=OmegaConf.to_container(OmegaConf.structured(cfg)),
+                          use_wandb=cfg.logging.wandb, wandb_mode=cfg.logging.wandb_mode, project=cfg.logging.project,
+                          run_name=cfg.logging.run_name, resume_id=wandb_id,
+                          start_step=start_step) if dp.is_main else NullTracker()
+        cleanup.callback(tracker.close)
+        learner = Learner(model, optimizer, learner_settings(cfg, next(model.parameters()).device.type),
+                          ref_model=ref_model, seed=cfg.train.seed + start_step, dp=dp)
+        if ckpt is not None:  # the minibatch shuffle continues where it stopped (older checkpoints: seeded by the step)
+            learner.set_rng_state(state.extra.get("learner_rng"))
+        # the rollout side lives on rank 0 only (None on the other ranks)
+        policy = close_at_exit(cleanup, dp.on_main(make_rollout_policy, cfg, weights, tokenizer))
+        if ckpt is not None:  # an in-process vLLM engine reseeds python, numpy and torch when it starts
+            restore_rng_state(state.rng)
+        # rollout.backend=auto was resolved on rank 0: every rank takes the same branches below
+        cfg.rollout.backend = dp.broadcast(cfg.rollout.backend)
+        if ckpt is not None and cfg.rollout.backend != "hf" and not cfg.ray.rollout_in_actor:
+            dp.on_main(sync_weights, cfg, policy, weights)  # the engine started from model.name, not these weights
+        pool = close_at_exit(cleanup, dp.on_main(make_pool, cfg, env_id, cfg.episodes_per_step, dict(cfg.env.kwargs)))
+        engine = dp.on_main(make_rollout_engine, cfg, policy, pool, template)
+        num_tasks = dp.from_main(env_num_tasks, pool)
+        rollouts = close_at_exit(cleanup, dp.on_main(make_rollout_stream, cfg, engine, policy, weights, num_tasks,
+                                                     start_step))  # None off rank 0
+        behaviour = BehaviourWeights(learner, stale=cfg.train.async_rollouts and cfg.train.max_staleness > 0)
 
-    metrics: dict[str, float] = {}
-    nonfinite_steps = 0  # steps in a row whose every update was NaN/inf (and so skipped)
-    threads_before = torch.get_num_threads()
-    if cfg.train.learner_threads is not None:  # the update's cores, off those a concurrent rollout uses
-        torch.set_num_threads(cfg.train.learner_threads)
-    try:
+        metrics: dict[str, float] = {}
+        nonfinite_steps = 0  # steps in a row whose every update was NaN/inf (and so skipped)
+        cleanup.callback(torch.set_num_threads, torch.get_num_threads())
+        if cfg.train.learner_threads is not None:  # the update's cores, off those a concurrent rollout uses
+            torch.set_num_threads(cfg.train.learner_threads)
         if cfg.train.eval_at_start and start_step == 0:
             tracker.log(0, dp.from_main(RolloutStream.when_idle, rollouts, run_periodic_eval, cfg, env_id, policy, 0))
         for step in range(start_step, cfg.train.steps):
@@ -321,13 +328,14 @@ def train(cfg: Config) -> dict[str, float]:
             if cfg.train.progress and dp.is_main:
                 print(Tracker.console_line(step + 1, cfg.train.steps, metrics), flush=True)
             nonfinite_steps = check_finite_updates(cfg, metrics, nonfinite_steps, step + 1)
-    finally:
-        for part in (rollouts, pool, policy, tracker):
-            if part is not None:
-                part.close()
-        dp.close()
-        torch.set_num_threads(threads_before)
     return metrics
+
+
+def close_at_exit(cleanup: contextlib.ExitStack, part):
+    """``part`` (a policy, env pool or rollout stream; None off rank 0), closed when ``cleanup`` exits."""
+    if part is not None:
+        cleanup.callback(part.close)
+    return part
 
 
 def check_resume_config(cfg: Config, ckpt) -> None:

@@ -358,6 +358,31 @@ def test_groups_with_an_env_failure_are_left_out_of_the_update(tiny):
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), tiny.parameters()))
 
 
+def test_a_setup_failure_after_the_engine_started_still_closes_it_and_the_tracker(tiny_path, tmp_path, monkeypatch):
+    # the env pool fails to start (bad data, a dead Ray cluster) after the rollout engine, which holds a vLLM
+    # process or GPU memory in real runs, was built: the engine and the metrics sink are still closed
+    import agent_rl.train as train_mod
+    from trainers.policies.hf import HFPolicy
+    from trainers.tracking import Tracker
+
+    closed = []
+
+    class Engine(HFPolicy):
+        def close(self):
+            closed.append("policy")
+
+    def no_pool(*args, **kwargs):
+        raise RuntimeError("env pool failed to start")
+
+    real_tracker_close = Tracker.close
+    monkeypatch.setattr(Tracker, "close", lambda self: (closed.append("tracker"), real_tracker_close(self)))
+    monkeypatch.setattr(train_mod, "make_rollout_policy", lambda cfg, model, tok: Engine(model=model, tokenizer=tok))
+    monkeypatch.setattr(train_mod, "make_pool", no_pool)
+    with pytest.raises(RuntimeError, match="env pool failed to start"):
+        train(quick(tiny_path, tmp_path / "run"))
+    assert closed == ["policy", "tracker"]
+
+
 # ----------------------------------------------------------------------------- data edge cases
 
 
