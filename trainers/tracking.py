@@ -43,6 +43,7 @@ class Tracker:
                     project=project, name=run_name, dir=str(self.run_dir), config=config, mode=wandb_mode,
                     id=resume_id, resume="allow" if resume_id else None,
                 )
+                self._warn_kept_wandb_steps(start_step)
 
     @property
     def wandb_id(self) -> str | None:
@@ -57,8 +58,21 @@ class Tracker:
         # strings "nan", "inf", "-inf" so that every line stays strict JSON.
         row = {k: v if math.isfinite(v) else str(v) for k, v in values.items()}
         self.jsonl.write(json.dumps({"step": step, **row}) + "\n")
-        if self.wandb_run is not None:
+        # wandb drops a step below its own (with a warning per call): see _warn_kept_wandb_steps
+        if self.wandb_run is not None and step >= self.wandb_run.step:
             self.wandb_run.log(values, step=step)
+
+    def _warn_kept_wandb_steps(self, start_step: int | None) -> None:
+        """A resumed wandb run (online) continues from the last step it holds. Steps the stopped attempt logged
+        after the checkpoint being resumed are run again here, but wandb never rewrites its history (its rewind
+        is a private preview), so it keeps the first attempt's values for them; say so once, instead of wandb
+        warning at every step it drops. metrics.jsonl holds this run's values (rows past the checkpoint are cut)."""
+        first = self.wandb_run.step  # the lowest step this wandb run still accepts
+        if start_step is not None and first > start_step + 1:
+            log.warning("wandb run %s already holds steps %d-%d, logged after the checkpoint at step %d by the attempt "
+                        "that stopped; wandb keeps those values (it does not rewrite history) and gets this run's "
+                        "from step %d on. metrics.jsonl holds this run's values for every step",
+                        self.wandb_id, start_step + 1, first - 1, start_step, first)
 
     @staticmethod
     def console_line(step: int, total: int, metrics: dict[str, float]) -> str:

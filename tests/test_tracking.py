@@ -1,0 +1,71 @@
+"""Metric sinks (trainers.tracking): the real wandb client offline through the trainer, and what a resumed
+online wandb run, which keeps its history, gets from a run that repeats steps after a stop."""
+
+from __future__ import annotations
+
+import json
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from agent_rl.train import train
+from trainers.checkpoint import latest_checkpoint
+from trainers.tracking import Tracker
+
+from test_train import quick, tiny_model  # noqa: F401  (a one-turn train config on an in-test env; its model)
+
+
+def test_the_trainer_logs_to_real_offline_wandb_and_a_resume_continues_the_same_run(tiny_model, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    train(quick(tiny_model, run, "logging.wandb=true", "logging.wandb_mode=offline", "train.steps=1"))
+    train(quick(tiny_model, run, "logging.wandb=true", "logging.wandb_mode=offline", "train.steps=2"))
+    run_id = json.loads((latest_checkpoint(run) / "trainer_state.json").read_text())["extra"]["wandb_id"]
+    segments = sorted((run / "wandb").glob("offline-run-*"))
+    assert run_id and len(segments) == 2 and all(d.name.endswith(f"-{run_id}") for d in segments)
+    for d in segments:  # `wandb sync` uploads these: each holds its attempt's metric rows
+        assert b"loss/p" in (d / f"run-{run_id}.wandb").read_bytes()
+
+
+class FakeRun:
+    """An online wandb run resumed after a stop: it holds steps up to ``held`` and accepts only later ones."""
+
+    def __init__(self, held: int):
+        self.id, self.step, self.logged = "abc123", held + 1, []
+
+    def log(self, values, step):
+        assert step >= self.step, f"wandb would drop step {step} (< {self.step}) with a warning"
+        self.logged.append(step)
+        self.step = step
+
+    def finish(self):
+        pass
+
+
+def test_a_resumed_wandb_run_keeps_its_steps_and_gets_the_rest(tmp_path, monkeypatch, caplog):
+    # the stopped attempt logged steps 1-4 and checkpointed at 2: steps 3-4 run again
+    fake = FakeRun(held=4)
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(init=lambda **kw: fake))
+    for step in (1, 2, 3, 4):
+        (tmp_path / "metrics.jsonl").open("a").write(json.dumps({"step": step, "loss/p": 0.0}) + "\n")
+    with caplog.at_level("WARNING", logger="agent_rl"):
+        tracker = Tracker(tmp_path, config={}, use_wandb=True, resume_id="abc123", start_step=2)
+    assert "already holds steps 3-4" in caplog.text
+    for step in (3, 4, 5, 6):
+        tracker.log(step, {"loss/p": float(step)})
+    tracker.close()
+    assert fake.logged == [5, 6]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss/p"]) for r in rows] == [(1, 0.0), (2, 0.0), (3, 3.0), (4, 4.0), (5, 5.0), (6, 6.0)]
+
+
+@pytest.mark.parametrize("held", [0, 2])
+def test_a_wandb_run_without_later_steps_gets_every_step_and_no_warning(tmp_path, monkeypatch, caplog, held):
+    fake = FakeRun(held=held)
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(init=lambda **kw: fake))
+    with caplog.at_level("WARNING", logger="agent_rl"):
+        tracker = Tracker(tmp_path, config={}, use_wandb=True, resume_id="abc123" if held else None, start_step=held)
+    for step in (held + 1, held + 2):
+        tracker.log(step, {"loss/p": 1.0})
+    tracker.close()
+    assert fake.logged == [held + 1, held + 2] and "already holds" not in caplog.text
