@@ -224,6 +224,8 @@ class TrainConfig:
     # so true keeps float32 there and warns); false: never.
     # Old logprobs are recomputed under the same autocast, so on-policy ratios stay exactly 1.
     bf16: Optional[bool] = None
+    # Seeds python, numpy, torch, the task order and the vLLM engine's sampler (a resumed run: a seed drawn from
+    # this and the step it resumes at, as vLLM's generator state cannot be checkpointed).
     seed: int = 0
     # Evaluate every N steps (0: never) on `eval_episodes` episodes with env.eval_kwargs, greedy.
     eval_every: int = 0

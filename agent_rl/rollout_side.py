@@ -100,20 +100,21 @@ def vllm_engine_mode(in_process: bool, world_size: int, environ: Any = None) -> 
     return env["VLLM_ENABLE_V1_MULTIPROCESSING"]
 
 
-def make_rollout_policy(cfg: Config, model, tokenizer):
+def make_rollout_policy(cfg: Config, model, tokenizer, start_step: int = 0):
     """The rollout's policy: the trained model itself (hf), a vLLM engine, or either of them in a Ray
     actor (ray.enabled with ray.rollout_actor) that loads its own copy of model.name.
 
     ``rollout.backend=auto`` is resolved here, once: vllm where it imports and its engine starts, else
     hf (with a warning that says why). The choice is written back to ``cfg.rollout.backend``, so weight
-    sync and resume below act for the backend actually in use."""
+    sync and resume below act for the backend actually in use. ``start_step``: the step a resumed run
+    continues from (the vLLM engine's seed depends on it: :func:`engine_seed`)."""
     from trainers.policies import make_policy
     from trainers.policies.base import start_backend
 
     if cfg.rollout.backend == "auto":
         def build(backend: str):
             cfg.rollout.backend = backend
-            return make_rollout_policy(cfg, model, tokenizer)
+            return make_rollout_policy(cfg, model, tokenizer, start_step)
 
         policy, cfg.rollout.backend = start_backend("auto", build, what="rollout.backend=auto", explicit="rollout=vllm")
         return policy
@@ -128,7 +129,7 @@ def make_rollout_policy(cfg: Config, model, tokenizer):
         from trainers.distributed import torchrun_world_size
 
         env_vars["VLLM_ENABLE_V1_MULTIPROCESSING"] = vllm_engine_mode(v.in_process, torchrun_world_size())
-        kwargs = {"model": cfg.model.name, "seed": cfg.train.seed, "dtype": v.dtype,
+        kwargs = {"model": cfg.model.name, "seed": engine_seed(cfg.train.seed, start_step), "dtype": v.dtype,
                   "enforce_eager": v.enforce_eager, "max_model_len": v.max_model_len}
         if v.sleep_mode:
             kwargs["sleep_mode"] = True
@@ -140,6 +141,17 @@ def make_rollout_policy(cfg: Config, model, tokenizer):
     if not in_actor:
         return make_policy(cfg.rollout.backend, tokenizer=tokenizer, **kwargs)
     return _ray_rollout_policy(cfg, model, tokenizer, kwargs, env_vars)
+
+
+def engine_seed(seed: int, start_step: int) -> int:
+    """The vLLM engine's sampling seed: ``train.seed``, and for a run resumed at ``start_step`` > 0 a seed drawn
+    from both. vLLM's generator state cannot be checkpointed, so a resumed run cannot continue the stream; this
+    way it at least does not replay the random draws its first steps sampled with."""
+    if start_step == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, start_step]).generate_state(1)[0] >> 1)  # 31 bits: any engine's range
 
 
 def _ray_rollout_policy(cfg: Config, model, tokenizer, kwargs: dict[str, Any], env_vars: dict[str, str]):

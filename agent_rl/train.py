@@ -269,7 +269,7 @@ def train(cfg: Config) -> dict[str, float]:
         if ckpt is not None:  # the minibatch shuffle continues where it stopped (older checkpoints: seeded by the step)
             learner.set_rng_state(state.extra.get("learner_rng"))
         # the rollout side lives on rank 0 only (None on the other ranks)
-        policy = close_at_exit(cleanup, dp.on_main(make_rollout_policy, cfg, weights, tokenizer))
+        policy = close_at_exit(cleanup, dp.on_main(make_rollout_policy, cfg, weights, tokenizer, start_step))
         if ckpt is not None:  # an in-process vLLM engine reseeds python, numpy and torch when it starts
             restore_rng_state(state.rng)
         # rollout.backend=auto was resolved on rank 0: every rank takes the same branches below

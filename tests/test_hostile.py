@@ -376,7 +376,7 @@ def test_a_setup_failure_after_the_engine_started_still_closes_it_and_the_tracke
 
     real_tracker_close = Tracker.close
     monkeypatch.setattr(Tracker, "close", lambda self: (closed.append("tracker"), real_tracker_close(self)))
-    monkeypatch.setattr(train_mod, "make_rollout_policy", lambda cfg, model, tok: Engine(model=model, tokenizer=tok))
+    monkeypatch.setattr(train_mod, "make_rollout_policy", lambda cfg, model, tok, start_step=0: Engine(model=model, tokenizer=tok))
     monkeypatch.setattr(train_mod, "make_pool", no_pool)
     with pytest.raises(RuntimeError, match="env pool failed to start"):
         train(quick(tiny_path, tmp_path / "run"))

@@ -132,8 +132,8 @@ def test_train_step_rolls_out_in_the_actor_and_syncs_its_weights(ray_local, tiny
     built, seen = {}, {}
     make = train_mod.make_rollout_policy
 
-    def make_and_keep(cfg, model, tokenizer):
-        built["policy"], built["model"] = make(cfg, model, tokenizer), model
+    def make_and_keep(cfg, model, tokenizer, start_step=0):
+        built["policy"], built["model"] = make(cfg, model, tokenizer, start_step), model
         return built["policy"]
 
     real_close = RayPolicy.close
@@ -217,9 +217,9 @@ def test_one_step_off_policy_training_learns_from_the_previous_weights_batch(ray
     built = {}
     make = train_mod.make_rollout_policy
 
-    def make_and_keep(cfg, model, tokenizer):
+    def make_and_keep(cfg, model, tokenizer, start_step=0):
         built["model"] = model
-        return make(cfg, model, tokenizer)
+        return make(cfg, model, tokenizer, start_step)
 
     monkeypatch.setattr(RayPolicy, "close", close_after_looking)
     monkeypatch.setattr(train_mod, "make_rollout_policy", make_and_keep)

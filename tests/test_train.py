@@ -610,7 +610,7 @@ def test_colocated_sleep_mode_order_in_the_trainer(tiny_model, tmp_path, monkeyp
         def close(self):
             pass
 
-    monkeypatch.setattr(train_mod, "make_rollout_policy", lambda cfg, model, tok: Colocated(cfg.model.name))
+    monkeypatch.setattr(train_mod, "make_rollout_policy", lambda cfg, model, tok, start_step=0: Colocated(cfg.model.name))
     metrics = train(quick(tiny_model, tmp_path / "sleep", "rollout=vllm", "rollout.vllm.sleep_mode=true",
                           "train.eval_every=2", "train.eval_episodes=2"))
     assert metrics["train/step"] == 2 and "eval/success_rate" in metrics
@@ -634,3 +634,12 @@ def test_adaptive_p_in_the_trainer_follows_the_logged_ess_and_resumes(tiny_model
         assert p[k] == pytest.approx(max(min(want, 2.0), -2.0)), (k, ess)
         moves.append(back)
     assert True in moves and False in moves, [r["loss/token_weight_ess_offpolicy"] for r in rows]  # both branches ran
+
+
+def test_the_vllm_engine_seed_is_the_run_seed_and_on_a_resume_one_of_its_own():
+    from agent_rl.rollout_side import engine_seed
+
+    assert engine_seed(7, 0) == 7  # a fresh run: train.seed, as the README says
+    seeds = {engine_seed(seed, step) for seed in (0, 1, 7) for step in (1, 2, 3, 100)}
+    assert len(seeds) == 12 and all(0 <= s < 2**31 for s in seeds)  # distinct, in any engine's seed range
+    assert engine_seed(7, 3) == engine_seed(7, 3)  # reproducible: resuming twice at one step samples alike

@@ -41,7 +41,16 @@ def _record(monkeypatch) -> list[str]:
 
 
 def test_vllm_rollout_trains_and_a_resumed_run_syncs_before_its_first_rollout(tiny_model, tmp_path, monkeypatch):
+    from trainers.policies.vllm import VLLMPolicy
+
     events = _record(monkeypatch)
+    seeds, real_init = [], VLLMPolicy.__init__
+
+    def init(self, *args, **kwargs):
+        seeds.append(kwargs["seed"])
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(VLLMPolicy, "__init__", init)
     run = tmp_path / "run"
     metrics = train_mod.train(quick(tiny_model, run, "train.steps=1", *VLLM))
     assert metrics["train/step"] == 1 and metrics["rollout/num_episodes"] == 4
@@ -51,6 +60,8 @@ def test_vllm_rollout_trains_and_a_resumed_run_syncs_before_its_first_rollout(ti
     assert metrics["train/step"] == 2
     # the engine starts from model.name: the resumed weights go in before step 2's rollout
     assert events == ["sync", "generate", "sync"]
+    # and from a seed of its own: the resumed engine does not replay the draws of the run's first step
+    assert seeds == [0, rollout_side.engine_seed(0, 1)] and seeds[0] != seeds[1]
 
 
 def test_vllm_lora_run_syncs_only_the_adapter(tiny_model, tmp_path, monkeypatch):
