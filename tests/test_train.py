@@ -547,9 +547,52 @@ def test_failed_groups_are_replayed_once_and_dropped_if_they_fail_again():
     engine = Flaky({1})
     trajs, m = collect_rollouts(cfg, engine, tasks, 20, step=0)
     assert len(trajs) == 6 and m["rollout/retried_groups"] == 1 and engine.runs[1] == [tasks[0].task_id]
+    assert m["rollout/dropped_episodes"] == 0  # the replay recovered them: nothing is left out
     engine = Flaky({1, 2})  # fails again: left out
     trajs, m = collect_rollouts(cfg, engine, tasks, 20, step=0)
     assert len(trajs) == 4 and m["rollout/dropped_episodes"] == 2 and len(engine.runs) == 2
+
+
+def test_a_failed_group_is_replayed_alone_when_another_group_shares_its_task():
+    # an env with fewer tasks than tasks_per_step samples with replacement: two groups of task "1"
+    from agent_rl.types import TaskSpec
+    from trainers.batch import collect_rollouts
+
+    class FailsFirstGroupOnce(_ScriptedEngine):
+        def run(self, tasks, group_size):
+            out, m = super().run(tasks, group_size)
+            if len(self.runs) == 1:
+                for t in out[:group_size]:
+                    t.info["error"] = "worker died"
+            return out, m
+
+    cfg = compose_config(["rollout.group_size=2", "rollout.tasks_per_step=2"])
+    tasks = [TaskSpec(task_id="1", seed=10, options={"task": 1}), TaskSpec(task_id="1", seed=11, options={"task": 1})]
+    engine = FailsFirstGroupOnce({})
+    trajs, m = collect_rollouts(cfg, engine, tasks, 1, step=0)
+    assert len(trajs) == 4 and m["rollout/retried_groups"] == 1 and m["rollout/dropped_episodes"] == 0
+    assert engine.seeds == [10, 11, 10]  # the failed group's start state, once
+
+
+def test_dynamic_sampling_extra_rounds_play_tasks_not_yet_played_this_step():
+    import random
+
+    from trainers.batch import collect_rollouts, sample_tasks
+
+    cfg = compose_config(["rollout.group_size=2", "rollout.tasks_per_step=3", "algo.dynamic_sampling=true",
+                          "algo.dynamic_sampling_rounds=4"])
+    for step in (0, 1, 2):  # step 0 with train.seed 0: the first draw's stream is random.Random(0)
+        tasks = sample_tasks(random.Random(0), 20, 3, step, 0)
+        engine = _ScriptedEngine({})  # no signal: every extra round is played
+        collect_rollouts(cfg, engine, tasks, 20, step=step)
+        played = [task for run in engine.runs for task in run]
+        assert len(played) == 15 and len(set(played)) == 15, engine.runs  # 15 of the env's 20 tasks, none twice
+    # more rounds than unplayed tasks: each task once, then repeats
+    few = sample_tasks(random.Random(0), 4, 3, 0, 0)
+    engine = _ScriptedEngine({})
+    collect_rollouts(cfg, engine, few, 4, step=0)
+    played = [task for run in engine.runs for task in run]
+    assert set(played[:4]) == {"0", "1", "2", "3"} and len(played) == 15
 
 
 def test_periodic_eval_follows_the_eval_protocol(monkeypatch):

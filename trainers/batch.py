@@ -22,17 +22,25 @@ def env_num_tasks(pool) -> int | None:
         return None
 
 
-def sample_tasks(rng: random.Random, num_tasks: int | None, count: int, step: int, seed: int, offset: int = 0):
+def sample_tasks(rng: random.Random, num_tasks: int | None, count: int, step: int, seed: int, offset: int = 0,
+                 exclude: frozenset[int] | set[int] = frozenset()):
     """``count`` distinct tasks (with replacement only when the env has fewer), each with
     its own reset seed; all G members of a group will share one TaskSpec. An env without
     ``num_tasks`` gets seeds only: its ``reset(seed)`` chooses the task. ``offset``: tasks already
-    drawn this step (dynamic sampling's extra rounds), so reset seeds never repeat within a step."""
+    drawn this step (dynamic sampling's extra rounds), so reset seeds never repeat within a step;
+    ``exclude``: task indices already played this step, drawn again only when the others run out."""
     from agent_rl.types import TaskSpec
 
     reset_seed = [seed * 1_000_003 + step * 1_009 + offset + k for k in range(count)]
     if num_tasks is None:
         return [TaskSpec(task_id=f"seed{s}", seed=s, options={}) for s in reset_seed]
-    picks = rng.sample(range(num_tasks), count) if count <= num_tasks else [rng.randrange(num_tasks) for _ in range(count)]
+    fresh = [i for i in range(num_tasks) if i not in exclude] if exclude else range(num_tasks)
+    if count <= len(fresh):
+        picks = rng.sample(fresh, count)
+    elif exclude:  # every unplayed task once, then repeats
+        picks = rng.sample(fresh, len(fresh)) + [rng.randrange(num_tasks) for _ in range(count - len(fresh))]
+    else:
+        picks = [rng.randrange(num_tasks) for _ in range(count)]
     return [TaskSpec(task_id=str(i), seed=s, options={"task": i}) for i, s in zip(picks, reset_seed)]
 
 
@@ -47,21 +55,26 @@ def collect_rollouts(cfg: Config, engine, tasks, num_tasks: int | None, step: in
     from trainers.rollout import drop_failed_groups
 
     trajectories, metrics = engine.run(tasks, cfg.rollout.group_size)
-    failed = {t.task_id for t in trajectories if "error" in t.info}
+    # the failed groups by position: two groups of one step can share a task (sampled with replacement)
+    failed = sorted({_task_index(t.group_id) for t in trajectories if "error" in t.info})
     trajectories, dropped = drop_failed_groups(trajectories)
     if failed:  # replay the failed groups' tasks once (same start states), so a fault does not shrink the step
-        retry = [task for task in tasks if task.task_id in failed]
+        retry = [tasks[i] for i in failed]
         again, _ = engine.run(retry, cfg.rollout.group_size)
-        again, _ = drop_failed_groups(again)
+        again, dropped = drop_failed_groups(again)  # left out: the episodes that failed twice
         trajectories += again
         metrics["rollout/retried_groups"] = float(len(retry))
     if cfg.algo.dynamic_sampling:
         want, played, rounds = cfg.rollout.tasks_per_step, len(tasks), 0
-        rng = random.Random(cfg.train.seed * 7_919 + step)
+        # a stream of its own (the step's first draw is random.Random(train.seed)'s), over the tasks not yet
+        # played this step: a group replayed from the same start state would only repeat one already held
+        rng = random.Random(f"dynamic-sampling:{cfg.train.seed}:{step}")
+        seen = {t.options["task"] for t in tasks if "task" in t.options}
         kept = informative_groups(cfg, trajectories)
         while len(kept) < want and rounds < cfg.algo.dynamic_sampling_rounds:
             rounds += 1
-            more = sample_tasks(rng, num_tasks, want - len(kept), step, cfg.train.seed, offset=played)
+            more = sample_tasks(rng, num_tasks, want - len(kept), step, cfg.train.seed, offset=played, exclude=seen)
+            seen.update(t.options["task"] for t in more if "task" in t.options)
             played += len(more)
             extra, _ = engine.run(more, cfg.rollout.group_size)
             extra, lost = drop_failed_groups(extra)
@@ -73,6 +86,11 @@ def collect_rollouts(cfg: Config, engine, tasks, num_tasks: int | None, step: in
                         "rollout/tasks_played": float(played)})
     metrics["rollout/dropped_episodes"] = float(dropped)
     return trajectories, metrics
+
+
+def _task_index(group_id: str) -> int:
+    """The index into ``tasks`` of a group's task: RolloutEngine.run names group i ``"<run>:<i>"``."""
+    return int(group_id.rsplit(":", 1)[1])
 
 
 def row_rewards(batch, owners: list[int], unit: str, invalid_action_penalty: float) -> list[float]:
