@@ -157,41 +157,40 @@ def _json_arg(text: str, flag: str) -> dict[str, Any]:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A folder with an HF model: ``path`` itself, or ``<run_dir>/checkpoints/latest`` (a pointer file or folder)."""
+    """A folder that loads as a model: ``path`` itself (a model folder, or one step folder of a run; a LoRA run's
+    holds the adapter), or the newest intact checkpoint of the run dir ``path`` (trainers.checkpoint: a damaged
+    newest one is passed over, as when resuming)."""
     path = Path(path).expanduser()
-    if (path / "config.json").is_file():
+    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
         return path
-    latest = path / "checkpoints" / "latest"
-    if latest.is_dir() and (latest / "config.json").is_file():
-        return latest
-    if latest.is_file():  # trainers.checkpoint writes the newest step folder's name into `latest`
-        target = latest.parent / latest.read_text(encoding="utf-8").strip()
-        if (target / "config.json").is_file():
-            return target
-        raise SystemExit(f"--checkpoint {path}: {latest} names {target.name!r}, which holds no config.json; "
-                         f"the checkpoint is incomplete: pass one step folder of {latest.parent} directly")
-    try:
-        from trainers.checkpoint import latest_checkpoint
+    if (path / "checkpoints").is_dir():
+        from trainers.checkpoint import checkpoint_problem, latest_checkpoint, step_folders
 
         found = latest_checkpoint(path, weights_only=True)
-    except ImportError:
-        found = None
-    if found is not None and (found / "config.json").is_file():
-        return found
+        if found is not None:
+            return found
+        pointer = path / "checkpoints" / "latest"
+        named = f"; checkpoints/latest names {pointer.read_text(encoding='utf-8').strip()[:80]!r}" \
+            if pointer.is_file() else ""
+        damaged = "; ".join(f"{p.name}: {checkpoint_problem(p, weights_only=True)}" for p in step_folders(path)[-3:])
+        raise SystemExit(f"--checkpoint {path}: no intact checkpoint in {path / 'checkpoints'} "
+                         f"({damaged or 'no step folders'}{named}). Fix: pass an intact step folder or another run")
     raise SystemExit(
         f"--checkpoint {path} is neither a model folder (config.json + weights, written by save_pretrained) nor a "
-        f"training run dir with checkpoints/latest" + (f" (it holds {sorted(p.name for p in path.iterdir())[:8]})"
-                                                       if path.is_dir() else " (it does not exist)")
+        f"training run dir with checkpoints" + (f" (it holds {sorted(p.name for p in path.iterdir())[:8]})"
+                                                if path.is_dir() else " (it does not exist)")
     )
 
 
-RUN_REPLY_SETTINGS = ("template", "stop", "lowercase_actions", "parser")  # rollout.* fields that shape prompts and replies
+# rollout.* fields that shape prompts and replies
+RUN_REPLY_SETTINGS = ("template", "stop", "lowercase_actions", "parser", "history_k", "prompt_mode",
+                      "max_prompt_tokens")
 
 
 def run_reply_settings(checkpoint: Path) -> dict[str, Any]:
-    """The prompt and reply settings a train/sft checkpoint was trained with (``rollout.template``, ``stop``,
-    ``lowercase_actions`` and ``parser`` of its config.yaml, those that are set), so ``--checkpoint`` evaluates with the prompts
-    and reply handling the model learned; {} when the folder has no readable config."""
+    """The prompt and reply settings a train/sft checkpoint was trained with (the :data:`RUN_REPLY_SETTINGS` of its
+    config.yaml's ``rollout``, those that are set), so ``--checkpoint`` evaluates with the prompts and reply
+    handling the model learned; {} when the folder has no readable config."""
     path = Path(checkpoint) / "config.yaml"
     if not path.is_file():
         return {}
@@ -201,12 +200,11 @@ def run_reply_settings(checkpoint: Path) -> dict[str, Any]:
         rollout = (yaml.safe_load(path.read_text()) or {}).get("rollout") or {}
     except yaml.YAMLError:
         return {}
-    found = {k: rollout[k] for k in RUN_REPLY_SETTINGS if rollout.get(k) not in (None, False)}
+    found = {k: rollout[k] for k in RUN_REPLY_SETTINGS if rollout.get(k) is not None and rollout.get(k) is not False}
     if found:
-        said = {"template": "prompt template", "stop": "stop strings", "lowercase_actions": "lowercase_actions",
-                "parser": "reply parser"}
+        said = {"template": "prompt template", "stop": "stop strings", "parser": "reply parser"}
         log.info("--checkpoint: using the run's %s (override with --template / --rollout-kwargs)",
-                 ", ".join(f"{said[k]} {v!r}" for k, v in found.items()))
+                 ", ".join(f"{said.get(k, k)} {v!r}" for k, v in found.items()))
     return found
 
 

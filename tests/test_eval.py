@@ -183,18 +183,29 @@ def test_cli_expert_wins_alfworld_games(tmp_path, capsys):
 
 
 def test_resolve_checkpoint_layouts(tmp_path):
-    from agent_rl.eval import resolve_checkpoint
+    import torch
 
+    from agent_rl.eval import resolve_checkpoint
+    from trainers.checkpoint import save_checkpoint
+    from trainers.models import build_tiny_model, load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(str(build_tiny_model(tmp_path / "tiny")))
     run = tmp_path / "run"
-    step = run / "checkpoints" / "step_000004"
-    step.mkdir(parents=True)
-    (step / "config.json").write_text("{}")
-    (step / "trainer_state.json").write_text("{}")
-    (run / "checkpoints" / "latest").write_text("step_000004")  # trainers.checkpoint's pointer file
-    assert resolve_checkpoint(run) == step
-    assert resolve_checkpoint(step) == step  # a checkpoint folder directly
+    for step in (3, 4):
+        save_checkpoint(run, model=model, tokenizer=tok, step=step, p=1.0, config_yaml="", keep=5,
+                        optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    newest = run / "checkpoints" / "step_000004"
+    assert resolve_checkpoint(run) == newest
+    assert resolve_checkpoint(newest) == newest  # a checkpoint folder directly
+    (newest / "model.safetensors").write_bytes(b"torn")  # damaged: the newest intact one instead, as resume does
+    assert resolve_checkpoint(run) == run / "checkpoints" / "step_000003"
+    # a LoRA run's step folder holds the adapter, not config.json
+    lora = run / "checkpoints" / "step_000003"
+    (lora / "config.json").rename(lora / "adapter_config.json")
+    assert resolve_checkpoint(run) == lora and resolve_checkpoint(lora) == lora
+    (lora / "model.safetensors").write_bytes(b"torn")
     (run / "checkpoints" / "latest").write_text("step_000009")
-    with pytest.raises(SystemExit, match="step_000009"):
+    with pytest.raises(SystemExit, match="no intact checkpoint.*step_000004: model.safetensors.*step_000009"):
         resolve_checkpoint(run)
     with pytest.raises(SystemExit, match="does not exist"):
         resolve_checkpoint(tmp_path / "nowhere")
@@ -346,7 +357,11 @@ def test_checkpoint_eval_takes_the_runs_prompt_and_reply_settings(tmp_path):
     (tmp_path / "config.yaml").write_text("rollout:\n  template: alfworld_act\n  stop: []\n  lowercase_actions: true\n"
                                           "  history_k: 2\n  parser: action\n")
     assert run_reply_settings(tmp_path) == {"template": "alfworld_act", "stop": [], "lowercase_actions": True,
-                                            "parser": "action"}
+                                            "history_k": 2, "parser": "action"}
+    # what the prompt shows: the history the model learned to read, its layout and its length cap
+    (tmp_path / "config.yaml").write_text("rollout:\n  history_k: 0\n  prompt_mode: conversation\n"
+                                          "  max_prompt_tokens: 1024\n")
+    assert run_reply_settings(tmp_path) == {"history_k": 0, "prompt_mode": "conversation", "max_prompt_tokens": 1024}
     (tmp_path / "config.yaml").write_text("rollout:\n  template: null\n  stop: null\n  lowercase_actions: false\n")
     assert run_reply_settings(tmp_path) == {}  # the defaults: nothing to carry over
     (tmp_path / "config.yaml").write_text("rollout: [unclosed\n")
