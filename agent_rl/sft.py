@@ -168,6 +168,10 @@ def sft(cfg: Config) -> dict[str, float]:
             new, m = collect_round(cfg, env_id, template, policy, round_index=k, games=s.dagger_games,
                                    beta=s.dagger_beta ** k, temperature=s.dagger_temperature, num_tasks=num_tasks,
                                    pool=pool)
+            # the held-out games stay held out: their states, reached by the model this time, are not trained on
+            held_ids = {d.game_id for d in held}
+            m[f"demos/round{k}_heldout_turns_dropped"] = float(sum(d.game_id in held_ids for d in new))
+            new = [d for d in new if d.game_id not in held_ids]
             write_jsonl(demos_dir / f"round_{k}.jsonl", new)
             metrics.update(m)
             train_demos += new

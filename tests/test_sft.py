@@ -222,14 +222,16 @@ def test_dagger_round_labels_the_states_the_model_reaches(tiny_model, tmp_path, 
 
         need_vllm()
     run = tmp_path / "dagger"
-    metrics = sft(_sft_cfg(tiny_model, run, "sft.epochs=2", "sft.dagger_rounds=1", "sft.dagger_games=4",
+    metrics = sft(_sft_cfg(tiny_model, run, "sft.epochs=2", "sft.dagger_rounds=1", "sft.dagger_games=6",
                            "sft.dagger_beta=0.0", f"rollout.backend={backend}", "rollout.vllm.dtype=float32",
                            "rollout.vllm.max_model_len=1024"))
     round1 = read_jsonl([run / "demos" / "round_1.jsonl"])
     assert {d.stamp["actor"] for d in round1} == {"policy"} and {d.stamp["round"] for d in round1} == {1}
     # every label is the expert's action for the state the model was in (its reply format)
     assert all(d.reply.startswith("<action>") for d in round1)
-    assert metrics["demos/round1_episodes"] == 4
+    assert metrics["demos/round1_episodes"] == 6  # every game of the env, the held-out one too...
+    heldout = read_jsonl([run / "demos" / "round_0.jsonl"])[0].game_id  # sft.heldout_games=1: round 0's first
+    assert metrics["demos/round1_heldout_turns_dropped"] > 0 and heldout not in {d.game_id for d in round1}  # ...not trained on
     assert metrics["sft/demonstrations"] >= len(round1)
 
 
