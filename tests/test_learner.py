@@ -82,6 +82,26 @@ def test_packed_logprobs_equal_separate_forward_passes(tiny, budget, row_tokens,
             assert (lp_loss[~want] == 0).all() and (ent_loss[~want] == 0).all()
 
 
+def test_loss_only_zeroes_the_prompt_tokens_also_for_a_model_without_logits_to_keep(tiny):
+    """A model whose forward cannot skip logits (remote code, a wrapper) still gets 0 off the agent tokens: SFT and
+    the policy loss sum these values and divide by the agent-token count."""
+
+    class NoLogitsToKeep(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, position_ids=None, attention_mask=None):
+            return self.inner(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask)
+
+    mb = pack_sequences(make_batch("per_step", n_traj=3).sequences(), max_tokens=10_000)[0]
+    with torch.no_grad():
+        want, _ = token_logprobs_and_entropy(tiny, mb, loss_only=True)  # [R, L]
+        got, _ = token_logprobs_and_entropy(NoLogitsToKeep(tiny), mb, loss_only=True)  # [R, L]
+    assert (want != 0).any() and not mb.loss_mask.all()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_varlen_attention_gradient_equals_dense_block_mask(tiny):
     """Backward through the per-sequence SDPA calls gives the dense-mask gradient."""
     seqs = make_batch("per_step", seed=3, n_traj=6).sequences()

@@ -166,8 +166,9 @@ def token_logprobs_and_entropy(
     kwargs = {"position_ids": mb.position_ids.to(device)}
     if not is_varlen(model):
         kwargs["attention_mask"] = block_causal_mask(segments, next(model.parameters()).dtype)
-    if loss_only and mb.loss_mask is not None and _takes_logits_to_keep(model):
+    if loss_only and mb.loss_mask is not None:  # 0 off the agent tokens whether or not the model can skip them
         need &= mb.loss_mask[:, 1:].to(device)
+    if loss_only and mb.loss_mask is not None and _takes_logits_to_keep(model):
         cols = need.any(0).nonzero().flatten()  # [K] positions some row needs (rows share one index)
         if cols.numel() == 0:
             cols = cols.new_zeros(1)
