@@ -141,7 +141,7 @@ def sft(cfg: Config) -> dict[str, float]:
         if user_demos is None:
             demos, m = collect_round(cfg, env_id, template, TokenizerOnlyPolicy(tokenizer), round_index=0,
                                      games=s.games, beta=1.0, temperature=0.0, num_tasks=num_tasks, pool=pool)
-            write_jsonl(demos_dir / "round_0.jsonl", demos)
+            write_jsonl(demos_dir / "round_0.jsonl", demos, append=False)
             metrics.update(m)
             log.info("round 0: %d expert demonstrations from %d games (expert won %.0f%%) in %.0f s",
                      len(demos), s.games, 100 * m["demos/round0_success_rate"], m["demos/round0_seconds"])
@@ -172,7 +172,7 @@ def sft(cfg: Config) -> dict[str, float]:
             held_ids = {d.game_id for d in held}
             m[f"demos/round{k}_heldout_turns_dropped"] = float(sum(d.game_id in held_ids for d in new))
             new = [d for d in new if d.game_id not in held_ids]
-            write_jsonl(demos_dir / f"round_{k}.jsonl", new)
+            write_jsonl(demos_dir / f"round_{k}.jsonl", new, append=False)
             metrics.update(m)
             train_demos += new
             with budget.running() as deadline:

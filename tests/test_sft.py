@@ -207,6 +207,16 @@ def test_sft_run_learns_and_train_and_eval_load_its_checkpoint(tiny_model, tmp_p
         assert len(r["actions"]) == r["steps"] >= 1 and r["actions"][-1] == r["last_action"]
 
 
+def test_sft_rerun_after_a_crash_replaces_the_crashed_attempts_demonstrations(tiny_model, tmp_path):
+    run = tmp_path / "sft"
+    (run / "demos").mkdir(parents=True)
+    (run / "demos" / "round_0.jsonl").write_text('{"messages": [{"role": "user", "content": "old"}], "reply": "<act')
+    metrics = sft(_sft_cfg(tiny_model, run, "sft.epochs=1"))  # the crashed attempt left no checkpoint: allowed
+    demos = read_jsonl([run / "demos" / "round_0.jsonl"])  # strict: no torn line in the middle
+    heldout = sum(d.game_id == demos[0].game_id for d in demos)
+    assert len(demos) == metrics["sft/demonstrations"] + heldout and metrics["demos/round0_turns"] == len(demos)
+
+
 def test_sft_with_frozen_layers_keeps_their_activations_across_epochs(tiny_model, tmp_path):
     metrics = sft(_sft_cfg(tiny_model, tmp_path / "sft", "model.freeze_layers=1", "sft.epochs=3"))
     # epoch 1 runs both layers and keeps layer 1's input; epochs 2-3 start there (trainers.frozen_cache)
@@ -260,6 +270,11 @@ def test_bad_demo_file_stops_sft_before_any_model_loads_and_keeps_written_demos(
     good.write_text(line + "\n")
     write_jsonl(good, read_jsonl([good]))  # appends: what was there stays
     assert good.read_text().count("\n") == 2
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + (line + "\n").encode())  # UTF-8 with a byte-order mark
+    assert len(read_jsonl([bom])) == 1
+    write_jsonl(bom, read_jsonl([good]), append=False)  # replaces, atomically
+    assert len(read_jsonl([bom])) == 2 and not list(tmp_path.glob("*.tmp"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text(line + "\n{broken\n")
     proc = subprocess.run(

@@ -89,16 +89,21 @@ def demonstrations_from(trajectories: Iterable[Trajectory], template: Any, stamp
     return out
 
 
-def write_jsonl(path: str | os.PathLike, demos: Sequence[Demonstration]) -> Path:
-    """Append ``demos`` to ``path`` (one JSON object per line), flushed and synced: what was
-    written before stays, and a kill leaves at most one torn last line (dropped on read)."""
+def write_jsonl(path: str | os.PathLike, demos: Sequence[Demonstration], *, append: bool = True) -> Path:
+    """Write ``demos`` to ``path`` (one JSON object per line), flushed and synced. ``append``: after what is there
+    (which stays; a kill leaves at most one torn last line, dropped on read with ``allow_torn_tail``); else the
+    file becomes exactly ``demos``, atomically (a temporary file renamed over it), as SFT writes each round: a
+    rerun into the run dir of a crashed attempt replaces that attempt's round instead of adding to it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
+    target = path if append else path.with_name(path.name + ".tmp")
+    with open(target, "a" if append else "w", encoding="utf-8") as f:
         for d in demos:
             f.write(d.to_json() + "\n")
         f.flush()
         os.fsync(f.fileno())
+    if not append:
+        os.replace(target, path)
     return path
 
 
@@ -117,7 +122,7 @@ def read_jsonl(paths: Sequence[str | os.PathLike], *, allow_torn_tail: bool = Fa
                 f"<sft run>/demos/round_0.jsonl")
         raw = path.read_bytes()
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")  # a byte-order mark (some Windows editors write one) is not content
         except UnicodeDecodeError as exc:
             raise DemonstrationFileError(f"demonstration file {path}: not UTF-8 text ({exc}). Fix: write JSONL as "
                                          f"UTF-8") from None
