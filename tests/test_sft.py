@@ -346,3 +346,18 @@ def test_a_time_budget_ends_the_cosine_at_its_deadline_not_mid_schedule(tiny_mod
     assert metrics["sft/stopped_by_time_budget"] == 1.0 and 5 < len(lrs) < 40
     assert lrs[:2] == pytest.approx([1 / 3, 2 / 3])  # warmup by steps
     assert lrs[-1] < 0.15 and all(a >= b for a, b in zip(lrs[2:], lrs[3:]))  # decays to ~10% by the deadline
+
+
+@pytest.mark.parametrize("n, batch_size, epochs", [(5, 16, 3), (12, 8, 4), (10, 4, 2.5)])
+def test_sft_batches_hold_distinct_demonstrations_and_epochs_are_what_they_say(tiny_model, n, batch_size, epochs):
+    model, _ = load_model_and_tokenizer(tiny_model)
+    learner = SftLearner(model, torch.optim.SGD(model.parameters(), lr=0.0),
+                         SftSettings(epochs=epochs, batch_size=batch_size, warmup_steps=0))
+    batches = []
+    learner.nll = lambda seqs, batch, **kw: (batches.append(list(batch)), (1.0, 1))[1]  # records each step's batch
+    metrics = learner.fit([[0, 1, 2]] * n)  # sequences: only their lengths are read outside nll
+    assert all(len(b) == len(set(b)) == min(batch_size, n) for b in batches)  # no demonstration twice in a step
+    seen = [i for b in batches for i in b]
+    assert metrics["sft/epochs_done"] == pytest.approx(len(seen) / n) and len(seen) >= epochs * n
+    counts = [seen.count(i) for i in range(n)]
+    assert max(counts) - min(counts) <= 1  # every demonstration as often as the others, give or take the last epoch

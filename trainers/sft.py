@@ -117,7 +117,9 @@ class SftLearner:
             raise ValueError("SFT needs at least one demonstration sequence")
         self.model.train()
         order: list[int] = []
-        planned = max(1, math.ceil(self.s.epochs * len(sequences) / self.s.batch_size))
+        bs = min(self.s.batch_size, len(sequences))  # fewer demonstrations than a batch: every one each step
+        planned = max(1, math.ceil(self.s.epochs * len(sequences) / bs))
+        seen_items = 0
         t0 = time.perf_counter()
         seen_tokens = seen_reply = 0
         loss_sum = tokens_sum = 0.0
@@ -131,11 +133,14 @@ class SftLearner:
             if deadline is not None and time.monotonic() >= deadline:
                 stopped_by_time = True
                 break
-            if len(order) < self.s.batch_size:
+            if len(order) < bs:  # the epoch's last items, filled up from the next epoch without repeating one
                 fresh = list(range(len(sequences)))
                 self.rng.shuffle(fresh)
-                order += fresh
-            batch, order = order[: self.s.batch_size], order[self.s.batch_size:]
+                waiting = set(order)
+                head = [i for i in fresh if i not in waiting][: bs - len(order)]
+                taken = set(head)
+                order += head + [i for i in fresh if i not in taken]
+            batch, order = order[:bs], order[bs:]
             if step == self.s.warmup_steps:
                 t_warm = time.monotonic()  # the budget's cosine spans what is left after warmup
             time_progress = 0.0
@@ -165,6 +170,7 @@ class SftLearner:
             self.optimizer.zero_grad(set_to_none=True)
             self.steps += 1
             done += 1
+            seen_items += len(batch)
             loss_sum += nll
             tokens_sum += n
             seen_tokens += sum(len(sequences[i]) for i in batch)
@@ -181,7 +187,7 @@ class SftLearner:
         return {**kept,
             "sft/loss": loss_sum / max(tokens_sum, 1.0),
             "sft/optimizer_steps": float(done),
-            "sft/epochs_done": done * self.s.batch_size / len(sequences),
+            "sft/epochs_done": seen_items / len(sequences),
             "sft/stopped_by_time_budget": float(stopped_by_time),
             "perf/sft_seconds": elapsed,
             "perf/sft_tokens_per_s": seen_tokens / elapsed if elapsed > 0 else 0.0,
