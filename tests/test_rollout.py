@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import gymnasium
@@ -19,7 +20,7 @@ COLORS = ["red", "blue", "green", "gold"]
 
 
 class DoorRoomEnv(gymnasium.Env):
-    """Test env: open the door of the task's colour. ``crash`` raises (an env failure)."""
+    """Test env: open the door of the task's colour. ``crash`` raises (an env failure); ``nan`` is rewarded NaN."""
 
     metadata = {"render_modes": [], "prompt_template": "generic"}
 
@@ -49,6 +50,8 @@ class DoorRoomEnv(gymnasium.Env):
     def step(self, action):
         if action == "crash":
             raise RuntimeError("the door env crashed")
+        if action == "nan":  # a broken reward function
+            return "Nothing happens.", float("nan"), False, False, self._info(False)
         if action == f"open {COLORS[self.task]} door":
             return "The door opens. You win.", 1.0, True, False, self._info(won=True)
         valid = action == "look" or action.startswith("open ")
@@ -166,6 +169,22 @@ def test_max_turns_and_env_errors_are_truncations(tokenizer):
         assert t.truncated and not t.won and t.num_turns == 1
         assert "the door env crashed" in t.info["error"] and t.info["failed_at"] == "turn 1"
     assert metrics["rollout/error_rate"] == 0.5 and metrics["rollout/truncated_rate"] == 1.0
+
+
+def test_a_non_finite_reward_fails_its_episode_and_its_group_is_left_out(tokenizer):
+    from trainers.rollout import drop_failed_groups
+
+    def script(prompt):
+        return f"<think>x</think><action>{'nan' if 'open the gold door' in prompt else 'look'}</action>"
+
+    tasks = [TaskSpec("door-red", 1, {"task": 0}), TaskSpec("door-gold", 2, {"task": 3})]
+    with EnvPool(ENV_ID, num_envs=4) as pool:
+        trajs, _ = RolloutEngine(ScriptedPolicy(tokenizer, script), pool, max_turns=2, progress=False).run(tasks, 2)
+    for t in trajs[2:]:
+        assert "non-finite reward (nan)" in t.info["error"] and t.num_turns == 1 and t.reward == 0.0
+    assert all(math.isfinite(t.reward) for t in trajs)
+    kept, dropped = drop_failed_groups(trajs)
+    assert kept == trajs[:2] and dropped == 2
 
 
 def test_more_episodes_than_envs_reuses_env_slots(tokenizer):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -418,7 +419,11 @@ class RolloutEngine:
         finished: list[_Episode] = []
         for ep, turn, res, (_, sent) in zip(stepping, turns, results, actions):
             stats.turns += 1
-            turn.reward = float(res.reward)
+            turn.reward, error = float(res.reward), res.error
+            if not math.isfinite(turn.reward) and not error:  # the env's fault: its group is left out, as on a crash
+                error = (f"the env returned a non-finite reward ({turn.reward}) for action {sent!r}; a NaN or inf "
+                         f"would zero every advantage of its group")
+                turn.reward = 0.0
             turn.info.update(res.info)
             if turn.action is None:
                 turn.info["sent_action"] = sent
@@ -428,10 +433,10 @@ class RolloutEngine:
             ep.observation = res.observation
             ep.admissible = res.info.get("admissible_commands", ep.admissible)
             ep.expert_action = res.info.get("expert_action")
-            ep.traj.won = bool(res.info.get("won", ep.traj.won)) and not res.error
-            if res.error:
+            ep.traj.won = bool(res.info.get("won", ep.traj.won)) and not error
+            if error:
                 ep.traj.truncated = True
-                ep.traj.info.update(error=res.error, failed_at=f"turn {len(ep.traj.turns)}")
+                ep.traj.info.update(error=error, failed_at=f"turn {len(ep.traj.turns)}")
                 finished.append(ep)
             elif res.terminated or res.truncated:
                 ep.traj.terminated, ep.traj.truncated = bool(res.terminated), bool(res.truncated)
