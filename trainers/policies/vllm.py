@@ -283,6 +283,28 @@ def _make_importable_in_workers() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([root] + [p for p in paths if p])
 
 
+def per_request_params(base, allowed: list, repeat: int):
+    """vLLM SamplingParams for the requests of one generate call (prompt-major, ``repeat`` per prompt): ``base``
+    for all when it can be shared, else one per request: a prompt's choice list becomes a structured output, and a
+    seeded call gives request k the seed ``base.seed + k`` (vLLM seeds each request alone, so one seed for all
+    would sample identical prompts, a group's G members, identically)."""
+    if all(c is None for c in allowed) and base.seed is None:
+        return base
+    from vllm.sampling_params import StructuredOutputsParams
+
+    out = []
+    for c in allowed:
+        for _ in range(repeat):
+            sp = base.clone()
+            if c is not None:
+                sp.structured_outputs = StructuredOutputsParams(choice=c)
+            out.append(sp)
+    if base.seed is not None:
+        for k, sp in enumerate(out):
+            sp.seed = base.seed + k
+    return out
+
+
 @POLICIES.register("vllm")
 class VLLMPolicy:
     """A :class:`~trainers.policies.base.Policy` on a vLLM engine.
@@ -429,17 +451,7 @@ class VLLMPolicy:
             self._wake()
         repeat = params.n if params.greedy else 1
         requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts for _ in range(repeat)]
-        base = self._vllm_params(params)
-        if any(c is not None for c in allowed):  # one SamplingParams per request; a choice list is a structured output
-            from vllm.sampling_params import StructuredOutputsParams
-
-            per_prompt = [base if c is None else base.clone() for c in allowed]
-            for sp, c in zip(per_prompt, allowed):
-                if c is not None:
-                    sp.structured_outputs = StructuredOutputsParams(choice=c)
-            sampling = [sp for sp in per_prompt for _ in range(repeat)]
-        else:
-            sampling = base
+        sampling = per_request_params(self._vllm_params(params), allowed, repeat)
         outputs = self.llm.generate(requests, sampling, use_tqdm=False, lora_request=self._lora_request)
         result: list[list[Generation]] = []
         for i in range(len(prompts)):
