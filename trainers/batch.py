@@ -127,7 +127,8 @@ def row_advantages(cfg: Config, batch):
     owners = batch.row_trajectories(cfg.algo.ratio_unit)  # [R]
     rewards = torch.tensor(row_rewards(batch, owners, cfg.algo.ratio_unit, cfg.rollout.invalid_action_penalty),
                            dtype=torch.float32)  # [R]
-    groups = torch.tensor([batch.group_ids[k] for k in owners])  # [R]
+    group_of = batch.group_ids  # [B] (a property that walks the batch: read once)
+    groups = torch.tensor([group_of[k] for k in owners])  # [R]
     advantages = compute_advantages(cfg.algo.advantage, rewards, groups)  # [R]
     if cfg.algo.ratio_unit == "trajectory":
         batch.advantages = advantages.tolist()
