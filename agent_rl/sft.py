@@ -30,7 +30,7 @@ def collect_round(cfg: Config, env_id: str, template, policy, *, round_index: in
                   temperature: float, num_tasks: int | None, pool) -> tuple[list, dict[str, float]]:
     """Play ``games`` train games with DAgger's mixture (``beta = 1``: the expert alone) and return
     the labelled turns as demonstrations, plus what happened in the episodes."""
-    from agent_rl.rollout_side import rollout_settings
+    from agent_rl.rollout_side import rollout_settings, rollout_stop
     from trainers.batch import sample_tasks
     from trainers.demonstrations import ExpertMix, demonstrations_from, stamp_for
     from trainers.policies.base import SamplingParams
@@ -39,7 +39,8 @@ def collect_round(cfg: Config, env_id: str, template, policy, *, round_index: in
     settings = rollout_settings(cfg)  # the prompts and reply handling RL and eval will use
     settings.update(template=template, invalid_action_penalty=0.0)
     engine = RolloutEngine(policy, pool, max_turns=cfg.rollout.max_turns,
-                           sampling=SamplingParams(temperature=temperature, max_tokens=cfg.rollout.max_new_tokens),
+                           sampling=SamplingParams(temperature=temperature, top_p=cfg.rollout.top_p,
+                                                   max_tokens=cfg.rollout.max_new_tokens, stop=rollout_stop(cfg)),
                            progress=cfg.train.progress, expert=ExpertMix(beta, seed=cfg.train.seed + round_index),
                            **settings)
     rng = random.Random(cfg.train.seed * 7919 + round_index)
@@ -77,12 +78,12 @@ def sft(cfg: Config) -> dict[str, float]:
     import torch
     from omegaconf import OmegaConf
 
-    from agent_rl.rollout_side import make_pool, make_rollout_policy, sync_weights
+    from agent_rl.rollout_side import make_pool, make_rollout_policy, rollout_stop, sync_weights
     from agent_rl.train import learner_autocast, load_model, make_run_dir, resolve_env, resolve_template
     from trainers.batch import env_num_tasks
     from trainers.checkpoint import latest_checkpoint, save_checkpoint
     from trainers.demonstrations import TokenizerOnlyPolicy, read_jsonl, write_jsonl
-    from trainers.sft import SftLearner, SftSettings, sft_sequences
+    from trainers.sft import SftLearner, SftSettings, reply_end_ids, sft_sequences
     from trainers.tracking import Tracker
 
     # 1. everything that can be wrong is checked before a model or an env loads
@@ -106,6 +107,7 @@ def sft(cfg: Config) -> dict[str, float]:
 
     # 2. model, optimizer, learner
     model, tokenizer = load_model(cfg)
+    end_ids = reply_end_ids(rollout_stop(cfg), template.stop, tokenizer)  # replies end as the rollout's do
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr,
                                   weight_decay=cfg.train.weight_decay)
     learner = SftLearner(model, optimizer, SftSettings(
@@ -148,9 +150,9 @@ def sft(cfg: Config) -> dict[str, float]:
         else:
             demos = user_demos
         train_demos, held = split_heldout(demos, s.heldout_games if user_demos is None else 0)
-        held_seqs = sft_sequences(held, tokenizer)
+        held_seqs = sft_sequences(held, tokenizer, end_ids)
         with budget.running() as deadline:
-            metrics.update(_prefixed(learner.fit(sft_sequences(train_demos, tokenizer), deadline=deadline,
+            metrics.update(_prefixed(learner.fit(sft_sequences(train_demos, tokenizer, end_ids), deadline=deadline,
                                                  log=log_step), 0))
         metrics.update(_prefixed(learner.heldout(held_seqs), 0))
         tracker.log(learner.steps, metrics)
@@ -176,7 +178,7 @@ def sft(cfg: Config) -> dict[str, float]:
             metrics.update(m)
             train_demos += new
             with budget.running() as deadline:
-                metrics.update(_prefixed(learner.fit(sft_sequences(train_demos, tokenizer), deadline=deadline,
+                metrics.update(_prefixed(learner.fit(sft_sequences(train_demos, tokenizer, end_ids), deadline=deadline,
                                                      log=log_step), k))
             metrics.update(_prefixed(learner.heldout(held_seqs), k))
             tracker.log(learner.steps, metrics)

@@ -361,3 +361,38 @@ def test_sft_batches_hold_distinct_demonstrations_and_epochs_are_what_they_say(t
     assert metrics["sft/epochs_done"] == pytest.approx(len(seen) / n) and len(seen) >= epochs * n
     counts = [seen.count(i) for i in range(n)]
     assert max(counts) - min(counts) <= 1  # every demonstration as often as the others, give or take the last epoch
+
+
+def test_replies_that_end_only_at_end_of_sequence_are_trained_to_end_there(tiny_model, tmp_path, monkeypatch):
+    import trainers.rollout
+    import trainers.sft as sft_learner
+    from trainers.sft import reply_end_ids
+
+    _, tokenizer = load_model_and_tokenizer(tiny_model)
+    eos = tokenizer.eos_token_id
+    assert reply_end_ids(None, ["</action>"], tokenizer) == []  # the template's stop string ends the reply
+    assert reply_end_ids(["\n"], None, tokenizer) == []
+    assert reply_end_ids([], ["</action>"], tokenizer) == [eos]  # rollout.stop=[]: end-of-sequence only
+    assert reply_end_ids(None, None, tokenizer) == [eos]  # a template without stop strings (math)
+    demo = _expert_demos(tokenizer, tasks=(1,))[1][0]
+    plain, closed = sft_sequences([demo], tokenizer)[0], sft_sequences([demo], tokenizer, [eos])[0]
+    assert closed.input_ids == plain.input_ids + [eos] and closed.loss_mask == plain.loss_mask + [1]
+
+    # the sft command: with rollout.stop=[] the replies it trains on end with the token the rollout stops at, and
+    # the model's DAgger turns are sampled with the same stop list
+    ends, stops = [], []
+    real_sequences, real_init = sft_learner.sft_sequences, trainers.rollout.RolloutEngine.__init__
+
+    def sequences(demos, tok, end_ids=()):
+        ends.append(list(end_ids))
+        return real_sequences(demos, tok, end_ids)
+
+    def init(self, *args, **kwargs):
+        stops.append(kwargs["sampling"].stop)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(sft_learner, "sft_sequences", sequences)
+    monkeypatch.setattr(trainers.rollout.RolloutEngine, "__init__", init)
+    sft(_sft_cfg(tiny_model, tmp_path / "eos", "rollout.stop=[]", "sft.epochs=1", "sft.dagger_rounds=1",
+                 "sft.dagger_games=2", "rollout.backend=hf"))
+    assert ends and all(e == [eos] for e in ends) and stops == [[], []]

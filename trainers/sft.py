@@ -49,15 +49,27 @@ class SftSettings:
     freeze_cache_max_gb: float | None = None
 
 
-def sft_sequences(demos: Seq[Any], tokenizer: Any) -> list[Sequence]:
-    """One learner Sequence per demonstration: prompt ids (masked) + reply ids (the loss)."""
+def sft_sequences(demos: Seq[Any], tokenizer: Any, end_ids: Seq[int] = ()) -> list[Sequence]:
+    """One learner Sequence per demonstration: prompt ids (masked) + reply ids (the loss). ``end_ids``: tokens
+    that close every reply, in the loss too: the end-of-sequence token where replies end only there (no stop
+    string), as the rollout's replies then do (:func:`reply_end_ids`)."""
     out = []
     for i, d in enumerate(demos):
         prompt = messages_prompt_ids(tokenizer, d.messages)
-        reply = list(tokenizer(d.reply, add_special_tokens=False)["input_ids"])
+        reply = list(tokenizer(d.reply, add_special_tokens=False)["input_ids"]) + list(end_ids)
         out.append(Sequence(prompt + reply, [0] * len(prompt) + [1] * len(reply), [0.0] * (len(prompt) + len(reply)), i))
     return out
 
+
+
+def reply_end_ids(stop: Seq[str] | None, template_stop: Seq[str] | None, tokenizer: Any) -> list[int]:
+    """What closes a reply in the rollout, as SFT must teach it: nothing when a stop string ends it (the string is
+    the reply's last text, ``stop``, else the template's), else the end-of-sequence token, which the backends
+    keep as the reply's last token."""
+    stops = template_stop if stop is None else stop
+    if stops or tokenizer.eos_token_id is None:
+        return []
+    return [int(tokenizer.eos_token_id)]
 
 class SftLearner:
     """Trains ``model`` on demonstration sequences; the optimizer and its state live across calls to
