@@ -56,6 +56,12 @@ def test_other_extractors():
     assert extract_hash("no hashes") is None
     assert extract_answer_is("So the answer is 42.") == "42"
     assert extract_answer_is("Answer: $\\boxed{7}$") == "7"
+    # the first math span after "answer is", not the text up to the sentence's last "$"
+    assert extract_answer_is("The answer is $3$, not $5$.") == "3"
+    assert extract_answer_is("Answer: $$x^2$$ (or maybe $7$)") == "x^2"
+    assert extract_answer_is("so the answer is \\(\\frac{1}{2}\\).") == "\\frac{1}{2}"
+    assert not grade("The answer is $3$, not $5$.", "5", extractor="answer_is").correct
+    assert grade("The answer is $3$, not $5$.", "3", extractor="answer_is").correct
     assert extract_last_number("3 apples and -2.5 pears, total 1,000") == "1,000"
     assert extract_last_number("none") is None
     assert set(EXTRACTORS.names()) >= {"boxed", "hash", "answer_is", "last_number"}
@@ -102,6 +108,24 @@ def test_grade_reports_extraction():
     assert g.correct and g.valid and g.extracted == "x = 3" and not g.timed_out
     g = grade("I don't know", "3")
     assert not g.correct and not g.valid and g.extracted is None
+
+
+def test_a_reference_whose_parse_timed_out_once_is_graded_again(monkeypatch):
+    import math_verify
+
+    from envs.math import grader
+
+    real, calls = math_verify.parse, []
+
+    def parse(text, **kw):  # math-verify answers [] when its parsing times out: the first call here
+        calls.append(text)
+        return [] if len(calls) == 1 else real(text, **kw)
+
+    monkeypatch.setattr(math_verify, "parse", parse)
+    monkeypatch.setattr(grader, "_GOLD", {})
+    with pytest.raises(ValueError, match="could not parse the reference"):
+        grader._verify("7", "7", 5)
+    assert grader._verify("7", "7", 5)  # parsed again, not the cached failure
 
 
 def test_grade_pathological_answer_times_out_as_wrong():

@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -107,8 +106,15 @@ def extract_answer_is(text: str) -> str | None:
     matches = list(_ANSWER_IS_RE.finditer(text))
     if not matches:
         return None
-    found = matches[-1].group(1).strip().strip("$").strip()
+    found = matches[-1].group(1).strip()
+    span = _MATH_SPAN_RE.match(found)  # "is $3$, not $5$": the first math span, not the text up to the last "$"
+    if span:
+        found = next(g for g in span.groups() if g is not None)
+    found = found.strip()
     return extract_boxed(found) or found or None
+
+
+_MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
 
 
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
@@ -165,15 +171,24 @@ def _verify(extracted: str, reference: str, timeout_s: int | None) -> bool:
     return bool(verify(gold, pred, timeout_seconds=timeout_s))
 
 
-@lru_cache(maxsize=4096)
-def _parse_gold_cached(reference: str, timeout_s: int | None) -> tuple:
-    from math_verify import parse
-
-    return tuple(parse(_as_latex(reference), parsing_timeout=timeout_s))
+_GOLD: dict[tuple[str, int | None], tuple] = {}  # parsed references (a process's envs share them)
 
 
 def _parse_gold(reference: str, timeout_s: int | None) -> list:
-    return list(_parse_gold_cached(reference, timeout_s))
+    """math-verify's parse of a reference answer, cached when it succeeds. An empty parse is not cached:
+    math-verify returns [] on a parse timeout too (a busy machine), and one timeout must not make a problem
+    ungradable for the rest of the run."""
+    key = (reference, timeout_s)
+    if key not in _GOLD:
+        from math_verify import parse
+
+        parsed = tuple(parse(_as_latex(reference), parsing_timeout=timeout_s))
+        if not parsed:
+            return []
+        if len(_GOLD) >= 4096:
+            _GOLD.pop(next(iter(_GOLD)))  # the oldest
+        _GOLD[key] = parsed
+    return list(_GOLD[key])
 
 
 def unparseable_references(problems, timeout_s: int = 5) -> list[int]:
