@@ -201,3 +201,22 @@ def test_kl_per_token_is_clamped_like_verl_low_var_kl():
     lp = torch.zeros(1, 2)
     ref = torch.tensor([[15.0, 0.0]])  # k3 = e^15 - 16 for the first token, 0 for the second
     assert float(kl_low_var(lp, ref, torch.ones(1, 2))) == pytest.approx(KL_BOUND / 2)
+
+
+@pytest.mark.parametrize("loss", ["holder", "holder_token", "grpo", "gspo", "gmpo", "dr_grpo"])
+def test_ratio_metrics_describe_the_rows_that_carry_gradient(loss):
+    # one row with signal; zero-advantage rows (ratio 1 when the learner skips them, or anything else) beside it
+    # must not move the ESS adaptive p steers by, nor count as clipped
+    signal = torch.tensor([[1.0, 0.0, 0.0, 0.0]])  # [1, T]
+    alone = policy_loss(loss, logprobs=signal, old_logprobs=torch.zeros(1, 4), advantages=torch.tensor([1.0]),
+                        loss_mask=torch.ones(1, 4), p=2.0).metrics
+    others = torch.tensor([[-0.5, 0.0, 0.0, 0.0]] + [[0.0] * 4] * 8)  # [9, T]
+    mixed = policy_loss(loss, logprobs=torch.cat([signal, others]), old_logprobs=torch.zeros(10, 4),
+                        advantages=torch.tensor([1.0] + [0.0] * 9), loss_mask=torch.ones(10, 4), p=2.0).metrics
+    for key in ("loss/token_weight_ess", "loss/token_weight_max", "loss/clip_frac", "loss/ratio_mean"):
+        if key in alone:
+            assert mixed[key] == pytest.approx(alone[key]), key
+    # no row with signal: the metrics describe every row
+    none = policy_loss(loss, logprobs=others, old_logprobs=torch.zeros(9, 4), advantages=torch.zeros(9),
+                       loss_mask=torch.ones(9, 4), p=2.0).metrics
+    assert none["loss/clip_frac"] == 0.0 and math.isfinite(none.get("loss/token_weight_ess", 1.0))

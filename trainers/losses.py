@@ -81,10 +81,19 @@ def _finish(per_traj: torch.Tensor, rows: torch.Tensor, metrics: dict[str, float
     return LossOutput(loss=loss, metrics=metrics)
 
 
+def _stat_rows(rows: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """The rows the ratio metrics (ESS, ratio range) describe: those that carry gradient (A ≠ 0;
+    a zero-advantage row's ratio is exactly 1 when the learner skips it, ESS 1 by construction, and would pull
+    the adaptive p's signal toward 1 by the share of groups without signal), or every row when none does."""
+    signal = rows & (advantages != 0)  # [B]
+    return signal if bool(signal.any()) else rows
+
+
 def _ratio_metrics(p: float, log_rho: torch.Tensor, rows, e, inv_sum, n) -> dict[str, float]:
+    """``rows``: the rows to describe (:func:`_stat_rows`)."""
     with torch.no_grad():
         rho = log_rho.exp()[rows] if bool(rows.any()) else log_rho.new_ones(1)
-        ess, wmax = token_weight_stats(e, inv_sum, n)
+        ess, wmax = token_weight_stats(e, inv_sum, n * rows)
         return {
             "loss/p": float(p),
             "loss/ratio_mean": float(rho.mean()),
@@ -106,10 +115,12 @@ def holder_sequence_clip(
     unclipped = -adv * log_rho.exp()  # [B]
     clipped_loss = -adv * log_rho.clamp(lo, hi).exp()  # [B]
     per_traj = torch.maximum(unclipped, clipped_loss)  # [B]
-    metrics = _ratio_metrics(p, log_rho, rows, e, inv_sum, n)
+    stat = _stat_rows(rows, adv)  # [B]
+    metrics = _ratio_metrics(p, log_rho, stat, e, inv_sum, n)
     with torch.no_grad():
-        clipped = (clipped_loss > unclipped) & rows  # [B]
-        metrics["loss/clip_frac"] = float(clipped.sum() / rows.sum().clamp_min(1))
+        signal = rows & (adv != 0)  # [B] only these can be clipped (0 when no row has signal)
+        clipped = (clipped_loss > unclipped) & signal  # [B]
+        metrics["loss/clip_frac"] = float(clipped.sum() / signal.sum().clamp_min(1))
     return _finish(per_traj, rows, metrics)
 
 
@@ -128,10 +139,12 @@ def holder_token_clip(
     log_c = torch.clamp(log_ratio, lower, upper)  # [B, T]
     log_rho, e, inv_sum = holder_log_mean_factored(log_c, maskf, p)  # [B], [B, T], [B]
     per_traj = -adv * log_rho.exp()  # [B]
-    metrics = _ratio_metrics(p, log_rho, rows, e, inv_sum, n)
+    stat = _stat_rows(rows, adv)  # [B]
+    metrics = _ratio_metrics(p, log_rho, stat, e, inv_sum, n)
     with torch.no_grad():
         clipped = torch.linalg.vecdot((log_c != log_ratio).to(maskf.dtype), maskf)  # [B]
-        metrics["loss/clip_frac"] = float(clipped.sum() / n.sum().clamp_min(1))
+        signal = rows & (adv != 0)  # [B] only these can be clipped (0 when no row has signal)
+        metrics["loss/clip_frac"] = float((clipped * signal).sum() / (n * signal).sum().clamp_min(1))
     return _finish(per_traj, rows, metrics)
 
 
@@ -177,12 +190,13 @@ def dr_grpo(
     # A row past its budget (a constrained reply longer than max_new_tokens) raises the constant, never the reverse.
     per_traj = token_loss.sum(-1) / max(norm_tokens or 0, logprobs.shape[1])  # [B]
     with torch.no_grad():
-        n = mask.sum().clamp_min(1)
+        stat = mask & _stat_rows(rows, advantages).unsqueeze(-1)  # [B, T]
+        n = stat.sum().clamp_min(1)
         metrics = {
             "loss/p": 1.0,
-            "loss/ratio_mean": float((ratio * mask).sum() / n),
-            "loss/ratio_max": float(ratio.masked_fill(~mask, 0).max()) if bool(mask.any()) else 1.0,
-            "loss/clip_frac": float(((-adv * clipped_ratio > -adv * ratio) & mask).sum() / n),
+            "loss/ratio_mean": float((ratio * stat).sum() / n),
+            "loss/ratio_max": float(ratio.masked_fill(~stat, 0).max()) if bool(stat.any()) else 1.0,
+            "loss/clip_frac": float(((-adv * clipped_ratio > -adv * ratio) & stat).sum() / n),  # A = 0: never
         }
     return _finish(per_traj, rows, metrics)
 
