@@ -304,7 +304,7 @@ def train(cfg: Config) -> dict[str, float]:
             # 3. learner: old logprobs recomputed, K updates with the scheduled p
             model.train()
             metrics.update(learner.update(batch, advantages, p, behaviour=behaviour.for_update()))
-            metrics["loss/p"] = p
+            metrics.setdefault("loss/p", p)  # the p the loss used (grpo, gspo, gmpo, dr_grpo fix their own)
             p_control.observe(metrics)
             # 4. weight sync to the rollout engine (deferred while an asynchronous rollout is in flight); with
             #    train.fsdp2 the shards are first gathered into rank 0's full copy

@@ -76,6 +76,28 @@ def test_a_nan_token_weight_ess_never_reaches_the_off_policy_summary(tiny):
     assert math.isfinite(m.get("loss/token_weight_ess_offpolicy", 1.0))
 
 
+def test_a_skipped_update_does_not_halve_the_step_s_gradient_norm(tiny, monkeypatch):
+    # two minibatches, the first with a NaN loss (skipped before any gradient): the step's grad norm is the
+    # second update's, not half of it; the skipped share is a share of all updates
+    import trainers.learner as learner_mod
+
+    real, calls, norms = learner_mod.policy_loss, [], []
+
+    def first_nan(name, **kw):
+        out = real(name, **kw)
+        calls.append(name)
+        return out if len(calls) > 1 else type(out)(loss=out.loss * math.nan, metrics=out.metrics)
+
+    monkeypatch.setattr(learner_mod, "policy_loss", first_nan)
+    model = copy.deepcopy(tiny)
+    learner = Learner(model, torch.optim.SGD(model.parameters(), lr=0.0), LearnerSettings(num_minibatches=2))
+    real_clip = learner._clip_gradients
+    learner._clip_gradients = lambda max_norm: norms.append(float(real_clip(max_norm))) or torch.tensor(norms[-1])
+    m = learner.update(make_batch("per_step", seed=1), torch.tensor([1.0, -1.0, 1.0, -1.0]), p=1.0)
+    assert m["train/nonfinite_updates"] == 1 and len(norms) == 1 and norms[0] > 0
+    assert m["loss/grad_norm"] == pytest.approx(norms[0])
+
+
 def test_nan_advantages_skip_the_step_and_finite_ones_still_train(tiny):
     model = copy.deepcopy(tiny)
     learner = Learner(model, torch.optim.SGD(model.parameters(), lr=0.1), LearnerSettings())

@@ -686,3 +686,12 @@ def test_the_vllm_engine_seed_is_the_run_seed_and_on_a_resume_one_of_its_own():
     seeds = {engine_seed(seed, step) for seed in (0, 1, 7) for step in (1, 2, 3, 100)}
     assert len(seeds) == 12 and all(0 <= s < 2**31 for s in seeds)  # distinct, in any engine's seed range
     assert engine_seed(7, 3) == engine_seed(7, 3)  # reproducible: resuming twice at one step samples alike
+
+
+def test_loss_p_is_the_p_the_loss_used(tiny_model, tmp_path):
+    # grpo fixes p = 1 whatever the (default, linear 2 -> -2) schedule says; holder uses the scheduled p
+    rows = {}
+    for loss in ("grpo", "holder"):
+        train(quick(tiny_model, tmp_path / loss, f"algo.loss={loss}", "train.steps=2"))
+        rows[loss] = [json.loads(x)["loss/p"] for x in (tmp_path / loss / "metrics.jsonl").read_text().splitlines()]
+    assert rows["grpo"] == [1.0, 1.0] and rows["holder"] == [0.0, -2.0]  # holder: the schedule at steps 1, 2 of 2

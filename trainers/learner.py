@@ -94,6 +94,16 @@ class LearnerSettings:
     freeze_cache_max_gb: float | None = None
 
 
+# per-update flags (1.0 when it happened): averaged over every update of the step, so they read as shares
+_UPDATE_FLAGS = frozenset({"perf/skipped_zero_gradient", "train/nonfinite_updates"})
+
+
+def _accumulate(metrics: dict[str, float], sums: dict[str, float], counts: dict[str, int]) -> None:
+    for key, v in metrics.items():
+        sums[key] = sums.get(key, 0.0) + v
+        counts[key] = counts.get(key, 0) + 1
+
+
 class Learner:
     def __init__(self, model, optimizer, settings: LearnerSettings, *, ref_model=None, seed: int = 0,
                  dp: DataParallel | None = None):
@@ -245,6 +255,7 @@ class Learner:
         sampled = {i: torch.tensor(s.logprobs) for i, s in enumerate(sequences)}
         sampled.update(placeholder)  # no recomputed logprob to compare with
         metrics_sum: dict[str, float] = {}
+        metrics_count: dict[str, int] = {}  # updates that reported each key
 
         traj_ids = list(range(len(seqs_of)))  # loss rows
         n_updates = n_skipped = 0
@@ -287,7 +298,7 @@ class Learner:
                 if not (bool(torch.isfinite(total)) and bool(torch.isfinite(g_mat).all())):
                     metrics.update({"loss/policy": float(out.loss), "loss/total": float(total),
                                     "train/nonfinite_updates": 1.0})
-                    self._skip_update(metrics, metrics_sum)
+                    self._skip_update(metrics, metrics_sum, metrics_count)
                     n_skipped += 1
                     continue
                 with torch.no_grad():
@@ -323,7 +334,7 @@ class Learner:
                 metrics["loss/grad_norm"] = float(grad_norm)
                 if not bool(torch.isfinite(grad_norm)):
                     metrics["train/nonfinite_updates"] = 1.0
-                    self._skip_update(metrics, metrics_sum)
+                    self._skip_update(metrics, metrics_sum, metrics_count)
                     n_skipped += 1
                     continue
                 self.optimizer.step()
@@ -331,9 +342,11 @@ class Learner:
                 fresh = False
                 tokens += sum(len(sequences[i]) for i in live_idx)
                 n_updates += 1
-                for key, v in metrics.items():
-                    metrics_sum[key] = metrics_sum.get(key, 0.0) + v
-        result = {k: v / max(n_updates + n_skipped, 1) for k, v in metrics_sum.items()}
+                _accumulate(metrics, metrics_sum, metrics_count)
+        # a value is the mean over the updates that measured it (a skipped update has no gradient norm, an update
+        # without recomputed sequences no sampler gap); a flag is the share of all updates that raised it
+        total = max(n_updates + n_skipped, 1)
+        result = {k: v / (total if k in _UPDATE_FLAGS else max(metrics_count[k], 1)) for k, v in metrics_sum.items()}
         result["train/nonfinite_updates"] = float(n_skipped)
         if offpolicy_ess:  # the on-policy first update has uniform weights (ESS 1): only the others say anything
             result["loss/token_weight_ess_offpolicy"] = min(offpolicy_ess)
@@ -365,11 +378,11 @@ class Learner:
         gathered weights of a unit that has not resharded yet)."""
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
-    def _skip_update(self, metrics: dict[str, float], metrics_sum: dict[str, float]) -> None:
+    def _skip_update(self, metrics: dict[str, float], metrics_sum: dict[str, float],
+                     metrics_count: dict[str, int]) -> None:
         """Drop this update's gradient (no optimizer step) and keep its metrics, NaNs included."""
         self.optimizer.zero_grad(set_to_none=True)
-        for key, v in metrics.items():
-            metrics_sum[key] = metrics_sum.get(key, 0.0) + v
+        _accumulate(metrics, metrics_sum, metrics_count)
 
     def _inert_sequences(self, rows: list[list[int]], advantages: torch.Tensor) -> set[int]:
         """Sequences of zero-advantage rows whose passes can be skipped (module docstring)."""
