@@ -20,8 +20,10 @@ The loss is the mean of L_i over trajectories that have at least one agent token
 
 Token log-ratios δ are clamped to ±:data:`LOG_RATIO_BOUND` (20, as verl does) before anything else, so
 every loss is finite for any finite input (without it δ = ±100 overflows exp to inf and the gradient to
-NaN). A ratio of e^20 ≈ 5·10^8 is far past any clip range, so the clamp changes nothing a clipped loss
-would use: tokens beyond it get zero gradient, as clipped ones do.
+NaN). A ratio of e^20 ≈ 5·10^8 is far past any clip range. For A > 0 the clip already stops the gradient long
+before; for A < 0 the pessimistic max keeps the unclipped ratio (PPO), so a token whose ratio crosses e^20 has
+its gradient cut to 0 by the clamp (it would be ~A·10^8 just below): the clamp is a last-resort bound there,
+not a clip (verl bounds that branch earlier with a dual clip, clip_ratio_c = 3; not implemented here).
 Add a loss with ``@LOSSES.register("name")``: a function of the same keyword arguments.
 """
 
