@@ -260,6 +260,12 @@ class TestEnv:
         import numpy as np
 
         assert env.reset(options={"task": np.int64(5)})[1]["task_id"] == tid
+        assert env.reset(options={"game": None, "task": 5})[1]["task_id"] == tid  # game=None: the task decides
+        # a reset that fails leaves no episode to step, not the previous one
+        with pytest.raises(ValueError, match="out of range"):
+            env.reset(options={"task": 10**6})
+        with pytest.raises(gym.error.ResetNeeded):
+            env.step("look")
 
     def test_invalid_action_is_not_sent_and_the_episode_goes_on(self, env, monkeypatch):
         _obs, info = env.reset(options={"game": 0})

@@ -168,6 +168,7 @@ class ALFWorldEnv(gym.Env[str, str]):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[str, dict]:
         super().reset(seed=seed)
+        self._state, self._done = None, True  # a reset that fails below leaves no episode to step, not the last one
         index, path, task_id, task_type = self._choose_game(options or {})
         key = str(path)
         if self._loaded != key:
@@ -197,7 +198,8 @@ class ALFWorldEnv(gym.Env[str, str]):
         if not isinstance(action, str):
             raise TypeError(f"ALFWorldEnv actions are text: got {type(action).__name__} {action!r}; pass a str")
         if self._state is None:
-            raise ResetNeeded("ALFWorldEnv.step called before reset(); call env.reset() first")
+            raise ResetNeeded("ALFWorldEnv.step called before reset() (or after one that failed); "
+                              "call env.reset() first")
         if self._done:
             raise ResetNeeded("ALFWorldEnv episode has ended (terminated or truncated); call env.reset()")
         command = self._matcher.match(action)
@@ -281,7 +283,9 @@ class ALFWorldEnv(gym.Env[str, str]):
         if options.get("game") is not None and options.get("task") is not None and options["game"] != options["task"]:
             raise ValueError(f"ALFWorldEnv.reset got both game={options['game']!r} and task={options['task']!r}; "
                              f"pass one of them")
-        choice = options.get("game", options.get("task"))
+        choice = options.get("game")
+        if choice is None:  # game=None beside a task: the task
+            choice = options.get("task")
         if choice is None:
             choice = int(self.np_random.integers(self.num_tasks))
         if not isinstance(choice, bool) and not isinstance(choice, (int, str, os.PathLike)) \
