@@ -162,6 +162,8 @@ class _Worker:
 
     def receive(self, deadline: float | None) -> tuple[str, Any]:
         """("ok", value) | ("error", traceback) | ("crash", why); never blocks past the deadline."""
+        if self.conn.closed:  # killed earlier (a restart that failed to start)
+            return "crash", f"is not running (exit code {self.process.exitcode})"
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         ready = wait([self.conn, self.process.sentinel], timeout)
         if self.conn in ready:
@@ -336,13 +338,21 @@ class EnvPool(PoolFront):
                     self._worker_failed(rank, cmd, [], "was interrupted before it answered")
             raise
         results: list[StepResult] = []
-        for rank, (status, payload) in answers.items():
-            if status == "ok":
-                results.extend(payload)
-            elif status == "error":  # the worker lives but could not answer (e.g. an unpicklable info)
-                results.extend(self._batch_failed(rank, cmd, sent[rank], payload))
-            else:
-                results.extend(self._worker_failed(rank, cmd, sent[rank], payload))
+        try:
+            for rank, (status, payload) in answers.items():
+                if status == "ok":
+                    results.extend(payload)
+                elif status == "error":  # the worker lives but could not answer (e.g. an unpicklable info)
+                    results.extend(self._batch_failed(rank, cmd, sent[rank], payload))
+                else:
+                    results.extend(self._worker_failed(rank, cmd, sent[rank], payload))
+        except BaseException as exc:  # a crashed worker could not be restarted: this batch's results are lost,
+            # the other workers' envs included (they did step): their episodes say so until reset
+            for rank, batch in sent.items():
+                for item in batch:
+                    self._lost.setdefault(item[0], f"the {cmd} results of this batch were lost ({type(exc).__name__}: "
+                                                   f"{exc}); this episode is lost: reset it")
+            raise
         order = {item[0]: n for n, item in enumerate(items)}
         return sorted(results, key=lambda r: order[r.env_index])
 
@@ -366,13 +376,13 @@ class EnvPool(PoolFront):
         reason = f"env worker {rank} (pid {getattr(worker, 'pid', None)}) {why}"
         log.error("%s; restarting it, the episodes of envs %s are lost", reason, worker.indices)
         worker.kill()
-        self.restarts += 1
-        self._workers[rank] = self._spawn(rank)
-        self._workers[rank].wait_ready()
         requested = {item[0] for item in batch}
         for index in worker.indices:  # the new worker's envs start fresh: every old episode is gone
             when = f"during {cmd} of env {index}" if index in requested else f"while env {index} was idle"
             self._lost[index] = f"{reason} {when}; the worker was restarted and this episode is lost: reset it"
+        self.restarts += 1
+        self._workers[rank] = self._spawn(rank)  # one that fails to start is found dead, and replaced, next time
+        self._workers[rank].wait_ready()
         return [StepResult.failed(item[0], f"{reason} during {cmd} of env {item[0]}; the worker was restarted "
                                            f"and this episode is lost") for item in batch]
 

@@ -124,6 +124,29 @@ def test_crash_mid_step_loses_the_idle_neighbours_too():
         assert "while env 3 was idle" in neighbour.error
 
 
+def test_a_worker_that_cannot_be_restarted_loses_the_whole_batch_not_the_pool_s_bookkeeping(monkeypatch):
+    import envs.pool as pool_module
+
+    with _pool(num_envs=4, num_workers=2) as pool:
+        pool.reset([(i, i, None) for i in range(4)])
+        real_ready = pool_module._Worker.wait_ready
+
+        def fails_once(self):  # the restarted worker cannot build its envs (a broken install mid-run)
+            monkeypatch.setattr(pool_module._Worker, "wait_ready", real_ready)
+            self.kill()
+            raise RuntimeError(f"env worker {self.rank} could not build its envs")
+
+        monkeypatch.setattr(pool_module._Worker, "wait_ready", fails_once)
+        with pytest.raises(RuntimeError, match="could not build its envs"):
+            pool.step([(1, "crash"), (0, "go")])
+        # env 0 did step, but its result never came back: it must not go on as if it had not
+        assert all(r.error and "reset it" in r.error for r in pool.step([(0, "go"), (1, "go"), (3, "go")]))
+        assert all(r.error is None for r in pool.reset([(i, i, None) for i in range(4)]) if r.env_index in (0, 2))
+        results = pool.reset([(i, i, None) for i in range(4)])  # the dead worker is replaced by now
+        assert all(r.error is None for r in results), [r.error for r in results]
+        assert all(r.error is None for r in pool.step([(i, "go") for i in range(4)]))
+
+
 def test_hung_worker_times_out_instead_of_hanging():
     with _pool(num_envs=2, num_workers=2, timeout_s=3.0) as pool:
         pool.reset([(0, 0, None), (1, 1, None)])
