@@ -55,7 +55,7 @@ def test_explores_until_the_object_is_seen_then_follows_the_plan():
         if action.startswith("take"):
             break
         if action == "go to countertop 1":
-            feedback = "You arrive at loc 3. On the countertop 1, you see a bread 1, and a apple 10."  # not apple 1
+            feedback = "You arrive at loc 3. On the countertop 1, you see a bread 1, and a pear 10."  # no apple
         elif action.startswith("go to"):
             feedback = f"You arrive at loc 5. The {action[6:]} is closed."
         elif action == "open fridge 1":
@@ -67,6 +67,44 @@ def test_explores_until_the_object_is_seen_then_follows_the_plan():
                      "open cabinet 1", "go to drawer 1", "open drawer 1", "go to fridge 1", "open fridge 1",
                      "take apple 1 from fridge 1"]  # seen now: the planner takes over
     assert len(plans) == 2  # once at the start, once when the apple showed up: no planner call while exploring
+
+
+def test_takes_another_seen_instance_of_the_needed_kind_and_replans():
+    # the planner's plan names apple 1 (in the fridge); apple 10 was shown on the countertop: any apple will do
+    plans = []
+
+    def plan():
+        plans.append(x.holding)
+        if x.holding == "apple 10":
+            return ["go to sinkbasin 1", "clean apple 10 with sinkbasin 1", "go to shelf 1", "put apple 10 in/on shelf 1"]
+        return ["go to fridge 1", "open fridge 1", "take apple 1 from fridge 1", "go to sinkbasin 1"]
+
+    x = SearchExpert()
+    x.reset(FIRST)
+    assert x.act(plan, _admissible(x)) == "go to countertop 1"
+    x.observe("go to countertop 1", "You arrive at countertop 1. On the countertop 1, you see a apple 10, and a bread 1.")
+    assert x.act(plan, _admissible(x)) == "go to shelf 1"  # the take is not admissible here: not fetched
+    x.observe("go to shelf 1", "You arrive at shelf 1. On the shelf 1, you see nothing.")
+    x.unreachable.clear()
+    assert x.act(plan, _admissible(x)) == "go to countertop 1"  # back to the apple it saw
+    x.observe("go to countertop 1", "You arrive at countertop 1. On the countertop 1, you see a apple 10, and a bread 1.")
+    take = "take apple 10 from countertop 1"
+    assert x.act(plan, _admissible(x) + [take]) == take
+    x.observe(take, "You pick up the apple 10 from the countertop 1.")
+    assert x.act(plan, _admissible(x)) == "go to sinkbasin 1" and plans == [None, "apple 10"]  # replanned, holding it
+
+
+def test_a_closed_receptacle_the_agent_only_went_to_is_searched_again():
+    x = SearchExpert()
+    x.reset(FIRST)
+    for where in ("countertop 1", "shelf 1"):
+        x.observe(f"go to {where}", f"You arrive at {where}. On the {where}, you see nothing.")
+    x.observe("go to cabinet 2", "You arrive at cabinet 2. The cabinet 2 is closed.")  # the model's move: no open
+    x.observe("go to cabinet 1", "You arrive at cabinet 1. The cabinet 1 is closed.")
+    x.target = "apple 1"  # unseen
+    assert x.act(lambda: [], _admissible(x)) == "open cabinet 1"
+    x.observe("open cabinet 1", "You open the cabinet 1. The cabinet 1 is open. In it, you see nothing.")
+    assert x.act(lambda: [], _admissible(x)) == "go to cabinet 2"  # went there, never saw inside
 
 
 def test_falls_back_to_the_planner_when_everything_was_visited():

@@ -8,11 +8,15 @@ rooms. This expert searches instead:
 - It follows the planner only while the object the plan needs next (the first ``take O from R`` or
   ``use O`` of the plan) has already appeared in what the agent was shown (an observation since
   reset, or the inventory).
-- Otherwise it explores: it goes to the next receptacle it has not visited, open surfaces first
+- Otherwise, if another instance of the needed kind has been seen (``apple 2`` on a countertop when
+  the plan names ``apple 1``; any instance satisfies the task), it fetches that one: goes back to
+  where it was seen and takes (or uses) it, then replans. Objects the agent put somewhere itself are
+  left there (``pick_two``: the first one stays in place).
+- Otherwise it explores: it goes to the next receptacle it has not searched, open surfaces first
   (one step each), then receptacles that open (two steps: go, open), each group in the order the
-  room's first observation lists them; at a closed receptacle it opens it. When the needed object
-  shows up, the planner takes over again (one replan; the planner may then choose another
-  instance, which is searched for in turn).
+  room's first observation lists them; at a closed receptacle it opens it. A receptacle counts as
+  searched once its contents were shown: a closed one the agent only went to (DAgger: the model's
+  own moves) is searched again. When the needed object shows up, the planner takes over again.
 - With every receptacle visited and the object still unseen (it is inside something that is not a
   receptacle), it falls back to the planner.
 
@@ -49,12 +53,22 @@ def search_order(receptacles: list[str]) -> list[str]:
 
 def needed_object(plan: list[str]) -> str | None:
     """The object the plan needs to find next: the first ``take O from R`` / ``use O`` (None: none)."""
+    return needed_step(plan)[1]
+
+
+def needed_step(plan: list[str]) -> tuple[str | None, str | None]:
+    """(``"take"`` or ``"use"``, the object) of the plan's first ``take O from R`` / ``use O``; (None, None): none."""
     for command in plan:
-        for pattern in _NEEDS:
+        for verb, pattern in zip(("take", "use"), _NEEDS):
             match = pattern.match(command)
             if match:
-                return match["obj"].strip()
-    return None
+                return verb, match["obj"].strip()
+    return None, None
+
+
+def _kind(obj: str) -> str:
+    """``"apple 10"`` → ``"apple"``."""
+    return obj.rsplit(" ", 1)[0]
 
 
 class SearchExpert:
@@ -68,8 +82,14 @@ class SearchExpert:
         self.order = search_order(listed_receptacles(observation))
         self.visited: set[str] = set()
         self.opened: set[str] = set()
+        self.closed_when_visited: set[str] = set()  # went there, found it closed, not opened since
+        self.where: dict[str, str] = {}  # object -> the receptacle it was last shown in
+        self.placed: set[str] = set()  # objects the agent put somewhere: left there
+        self.unreachable: set[str] = set()  # seen objects a fetch could not take (or use) where they were
+        self.holding: str | None = None
         self.location: str | None = None
         self.target: str | None = None  # the object the last plan needed; None: ask the planner
+        self.verb: str | None = None  # "take" or "use": what the plan does with it
 
     def observe(self, command: str | None, feedback: str) -> None:
         """Record one env step: the engine command run (None: invalid) and its feedback."""
@@ -79,8 +99,24 @@ class SearchExpert:
         if command.startswith("go to "):
             self.location = command[len("go to "):]
             self.visited.add(self.location)
+            if _kind(self.location) in OPENABLE and " is closed" in feedback.lower():
+                self.closed_when_visited.add(self.location)
+            else:
+                self.closed_when_visited.discard(self.location)
         elif command.startswith("open "):
             self.opened.add(command[len("open "):])
+            self.closed_when_visited.discard(command[len("open "):])
+        elif command.startswith("take "):
+            self.holding = command[len("take "):].split(" from ", 1)[0]
+            self.where.pop(self.holding, None)
+        elif command.startswith("put "):
+            obj = command[len("put "):].split(" in/on ", 1)[0]
+            self.placed.add(obj)
+            self.holding = None
+        if self.location is not None and command.startswith(("go to ", "open ")):
+            for item in listed_receptacles(feedback):  # what this receptacle holds, as shown
+                if item != "nothing":
+                    self.where[item] = self.location
 
     def is_seen(self, obj: str) -> bool:
         return re.search(rf"(?<![\w]){re.escape(obj.lower())}(?![\w])", self.seen) is not None
@@ -88,14 +124,33 @@ class SearchExpert:
     def act(self, plan: Callable[[], list[str]], admissible: list[str]) -> str | None:
         """The next command. ``plan()`` is the planner's plan from the current state (called only
         when needed: replanning costs up to seconds); ``admissible`` the state's commands."""
-        if self.target is None or self.is_seen(self.target):
+        holds_one = self.holding is not None and self.target is not None and _kind(self.holding) == _kind(self.target)
+        if self.target is None or self.is_seen(self.target) or holds_one:
             steps = plan()
             if not steps:
                 return None
-            self.target = needed_object(steps)
+            self.verb, self.target = needed_step(steps)
             if self.target is None or self.is_seen(self.target):
                 return steps[0]
-        return self._explore(admissible) or (plan() or [None])[0]
+        return self._fetch(admissible) or self._explore(admissible) or (plan() or [None])[0]
+
+    def _fetch(self, admissible: list[str]) -> str | None:
+        """Toward another seen instance of the needed kind (None: there is none to fetch)."""
+        if self.verb == "take" and self.holding is not None:
+            return None  # hands full: the planner's fallback puts it down
+        commands = set(admissible)
+        for obj, place in self.where.items():
+            if _kind(obj) != _kind(self.target) or obj in self.placed or obj in self.unreachable:
+                continue
+            if self.location != place:
+                if f"go to {place}" in commands:
+                    return f"go to {place}"
+                continue
+            for command in (f"use {obj}" if self.verb == "use" else f"take {obj} from {place}", f"open {place}"):
+                if command in commands:
+                    return command
+            self.unreachable.add(obj)  # shown here but not takeable: do not come back for it
+        return None
 
     def _explore(self, admissible: list[str]) -> str | None:
         commands = set(admissible)
@@ -103,6 +158,7 @@ class SearchExpert:
         if here is not None and here not in self.opened and f"open {here}" in commands:
             return f"open {here}"
         for receptacle in self.order:
-            if receptacle not in self.visited and f"go to {receptacle}" in commands:
+            searched = receptacle in self.visited and receptacle not in self.closed_when_visited
+            if not searched and f"go to {receptacle}" in commands:
                 return f"go to {receptacle}"
         return None
