@@ -246,7 +246,10 @@ def training(args) -> list[dict]:
             continue
         rows = [steps[k] for k in sorted(steps)]
         out.append({"stage": run_dir.name, "steps": len(rows),
-                    "steps_with_gradient": sum(r.get("perf/skipped_zero_gradient", 0.0) < 1.0 for r in rows),
+                    # an update that ran on a non-zero gradient: not every update skipped as all-zero, and some
+                    # update at all (dynamic sampling's batch can be empty: no informative group found)
+                    "steps_with_gradient": sum(r.get("perf/optimizer_steps", 1.0) > 0
+                                               and r.get("perf/skipped_zero_gradient", 0.0) < 1.0 for r in rows),
                     "rollout_success": [round(r["rollout/success_rate"], 3) for r in rows],
                     "tasks_played": sum(r.get("rollout/tasks_played", 0.0) for r in rows),
                     "informative_groups": sum(r.get("rollout/informative_groups", 0.0) for r in rows),

@@ -202,9 +202,12 @@ def test_training_lines_count_steps_with_a_gradient_and_dynamic_sampling(tmp_pat
                         {"step": 2, "rollout/success_rate": 0.5, "perf/step_seconds": 30.0},  # resumed: this one
                         {"step": 2, "eval/success_rate": 1.0}])  # not a training row
     write("rl-grpo+ds", [{"step": 1, "rollout/success_rate": 0.0, "rollout/tasks_played": 5.0,
-                          "rollout/informative_groups": 1.0, "perf/skipped_zero_gradient": 0.0}])
+                          "rollout/informative_groups": 1.0, "perf/skipped_zero_gradient": 0.0},
+                         # no informative group found: an empty batch, no update at all
+                         {"step": 2, "rollout/success_rate": 0.0, "rollout/tasks_played": 8.0,
+                          "rollout/informative_groups": 0.0, "perf/optimizer_steps": 0.0}])
     with open(tmp_path / "rl-grpo+ds" / "metrics.jsonl", "a") as f:
-        f.write('{"step": 2, "rollout/succ')  # killed mid-write: the torn line is not a step
+        f.write('{"step": 3, "rollout/succ')  # killed mid-write: the torn line is not a step
     (tmp_path / "rl-grpo").mkdir()  # started, no step written yet: no line
     args = build_parser().parse_args(["--out", str(tmp_path)])
     args.out = Path(tmp_path)
@@ -212,12 +215,12 @@ def test_training_lines_count_steps_with_a_gradient_and_dynamic_sampling(tmp_pat
     assert set(got) == {"rl-holder", "rl-grpo+ds"}
     assert got["rl-holder"]["steps"] == 2 and got["rl-holder"]["steps_with_gradient"] == 1
     assert got["rl-holder"]["rollout_success"] == [0.0, 0.5] and got["rl-holder"]["minutes"] == 1.5
-    assert got["rl-grpo+ds"]["steps_with_gradient"] == 1 and got["rl-grpo+ds"]["tasks_played"] == 5
+    assert got["rl-grpo+ds"]["steps_with_gradient"] == 1 and got["rl-grpo+ds"]["tasks_played"] == 13
     (tmp_path / "eval_rl-holder").mkdir()
     (tmp_path / "eval_rl-holder" / "results.json").write_text(json.dumps(_results({"a": (1, 3)})))
     report(table(args), args)
     out = capsys.readouterr().out
     assert ("alfworld_curve training rl-holder: 2 steps in 1.5 min, 1 with a gradient, rollout success per step "
             "0.000 0.500\n") in out
-    assert "rl-grpo+ds: 1 step in 0.0 min, 1 with a gradient, rollout success per step 0.000, dynamic sampling: " \
-           "5 tasks played, 1 informative groups kept" in out
+    assert "rl-grpo+ds: 2 steps in 0.0 min, 1 with a gradient, rollout success per step 0.000 0.000, dynamic " \
+           "sampling: 13 tasks played, 1 informative groups kept" in out
