@@ -61,7 +61,6 @@ def sft_sequences(demos: Seq[Any], tokenizer: Any, end_ids: Seq[int] = ()) -> li
     return out
 
 
-
 def reply_end_ids(stop: Seq[str] | None, template_stop: Seq[str] | None, tokenizer: Any) -> list[int]:
     """What closes a reply in the rollout, as SFT must teach it: nothing when a stop string ends it (the string is
     the reply's last text, ``stop``, else the template's), else the end-of-sequence token, which the backends
@@ -70,6 +69,7 @@ def reply_end_ids(stop: Seq[str] | None, template_stop: Seq[str] | None, tokeniz
     if stops or tokenizer.eos_token_id is None:
         return []
     return [int(tokenizer.eos_token_id)]
+
 
 class SftLearner:
     """Trains ``model`` on demonstration sequences; the optimizer and its state live across calls to
