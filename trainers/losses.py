@@ -83,16 +83,17 @@ def _finish(per_traj: torch.Tensor, rows: torch.Tensor, metrics: dict[str, float
     return LossOutput(loss=loss, metrics=metrics)
 
 
-def _stat_rows(rows: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
-    """The rows the ratio metrics (ESS, ratio range) describe: those that carry gradient (A ≠ 0;
-    a zero-advantage row's ratio is exactly 1 when the learner skips it, ESS 1 by construction, and would pull
-    the adaptive p's signal toward 1 by the share of groups without signal), or every row when none does."""
+def _signal_rows(rows: torch.Tensor, advantages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(signal, stat) [B]: the rows that carry gradient (A ≠ 0; only these can be clipped, so a clip fraction
+    is 0 when none has signal), and the rows the ratio metrics (ESS, ratio range) describe: the signal rows, or
+    every row when none has signal. A zero-advantage row's ratio is exactly 1 when the learner skips it, ESS 1
+    by construction, and would pull the adaptive p's signal toward 1 by the share of groups without signal."""
     signal = rows & (advantages != 0)  # [B]
-    return signal if bool(signal.any()) else rows
+    return signal, (signal if bool(signal.any()) else rows)
 
 
 def _ratio_metrics(p: float, log_rho: torch.Tensor, rows, e, inv_sum, n) -> dict[str, float]:
-    """``rows``: the rows to describe (:func:`_stat_rows`)."""
+    """``rows``: the rows to describe (:func:`_signal_rows`)."""
     with torch.no_grad():
         rho = log_rho.exp()[rows] if bool(rows.any()) else log_rho.new_ones(1)
         ess, wmax = token_weight_stats(e, inv_sum, n * rows)
@@ -117,10 +118,9 @@ def holder_sequence_clip(
     unclipped = -adv * log_rho.exp()  # [B]
     clipped_loss = -adv * log_rho.clamp(lo, hi).exp()  # [B]
     per_traj = torch.maximum(unclipped, clipped_loss)  # [B]
-    stat = _stat_rows(rows, adv)  # [B]
+    signal, stat = _signal_rows(rows, adv)  # [B], [B]
     metrics = _ratio_metrics(p, log_rho, stat, e, inv_sum, n)
     with torch.no_grad():
-        signal = rows & (adv != 0)  # [B] only these can be clipped (0 when no row has signal)
         clipped = (clipped_loss > unclipped) & signal  # [B]
         metrics["loss/clip_frac"] = float(clipped.sum() / signal.sum().clamp_min(1))
     return _finish(per_traj, rows, metrics)
@@ -141,11 +141,10 @@ def holder_token_clip(
     log_c = torch.clamp(log_ratio, lower, upper)  # [B, T]
     log_rho, e, inv_sum = holder_log_mean_factored(log_c, maskf, p)  # [B], [B, T], [B]
     per_traj = -adv * log_rho.exp()  # [B]
-    stat = _stat_rows(rows, adv)  # [B]
+    signal, stat = _signal_rows(rows, adv)  # [B], [B]
     metrics = _ratio_metrics(p, log_rho, stat, e, inv_sum, n)
     with torch.no_grad():
         clipped = torch.linalg.vecdot((log_c != log_ratio).to(maskf.dtype), maskf)  # [B]
-        signal = rows & (adv != 0)  # [B] only these can be clipped (0 when no row has signal)
         metrics["loss/clip_frac"] = float((clipped * signal).sum() / (n * signal).sum().clamp_min(1))
     return _finish(per_traj, rows, metrics)
 
@@ -192,7 +191,7 @@ def dr_grpo(
     # A row past its budget (a constrained reply longer than max_new_tokens) raises the constant, never the reverse.
     per_traj = token_loss.sum(-1) / max(norm_tokens or 0, logprobs.shape[1])  # [B]
     with torch.no_grad():
-        stat = mask & _stat_rows(rows, advantages).unsqueeze(-1)  # [B, T]
+        stat = mask & _signal_rows(rows, advantages)[1].unsqueeze(-1)  # [B, T]
         n = stat.sum().clamp_min(1)
         metrics = {
             "loss/p": 1.0,
