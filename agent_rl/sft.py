@@ -150,6 +150,7 @@ def sft(cfg: Config) -> dict[str, float]:
         else:
             demos = user_demos
         train_demos, held = split_heldout(demos, s.heldout_games if user_demos is None else 0)
+        held_ids = {d.game_id for d in held}  # kept out of the DAgger rounds too
         held_seqs = sft_sequences(held, tokenizer, end_ids)
         with budget.running() as deadline:
             metrics.update(_prefixed(learner.fit(sft_sequences(train_demos, tokenizer, end_ids), deadline=deadline,
@@ -170,8 +171,7 @@ def sft(cfg: Config) -> dict[str, float]:
             new, m = collect_round(cfg, env_id, template, policy, round_index=k, games=s.dagger_games,
                                    beta=s.dagger_beta ** k, temperature=s.dagger_temperature, num_tasks=num_tasks,
                                    pool=pool)
-            # the held-out games stay held out: their states, reached by the model this time, are not trained on
-            held_ids = {d.game_id for d in held}
+            # the held-out games' states, reached by the model this time, are not trained on either
             m[f"demos/round{k}_heldout_turns_dropped"] = float(sum(d.game_id in held_ids for d in new))
             new = [d for d in new if d.game_id not in held_ids]
             write_jsonl(demos_dir / f"round_{k}.jsonl", new, append=False)

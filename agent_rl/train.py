@@ -219,8 +219,8 @@ def train(cfg: Config) -> dict[str, float]:
         cleanup.callback(dp.close)
         run_dir = Path(dp.broadcast(str(make_run_dir(cfg))))  # rank 0's, should Hydra's clock differ between ranks
         ckpt = latest_checkpoint(run_dir)
-        if ckpt is None and step_folders(run_dir):  # checkpoints there, none intact: never start over on top of them
-            damaged = step_folders(run_dir)
+        damaged = step_folders(run_dir) if ckpt is None else []
+        if damaged:  # checkpoints there, none intact: never start over on top of them
             raise ConfigError(
                 f"{run_dir}/checkpoints holds {len(damaged)} checkpoint(s), none intact (newest {damaged[-1].name}: "
                 f"{checkpoint_problem(damaged[-1])}); starting over there would overwrite this run's metrics and "

@@ -362,9 +362,10 @@ class VLLMPolicy:
                      "in processes of its own", bind or os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"))
         self.dtype = engine_dtype(dtype, current_platform)
         enforce_eager = engine_eager(enforce_eager, self.is_cpu)
+        self.block_size = engine_block_size(block_size, self.is_cpu, enable_prefix_caching)
         log.info("vLLM engine dtype %s (asked %s; native bf16 here: %s), prefix caching %s (block size %s), %s",
                  self.dtype, dtype, native_bf16(current_platform), "on" if enable_prefix_caching else "off",
-                 engine_block_size(block_size, self.is_cpu, enable_prefix_caching) or "vLLM's default",
+                 self.block_size or "vLLM's default",
                  "eager" if enforce_eager else "compiled")
         if sleep_mode and not current_platform.is_sleep_mode_available():
             raise ValueError(f"VLLMPolicy(sleep_mode=True): vLLM has no sleep mode on this platform "
@@ -372,7 +373,6 @@ class VLLMPolicy:
                              f"Fix: rollout.vllm.sleep_mode=false here (on CPU there is no GPU memory to share)")
         if sleep_mode:
             engine_kwargs["enable_sleep_mode"] = True
-        self.block_size = engine_block_size(block_size, self.is_cpu, enable_prefix_caching)
         if self.block_size is not None:
             engine_kwargs["block_size"] = self.block_size
         if self.is_cpu and not {"gpu_memory_utilization", "kv_cache_memory_bytes"} & set(engine_kwargs):
