@@ -164,17 +164,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
         return path
     if (path / "checkpoints").is_dir():
-        from trainers.checkpoint import checkpoint_problem, latest_checkpoint, step_folders
+        from trainers.checkpoint import damaged_checkpoints, latest_checkpoint
 
         found = latest_checkpoint(path, weights_only=True)
         if found is not None:
             return found
-        pointer = path / "checkpoints" / "latest"
-        named = f"; checkpoints/latest names {pointer.read_text(encoding='utf-8').strip()[:80]!r}" \
-            if pointer.is_file() else ""
-        damaged = "; ".join(f"{p.name}: {checkpoint_problem(p, weights_only=True)}" for p in step_folders(path)[-3:])
-        raise SystemExit(f"--checkpoint {path}: no intact checkpoint in {path / 'checkpoints'} "
-                         f"({damaged or 'no step folders'}{named}). Fix: pass an intact step folder or another run")
+        damaged = damaged_checkpoints(path, weights_only=True)
+        raise SystemExit(f"--checkpoint {path}: no intact checkpoint; {path / 'checkpoints'} holds "
+                         f"{damaged or 'no step folders'}. Fix: pass an intact step folder or another run")
     raise SystemExit(
         f"--checkpoint {path} is neither a model folder (config.json + weights, written by save_pretrained) nor a "
         f"training run dir with checkpoints" + (f" (it holds {sorted(p.name for p in path.iterdir())[:8]})"

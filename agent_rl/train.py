@@ -205,8 +205,8 @@ def train(cfg: Config) -> dict[str, float]:
     from omegaconf import OmegaConf
 
     from agent_rl.types import TrajectoryBatch
-    from trainers.checkpoint import (checkpoint_problem, latest_checkpoint, load_trainer_state, restore_rng_state,
-                                     save_checkpoint, step_folders)
+    from trainers.checkpoint import (damaged_checkpoints, latest_checkpoint, load_trainer_state, restore_rng_state,
+                                     save_checkpoint)
     from trainers.async_rollout import BehaviourWeights, RolloutStream
     from trainers.distributed import init_data_parallel
     from trainers.learner import Learner
@@ -219,11 +219,10 @@ def train(cfg: Config) -> dict[str, float]:
         cleanup.callback(dp.close)
         run_dir = Path(dp.broadcast(str(make_run_dir(cfg))))  # rank 0's, should Hydra's clock differ between ranks
         ckpt = latest_checkpoint(run_dir)
-        damaged = step_folders(run_dir) if ckpt is None else []
+        damaged = damaged_checkpoints(run_dir) if ckpt is None else None
         if damaged:  # checkpoints there, none intact: never start over on top of them
             raise ConfigError(
-                f"{run_dir}/checkpoints holds {len(damaged)} checkpoint(s), none intact (newest {damaged[-1].name}: "
-                f"{checkpoint_problem(damaged[-1])}); starting over there would overwrite this run's metrics and "
+                f"{run_dir}/checkpoints holds {damaged}; starting over there would overwrite this run's metrics and "
                 f"prune its checkpoints. Fix: move {run_dir}/checkpoints away (or delete it) to start the run again, "
                 f"or use a new train.run_dir")
         resume = str(cfg.train.resume).lower()

@@ -205,7 +205,8 @@ def test_resolve_checkpoint_layouts(tmp_path):
     assert resolve_checkpoint(run) == lora and resolve_checkpoint(lora) == lora
     (lora / "model.safetensors").write_bytes(b"torn")
     (run / "checkpoints" / "latest").write_text("step_000009")
-    with pytest.raises(SystemExit, match="no intact checkpoint.*step_000004: model.safetensors.*step_000009"):
+    with pytest.raises(SystemExit, match=r"no intact checkpoint.* holds 2 checkpoint\(s\), none intact \(newest first: "
+                       r"step_000004: model.safetensors.*step_000003: model.safetensors.*latest names 'step_000009'"):
         resolve_checkpoint(run)
     with pytest.raises(SystemExit, match="does not exist"):
         resolve_checkpoint(tmp_path / "nowhere")

@@ -262,7 +262,7 @@ def test_a_run_whose_checkpoints_are_all_damaged_is_not_started_over(tiny_path, 
     train(quick(tiny_path, run, "train.steps=1", "train.keep_checkpoints=1"))
     _truncate(run / "checkpoints" / "step_000001" / "model.safetensors")
     metrics = (run / "metrics.jsonl").read_text()
-    with pytest.raises(ConfigError, match=r"1 checkpoint\(s\), none intact \(newest step_000001: model.safetensors"):
+    with pytest.raises(ConfigError, match=r"1 checkpoint\(s\), none intact \(newest first: step_000001: model.safetensors"):
         train(quick(tiny_path, run, "train.steps=2", "train.keep_checkpoints=1"))
     assert (run / "metrics.jsonl").read_text() == metrics  # nothing of the run was overwritten
 

@@ -143,6 +143,20 @@ def _safetensors_problem(path: Path) -> str | None:
     return None
 
 
+def damaged_checkpoints(run_dir: str | os.PathLike, weights_only: bool = False, shown: int = 3) -> str | None:
+    """What a run's checkpoints are when :func:`latest_checkpoint` found none intact, for the error that says
+    so (train refusing to start over on them, eval refusing to load them): how many step folders, why each of
+    the newest ``shown`` is unusable, and what ``latest`` names. None when the run has no step folders."""
+    folders = step_folders(run_dir)
+    if not folders:
+        return None
+    why = "; ".join(f"{p.name}: {checkpoint_problem(p, weights_only)}" for p in folders[-shown:][::-1])
+    pointer = checkpoint_root(run_dir) / "latest"
+    named = f"; checkpoints/latest names {pointer.read_text(encoding='utf-8').strip()[:80]!r}" \
+        if pointer.is_file() else ""
+    return f"{len(folders)} checkpoint(s), none intact (newest first: {why}{named})"
+
+
 def latest_checkpoint(run_dir: str | os.PathLike, weights_only: bool = False) -> Path | None:
     """The newest intact checkpoint folder of a run, or None: the one ``latest`` names when it is
     intact, else the highest intact ``step_*`` folder (each damaged one passed over is logged).
