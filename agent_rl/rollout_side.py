@@ -135,6 +135,8 @@ def make_rollout_policy(cfg: Config, model, tokenizer, start_step: int = 0):
             kwargs["sleep_mode"] = True
         if v.block_size is not None:  # null: the engine's device default (VLLMPolicy)
             kwargs["block_size"] = v.block_size
+        if v.ngram_speculative_tokens is not None:  # null: the engine's device default (VLLMPolicy)
+            kwargs["ngram_speculative_tokens"] = v.ngram_speculative_tokens
         if v.gpu_memory_utilization is not None:  # null: the engine's device default (VLLMPolicy)
             kwargs["gpu_memory_utilization"] = v.gpu_memory_utilization
         kwargs.update(vllm_lora_kwargs(cfg))  # a LoRA run: the engine serves base + adapter, syncs the adapter only

