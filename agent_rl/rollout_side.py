@@ -135,7 +135,7 @@ def make_rollout_policy(cfg: Config, model, tokenizer, start_step: int = 0):
             kwargs["sleep_mode"] = True
         if v.block_size is not None:  # null: the engine's device default (VLLMPolicy)
             kwargs["block_size"] = v.block_size
-        if v.ngram_speculative_tokens is not None:  # null: the engine's device default (VLLMPolicy)
+        if v.ngram_speculative_tokens:
             kwargs["ngram_speculative_tokens"] = v.ngram_speculative_tokens
         if v.gpu_memory_utilization is not None:  # null: the engine's device default (VLLMPolicy)
             kwargs["gpu_memory_utilization"] = v.gpu_memory_utilization

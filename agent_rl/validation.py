@@ -181,9 +181,9 @@ def _check_rollout(cfg: Config) -> None:
          "KV-cache blocks of a multiple of 16 tokens (of 32 on CPU)", "use null (32 on CPU, vLLM's default on GPU) "
          "or a multiple of 16 (of 32 on CPU)")
     k = cfg.rollout.vllm.ngram_speculative_tokens
-    need(k is None or (not isinstance(k, bool) and isinstance(k, int) and k >= 0),
+    need(not isinstance(k, bool) and isinstance(k, int) and k >= 0,
          "rollout.vllm.ngram_speculative_tokens", k, "it is the number of draft tokens vLLM checks per decode step "
-         "(0: no speculative decoding)", "use null (4 on CPU, off on GPU), 0, or a small count such as 4")
+         "(0: no speculative decoding)", "use 0 (the default) or a small count such as 4")
     need(cfg.rollout.vllm.dtype in VLLM_DTYPES, "rollout.vllm.dtype", cfg.rollout.vllm.dtype,
          f"vLLM dtypes here are {', '.join(VLLM_DTYPES)}", "use auto (bf16 where native, else the checkpoint's)")
     need(cfg.rollout.group_size >= 2, "rollout.group_size", cfg.rollout.group_size,

