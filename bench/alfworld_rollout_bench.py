@@ -204,23 +204,19 @@ def main() -> None:
         print(f"ratio compiled/eager = {c['rate'] / n['rate']:.2f}x turns/s, engine start {comp_start:.1f} s vs "
               f"{start:.1f} s (+{extra:.1f} s); the start is paid back after {even}")
 
-    if args.compare_block_size is not None and backend == "vllm":  # the same games, another KV block size
-        other, other_label, other_start = start_new(backend, model, args, compiled=args.compile,
-                                                    block_size=args.compare_block_size)
-        results["block"] = play(other, games, task_ids, args)
+    def play_other(key: str, what: str, **setting) -> None:
+        """The same games on another vLLM engine (``setting``: start_new's), its line and the ratio new/it."""
+        other, other_label, other_start = start_new(backend, model, args, compiled=args.compile, **setting)
+        results[key] = play(other, games, task_ids, args)
         other.close()
-        print(line(other_label, results["block"], other_start, args.games), flush=True)
-        print(f"ratio new/block {args.compare_block_size} = {results['new']['rate'] / results['block']['rate']:.2f}x "
-              f"turns/s (generation {results['block']['gen_s']:.1f} s -> {results['new']['gen_s']:.1f} s)", flush=True)
+        print(line(other_label, results[key], other_start, args.games), flush=True)
+        print(f"ratio new/{what} = {results['new']['rate'] / results[key]['rate']:.2f}x "
+              f"turns/s (generation {results[key]['gen_s']:.1f} s -> {results['new']['gen_s']:.1f} s)", flush=True)
 
+    if args.compare_block_size is not None and backend == "vllm":  # the same games, another KV block size
+        play_other("block", f"block {args.compare_block_size}", block_size=args.compare_block_size)
     if args.compare_ngram is not None and backend == "vllm":  # the same games, another speculation setting
-        other, other_label, other_start = start_new(backend, model, args, compiled=args.compile,
-                                                    ngram=args.compare_ngram)
-        results["ngram"] = play(other, games, task_ids, args)
-        other.close()
-        print(line(other_label, results["ngram"], other_start, args.games), flush=True)
-        print(f"ratio new/ngram {args.compare_ngram} = {results['new']['rate'] / results['ngram']['rate']:.2f}x "
-              f"turns/s (generation {results['ngram']['gen_s']:.1f} s -> {results['new']['gen_s']:.1f} s)", flush=True)
+        play_other("ngram", f"ngram {args.compare_ngram}", ngram=args.compare_ngram)
 
     if "baseline" in results and results["baseline"]["rate"] > 0:
         b, n = results["baseline"], results["new"]
