@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from test_learner import make_batch  # tests/ is this script's directory, so first on sys.path
+from test_learner import batch_with_twins, make_batch  # tests/ is this script's directory, so first on sys.path
 from trainers.distributed import init_data_parallel
 from trainers.learner import Learner, LearnerSettings
 from trainers.models import load_model_and_tokenizer
@@ -28,9 +28,11 @@ CASES = {
     # and weight-decay step must reach every parameter (SGD with momentum below)
     "zero_grad_momentum": ("per_step", 4, [1.0, 0.0, 0.0, 0.0],
                            dict(loss="holder", num_minibatches=2, skip_zero_advantage=False)),
+    # episodes of a group that play the same first turns: each set of twins computed once, on one rank
+    "twins": ("twins", 6, [1.0, -1.0, 0.5, -0.5, 0.0, 0.0], dict(loss="holder", entropy_coef=0.01, num_minibatches=2)),
 }
 P = {"holder_minibatches": -1.5, "grpo_turn_rows": 1.0, "gspo_entropy": 0.0, "one_sequence": 2.0, "kl_behaviour": -0.5,
-     "zero_grad_momentum": 1.0}
+     "zero_grad_momentum": 1.0, "twins": -1.0}
 
 
 def perturbed(model, seed: int) -> dict:
@@ -42,7 +44,7 @@ def run_case(name: str, model_path: str, dp, fsdp2: bool) -> tuple[torch.nn.Modu
     mode, n, adv, settings = CASES[name]
     model, _ = load_model_and_tokenizer(model_path)
     model = model.double()
-    batch = make_batch(mode, seed=7, n_traj=n)
+    batch = batch_with_twins() if mode == "twins" else make_batch(mode, seed=7, n_traj=n)
     rows = batch.rows(settings.get("ratio_unit", "trajectory"))
     advantages = torch.tensor(adv if adv is not None else [(-1.0) ** k * (k % 3) for k in range(len(rows))])
     ref_model, behaviour = None, None

@@ -38,8 +38,8 @@ def test_shards_cover_every_sequence_once_and_balance_tokens():
 def test_two_gloo_ranks_update_equals_the_single_process_update(tmp_path, sharding):
     """A float64 tiny model, SGD (the update is the gradient): parameters after the 2-rank update equal
     the 1-process update to 1e-6, in every case of dp_worker (uneven shards, zero-advantage skips, per-turn
-    rows, an entropy term, a rank with nothing to compute, a KL term and behaviour weights), with replicated
-    weights and with FSDP2-sharded ones (which also pads the ranks' micro-batch counts to lockstep)."""
+    rows, an entropy term, a rank with nothing to compute, a KL term and behaviour weights, twin sequences computed
+    once), with replicated weights and with FSDP2-sharded ones (which also pads the ranks' micro-batch counts to lockstep)."""
     model = build_tiny_model(tmp_path / "tiny")
     outs = {}
     for n in (1, 2):
@@ -63,6 +63,7 @@ def test_two_gloo_ranks_update_equals_the_single_process_update(tmp_path, shardi
         if "loss/kl" in m1:
             assert m2["loss/kl"] == pytest.approx(m1["loss/kl"], rel=1e-6) and m1["loss/kl"] > 0, name
     assert outs[1]["zero_grad_momentum"][1]["perf/skipped_zero_gradient"] > 0  # that branch ran
+    assert outs[2]["twins"][1]["perf/twin_sequences"] == outs[1]["twins"][1]["perf/twin_sequences"] == 3
     if sharding == "replicated":
         assert outs[1]["kl_behaviour"][1]["loss/ratio_mean"] != pytest.approx(1.0, abs=1e-6)  # behaviour weights used
 

@@ -14,7 +14,7 @@ from agent_rl.types import Trajectory, TrajectoryBatch, Turn
 from trainers.learner import Learner, LearnerSettings
 from trainers.losses import kl_low_var, policy_loss
 from trainers.models import build_tiny_model, load_model_and_tokenizer
-from trainers.packing import pack_sequences, token_logprobs_and_entropy
+from trainers.packing import pack_sequences, token_logprobs_and_entropy, twin_groups
 
 
 @pytest.fixture(scope="module")
@@ -309,6 +309,68 @@ def test_skipping_zero_advantage_trajectories_leaves_the_update_unchanged(tiny, 
     learner = Learner(copy.deepcopy(tiny), torch.optim.SGD(tiny.parameters(), lr=0.0),
                       LearnerSettings(loss=loss, entropy_coef=0.01))
     assert learner.update(batch, adv, p=p)["perf/skipped_sequences"] == 0
+
+
+def batch_with_twins(mode: str = "per_step") -> TrajectoryBatch:
+    """Six episodes in three groups of two, the members of a group playing the same first turns before they
+    part (as G episodes from one start state do): 1 + 2 + 0 turns shared, as whole token-identical sequences."""
+    base = make_batch(mode, seed=11, n_traj=6)
+    openings = [t for traj in make_batch(mode, seed=12, n_traj=8).trajectories for t in traj.turns]
+    trajs = []
+    for k, shared in enumerate((1, 2, 0)):
+        a, b = base.trajectories[2 * k], base.trajectories[2 * k + 1]
+        common, openings = openings[:shared], openings[shared:]
+        trajs.append(dataclasses.replace(a, turns=copy.deepcopy(common) + a.turns, group_id=f"g{k}", reward=1.0))
+        trajs.append(dataclasses.replace(b, turns=copy.deepcopy(common) + b.turns, group_id=f"g{k}", reward=0.0))
+    return TrajectoryBatch(trajs)
+
+
+def test_twin_groups_find_token_identical_sequences():
+    seqs = batch_with_twins().sequences()
+    groups = twin_groups(seqs, list(range(len(seqs))))
+    assert sum(len(m) for m in groups.values()) == len(seqs)
+    assert len(seqs) - len(groups) == 3  # 1 + 2 + 0 shared turns
+    for first, members in groups.items():
+        assert members[0] == first
+        assert all(seqs[i].input_ids == seqs[first].input_ids and seqs[i].loss_mask == seqs[first].loss_mask
+                   for i in members)
+    heads = [tuple(seqs[f].input_ids) for f in groups]
+    assert len(set(heads)) == len(heads)
+    # the same tokens with another agent-token mask are not twins (the loss reads other positions)
+    other = dataclasses.replace(seqs[0], loss_mask=[1] * len(seqs[0]))
+    assert len(twin_groups([seqs[0], other], [0, 1])) == 2
+
+
+@pytest.mark.parametrize("loss,p,entropy_coef,kl", [("holder", -1.5, 0.0, 0.0), ("grpo", 1.0, 0.0, 0.0),
+                                                   ("holder", 2.0, 0.01, 0.0), ("gspo", 0.0, 0.0, 0.05)])
+def test_twin_sequences_computed_once_leave_the_update_unchanged(tiny, loss, p, entropy_coef, kl):
+    """Reference vs fast: every twin computed (share_twins=False) against one pass per set of twins, over two
+    minibatches × two epochs (later updates off-policy), with an entropy bonus and with a KL reference."""
+    batch = batch_with_twins()
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.0, 0.0])
+    results = {}
+    for share in (False, True):
+        model = copy.deepcopy(tiny).double()
+        tokens: list[int] = []
+        hook = model.register_forward_hook(lambda _m, args, kw, out: tokens.append(int((kw["position_ids"] >= 0).sum())),
+                                           with_kwargs=True)
+        ref_model = copy.deepcopy(tiny).double() if kl else None
+        learner = Learner(model, torch.optim.SGD(model.parameters(), lr=0.5),
+                          LearnerSettings(loss=loss, num_minibatches=2, epochs=2, micro_batch_tokens=48,
+                                          entropy_coef=entropy_coef, kl_coef=kl, share_twins=share),
+                          ref_model=ref_model, seed=1)
+        results[share] = (learner.update(batch, adv, p=p), model, sum(tokens))
+        hook.remove()
+    (m_ref, ref, tok_ref), (m_fast, fast, tok_fast) = results[False], results[True]
+    for a, b in zip(ref.parameters(), fast.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    for key in ("loss/policy", "loss/total", "loss/grad_norm", "loss/entropy", "loss/kl"):
+        if key in m_ref:
+            assert m_fast[key] == pytest.approx(m_ref[key], rel=1e-6, abs=1e-9), key
+    assert m_ref["perf/twin_sequences"] == 0
+    # the zero-advantage group (no shared turns) is skipped unless an entropy or KL term needs it: 3 twins either way
+    assert m_fast["perf/twin_sequences"] == 3
+    assert tok_fast < tok_ref
 
 
 @pytest.mark.parametrize("bf16", [None, True, False])

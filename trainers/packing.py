@@ -56,6 +56,18 @@ class MicroBatch:
         return out
 
 
+def twin_groups(sequences: list[Sequence], indices: list[int]) -> dict[int, list[int]]:
+    """``indices`` grouped by identical sequences: the first index of each group → every index of it (itself
+    first). Token-identical inputs with the same agent-token mask have the same logprobs under any weights, so a
+    group is computed once. They are common in agent RL: the G episodes of a group start from one state, and
+    while they take the same actions every turn of theirs is the same sequence (ALFWorld's engine is
+    deterministic, so the same actions give the same observations)."""
+    groups: dict[tuple, list[int]] = {}
+    for i in indices:
+        groups.setdefault((tuple(sequences[i].input_ids), tuple(sequences[i].loss_mask)), []).append(i)
+    return {members[0]: members for members in groups.values()}
+
+
 def _first_fit_decreasing(lengths: dict[int, int], capacity: int) -> list[list[int]]:
     bins: list[list[int]] = []
     loads: list[int] = []
