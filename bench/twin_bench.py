@@ -98,7 +98,7 @@ def main() -> None:
                   f"{metrics['perf/skipped_sequences']:.0f} zero-advantage skipped, "
                   f"loss {metrics.get('loss/policy', float('nan')):.6f}, grad norm "
                   f"{metrics.get('loss/grad_norm', float('nan')):.5f}", flush=True)
-    diff = max(float((a - b).abs().max()) for a, b in zip(updated[False].parameters(), updated[True].parameters()))
+    diff = max(float((a - b).detach().abs().max()) for a, b in zip(updated[False].parameters(), updated[True].parameters()))
     print(f"twin_bench ratio (every copy / twins once, best of {args.reps}): {best[False] / best[True]:.2f}x "
           f"({best[False]:.1f} s -> {best[True]:.1f} s); max |weight difference| after the update {diff:.2e}")
 
