@@ -12,9 +12,12 @@ how peaked the policy is: a trained agent repeats its moves, an untrained one ra
         rollout.tasks_per_step=4 rollout.group_size=4 rollout.max_turns=20 rollout.max_new_tokens=24 \\
         model.freeze_layers=20 algo.num_minibatches=2 train.bf16=true [--reps 2]
 
-Prints the batch (sequences, twins, tokens), one line per timed update, the ratio of the best times, and the
-largest weight difference between the two updated models (the two paths pack different micro-batches, so bf16
-autocast rounds differently; in float64 they agree, tests/test_learner.py).
+Prints the batch (sequences, twins, tokens; the learner's share: the rows with a nonzero advantage), one line per
+timed update, the ratio of the best times, and the largest weight difference between the two updated models. That
+difference is rounding, not a different update: the two paths pack different micro-batches, so bf16 autocast rounds
+differently, and AdamW's first steps move every weight by about ±lr whatever its gradient's size, so a rounding-size
+change can flip a near-zero gradient's step (up to 2·lr an update). In float64 the two updates agree
+(tests/test_learner.py).
 """
 
 from __future__ import annotations
@@ -73,11 +76,16 @@ def main() -> None:
     sequences = batch.sequences()
     twins = twin_groups(sequences, list(range(len(sequences))))
     twin_tokens = sum(len(sequences[i]) for members in twins.values() for i in members[1:])
+    # the learner's share: sequences of rows with a nonzero advantage (zero-advantage rows are skipped anyway)
+    live = [i for r, seqs in enumerate(batch.rows(cfg.algo.ratio_unit, sequences)) if advantages[r] != 0 for i in seqs]
+    live_tokens = sum(len(sequences[i]) for i in live)
+    live_twin_tokens = sum(len(sequences[i]) for members in twin_groups(sequences, live).values() for i in members[1:])
     print(f"twin_bench batch: {len(trajectories)} episodes ({cfg.rollout.tasks_per_step} tasks x G="
           f"{cfg.rollout.group_size}), success {rollout_metrics.get('rollout/success_rate', float('nan')):.3f}, "
           f"{len(sequences)} sequences, {len(sequences) - len(twins)} twins "
           f"({twin_tokens / max(sum(len(s) for s in sequences), 1):.1%} of {sum(len(s) for s in sequences)} tokens), "
-          f"{int((advantages != 0).sum())}/{len(advantages)} rows with a nonzero advantage; rollout "
+          f"{int((advantages != 0).sum())}/{len(advantages)} rows with a nonzero advantage ({len(live)} sequences, "
+          f"{live_tokens} tokens, {live_twin_tokens / max(live_tokens, 1):.1%} of them in twins); rollout "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
 
     p = PControl(cfg.algo, cfg.train.steps).p_for(0)
@@ -100,7 +108,8 @@ def main() -> None:
                   f"{metrics.get('loss/grad_norm', float('nan')):.5f}", flush=True)
     diff = max(float((a - b).detach().abs().max()) for a, b in zip(updated[False].parameters(), updated[True].parameters()))
     print(f"twin_bench ratio (every copy / twins once, best of {args.reps}): {best[False] / best[True]:.2f}x "
-          f"({best[False]:.1f} s -> {best[True]:.1f} s); max |weight difference| after the update {diff:.2e}")
+          f"({best[False]:.1f} s -> {best[True]:.1f} s); max |weight difference| after the update {diff:.2e} "
+          f"(train.lr {cfg.train.lr:g})")
 
 
 if __name__ == "__main__":

@@ -33,5 +33,5 @@ def test_twin_bench_prints_the_batch_both_updates_and_the_ratio(tiny_model):
     updates = re.findall(r"^twin_bench update share_twins=(false|true)\s+rep (\d):", r.stdout, re.M)
     assert updates == [("false", "0"), ("true", "0"), ("false", "1"), ("true", "1")], r.stdout
     diff = re.search(r"^twin_bench ratio \(every copy / twins once, best of 2\): [\d.]+x .* max \|weight difference\| "
-                     r"after the update (\S+)$", r.stdout, re.M)
+                     r"after the update (\S+) \(train.lr [\d.e-]+\)$", r.stdout, re.M)
     assert diff and float(diff.group(1)) < 1e-5, r.stdout
