@@ -94,7 +94,7 @@ def main() -> None:
     for rep in range(args.reps):
         for share in (False, True):
             m = copy.deepcopy(model)
-            settings = dataclasses.replace(learner_settings(cfg, "cpu"), share_twins=share)
+            settings = dataclasses.replace(learner_settings(cfg, next(m.parameters()).device.type), share_twins=share)
             learner = Learner(m, make_optimizer(cfg, m), settings, seed=cfg.train.seed)
             t = time.perf_counter()
             metrics = learner.update(batch, advantages, p)
