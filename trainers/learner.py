@@ -440,16 +440,17 @@ class Learner:
     def _merge_twins(twins: dict[int, list[int]], grad_seq: dict[int, torch.Tensor],
                      ent_coef: dict[int, torch.Tensor] | None):
         """Per computed sequence, the sum of its twins' token gradients (and entropy coefficients): the
-        surrogate is linear in them and twins share one logprob tensor."""
+        surrogate is linear in them and twins share one logprob tensor. A sequence without an entropy coefficient
+        (its row has no agent token) adds nothing, as in :meth:`_backward`."""
         def merged(per_seq: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-            return {c: torch.stack([per_seq[i] for i in members]).sum(0) if len(members) > 1 else per_seq[members[0]]
-                    for c, members in twins.items()}
+            out = {}
+            for c, members in twins.items():
+                present = [per_seq[i] for i in members if i in per_seq]
+                if present:
+                    out[c] = present[0] if len(present) == 1 else torch.stack(present).sum(0)
+            return out
 
-        grads = merged(grad_seq)
-        if ent_coef is None:
-            return grads, None
-        zeros = {i: torch.zeros_like(grad_seq[i]) for members in twins.values() for i in members if i not in ent_coef}
-        return grads, merged({**zeros, **ent_coef})
+        return merged(grad_seq), None if ent_coef is None else merged(ent_coef)
 
     def _entropy_coefficients(self, traj_seqs, masks, sequences) -> dict[int, torch.Tensor] | None:
         """∂(−c_H · mean_i mean_t H_t)/∂H_t per token: the entropy bonus is linear in H."""
