@@ -215,6 +215,35 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tiny, t
     assert "is damaged" in caplog.text
 
 
+TOKENIZER_DAMAGE = {
+    "torn tokenizer.json": lambda c: _truncate(c / "tokenizer.json"),
+    "missing tokenizer.json": lambda c: (c / "tokenizer.json").unlink(),
+    "missing tokenizer_config.json": lambda c: (c / "tokenizer_config.json").unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(TOKENIZER_DAMAGE))
+def test_a_checkpoint_whose_tokenizer_is_damaged_is_passed_over(tiny_path, tmp_path, damage, caplog):
+    # eval and model.name=<run dir> load the tokenizer from the checkpoint; transformers' own error for a torn
+    # tokenizer.json ("Expecting value: line 252 column 11") names no file, and an older intact step was there
+    from trainers.checkpoint import checkpoint_problem
+
+    model, tok = load_model_and_tokenizer(tiny_path)
+    run = tmp_path / "run"
+    for step in (1, 2):
+        save_checkpoint(run, model=model, tokenizer=tok, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                        step=step, p=1.0, config_yaml="", keep=5)
+    newest = run / "checkpoints" / "step_000002"
+    assert checkpoint_problem(newest) is None and latest_checkpoint(run) == newest
+    TOKENIZER_DAMAGE[damage](newest)
+    file = damage.split()[-1]
+    assert file in checkpoint_problem(newest, weights_only=True)
+    assert latest_checkpoint(run, weights_only=True) == run / "checkpoints" / "step_000001"
+    assert latest_checkpoint(run) == run / "checkpoints" / "step_000001"
+    assert "is damaged" in caplog.text and file in caplog.text
+    load_model_and_tokenizer(latest_checkpoint(run, weights_only=True))  # the one chosen loads
+
+
 def test_resume_after_a_damaged_checkpoint_never_logs_a_step_twice(tiny_path, tmp_path):
     run = tmp_path / "run"
     train(quick(tiny_path, run, "train.steps=2", "train.keep_checkpoints=3"))

@@ -16,7 +16,7 @@ leaves the previous checkpoint intact and loses at most the step in flight.
 Safety: nothing is unpickled (``torch.load(weights_only=True)``; RNG states are stored as
 lists and tensors for that), ``latest`` may only name a ``step_*`` folder of this run, a
 checkpoint is checked before use (its files present, safetensors headers and zip archives
-whole, trainer_state.json readable) and a damaged one is passed over, with a warning, for the
+whole, trainer_state.json and the tokenizer's JSON files readable) and a damaged one is passed over, with a warning, for the
 newest intact one; a model with a NaN/inf weight is never saved.
 """
 
@@ -98,7 +98,8 @@ def step_folders(run_dir: str | os.PathLike) -> list[Path]:
 
 def checkpoint_problem(path: Path, weights_only: bool = False) -> str | None:
     """Why the checkpoint folder ``path`` cannot be used, or None when it is intact (cheap checks:
-    files present, safetensors headers and data lengths, zip directories, trainer_state.json).
+    files present, safetensors headers and data lengths, zip directories, trainer_state.json, the tokenizer's
+    files).
     ``weights_only``: intact enough to load the model (eval, a model to start from), so the optimizer and
     RNG states that only resuming reads may be absent, e.g. deleted to free disk."""
     try:
@@ -106,6 +107,9 @@ def checkpoint_problem(path: Path, weights_only: bool = False) -> str | None:
         int(meta["step"]), float(meta["p"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"trainer_state.json is unreadable ({type(exc).__name__}: {exc})"
+    why = _tokenizer_problem(path, meta.get("tokenizer_files", []))
+    if why:
+        return why
     if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
         return "config.json (or a LoRA run's adapter_config.json) is missing"
     weights = sorted(path.glob("*.safetensors"))
@@ -121,6 +125,25 @@ def checkpoint_problem(path: Path, weights_only: bool = False) -> str | None:
                 z.namelist()
         except (OSError, zipfile.BadZipFile) as exc:
             return f"{name} is damaged or missing ({exc})"
+    return None
+
+
+def _tokenizer_problem(path: Path, names) -> str | None:
+    """Why the tokenizer files trainer_state.json lists (those save_checkpoint wrote; checkpoints written
+    without a tokenizer, or before the list was kept, list none) cannot be loaded: one missing, or a JSON one
+    that does not parse (a torn copy)."""
+    if not isinstance(names, list) or not all(isinstance(n, str) and n and "/" not in n and n != ".."
+                                              for n in names):
+        return f"trainer_state.json's tokenizer_files is not a list of file names (got {str(names)[:80]})"
+    for name in names:
+        f = path / name
+        if not f.is_file():
+            return f"tokenizer file {name} is missing"
+        if name.endswith(".json"):
+            try:
+                json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                return f"tokenizer file {name} is damaged ({type(exc).__name__}: {exc})"
     return None
 
 
@@ -205,13 +228,20 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer_files: list[str] = []
     if tokenizer is not None:
+        before = {f.name for f in tmp.iterdir()}
         tokenizer.save_pretrained(tmp)
+        # named in trainer_state.json so a checkpoint whose tokenizer was lost or torn is passed over as damaged
+        # (eval and a run starting from it load the tokenizer from here, and transformers' own errors for a torn
+        # tokenizer.json do not name the file)
+        tokenizer_files = sorted(f.name for f in tmp.iterdir() if f.name not in before)
     torch.save(optimizer.state_dict() if optimizer is not None else optimizer_state, tmp / "optimizer.pt")
     torch.save(_rng_state(), tmp / "rng.pt")
     (tmp / "config.yaml").write_text(config_yaml)
     # trainer_state.json is written last: its presence marks a complete checkpoint.
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "p": p, "extra": extra or {}}, indent=2))
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "p": p, "extra": extra or {},
+                                                        "tokenizer_files": tokenizer_files}, indent=2))
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
