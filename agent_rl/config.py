@@ -92,6 +92,10 @@ class AlgoConfig:
     # Clip range of the ratio: [1 - clip_low, 1 + clip_high] (algo=gspo and algo=gmpo set their papers' ranges).
     clip_low: float = 0.2
     clip_high: float = 0.2
+    # Dual clip (verl's clip_ratio_c and default): for a negative advantage the ratio counts at most this much, so
+    # a trajectory (or token, with token clip) whose probability already rose past c times its old one is not
+    # pushed down harder without bound; > 1; null = off (PPO's clip alone, no upper bound when A < 0).
+    clip_ratio_c: Optional[float] = 3.0
     # Advantage estimator (trainers.advantages): grpo, dr_grpo, rloo; per turn (ratio_unit=turn): gigpo.
     advantage: str = "grpo"
     # GiGPO (algo.advantage=gigpo, with ratio_unit=turn): discount of the step returns and weight ω of the

@@ -187,7 +187,8 @@ def learner_settings(cfg: Config, device_type: str):
     from trainers.learner import LearnerSettings
 
     return LearnerSettings(
-        loss=cfg.algo.loss, clip_low=cfg.algo.clip_low, clip_high=cfg.algo.clip_high, kl_coef=cfg.algo.kl_coef,
+        loss=cfg.algo.loss, clip_low=cfg.algo.clip_low, clip_high=cfg.algo.clip_high,
+        clip_ratio_c=cfg.algo.clip_ratio_c, kl_coef=cfg.algo.kl_coef,
         entropy_coef=cfg.algo.entropy_coef, micro_batch_tokens=cfg.train.micro_batch_tokens,
         num_minibatches=cfg.algo.num_minibatches, epochs=cfg.algo.epochs, max_grad_norm=cfg.train.max_grad_norm,
         bf16_autocast=learner_autocast(cfg, device_type), temperature=cfg.rollout.temperature,

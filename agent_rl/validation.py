@@ -135,6 +135,10 @@ def _check_algo(cfg: Config) -> None:
          "use algo.num_minibatches=2 (or algo.epochs=2, or train.async_rollouts=true)")
     need(0 <= cfg.algo.clip_low < 1, "algo.clip_low", cfg.algo.clip_low, "the ratio's lower bound 1-clip_low must be in (0, 1]", "use e.g. 0.2")
     need(cfg.algo.clip_high >= 0, "algo.clip_high", cfg.algo.clip_high, "the upper bound must be >= 1", "use e.g. 0.2 or 0.28")
+    c = cfg.algo.clip_ratio_c
+    need(c is None or (math.isfinite(float(c)) and c > 1), "algo.clip_ratio_c", c,
+         "the dual clip caps the ratio of a negative-advantage trajectory at c, which must be a finite number > 1",
+         "use 3.0 (verl's default), or null for no dual clip")
     need(cfg.algo.p_schedule != "step" or (cfg.algo.p_steps is not None and cfg.algo.p_steps < cfg.train.steps),
          "algo.p_steps", cfg.algo.p_steps, f"p_schedule=step switches from p_start to p_end at step p_steps; without "
          f"one below train.steps={cfg.train.steps} it never switches (or only at the last step)",

@@ -373,6 +373,8 @@ def test_eval_resume_refuses_other_generation_settings(tmp_path):
     (["model.lora.enabled=true", "model.lora.r=0"], "model.lora.r"),
     (["model.lora.enabled=true", "model.lora.target_modules=[]"], "target_modules"),
     (["train.lr=inf"], "train.lr"),
+    (["algo.clip_ratio_c=0.9"], "algo.clip_ratio_c: got 0.9; the dual clip"),
+    (["algo.clip_ratio_c=nan"], "algo.clip_ratio_c"),
 ])
 def test_values_that_cannot_work_are_refused_before_anything_loads(overrides, match):
     with pytest.raises(ConfigError, match=match) as info:

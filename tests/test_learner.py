@@ -149,7 +149,8 @@ def test_varlen_model_generates_and_saves_like_sdpa(tiny, tmp_path):
     assert "agent_rl_varlen" not in (tmp_path / "config.json").read_text()
 
 
-def direct_gradient(model, batch, adv, p, loss, kl_coef=0.0, entropy_coef=0.0, behaviour_model=None):
+def direct_gradient(model, batch, adv, p, loss, kl_coef=0.0, entropy_coef=0.0, behaviour_model=None,
+                    clip_ratio_c=None):
     """Reference: every sequence forward with grad at once, the loss on the in-graph matrix
     (old logprobs: the model's own, detached, or ``behaviour_model``'s)."""
     model = copy.deepcopy(model)
@@ -180,7 +181,8 @@ def direct_gradient(model, batch, adv, p, loss, kl_coef=0.0, entropy_coef=0.0, b
         for b, r in enumerate(old_rows):
             cat = torch.cat(r)
             old[b, : len(cat)] = cat
-    out = policy_loss(loss, logprobs=lp_mat, old_logprobs=old, advantages=adv, loss_mask=mask, p=p)
+    out = policy_loss(loss, logprobs=lp_mat, old_logprobs=old, advantages=adv, loss_mask=mask, p=p,
+                      clip_ratio_c=clip_ratio_c)
     total = out.loss + (kl_coef * kl_low_var(lp_mat, old + 0.1 * mask, mask) if kl_coef else 0.0)
     if entropy_coef:
         total = total - entropy_coef * torch.stack([torch.cat(r).mean() for r in ent_rows]).mean()
@@ -205,10 +207,12 @@ def test_two_pass_update_equals_direct_trajectory_gradient(tiny, mode, loss, p):
     assert metrics["perf/optimizer_steps"] == 1.0 and metrics["loss/grad_norm"] > 0
 
 
+@pytest.mark.parametrize("clip_ratio_c", [3.0, None])
 @pytest.mark.parametrize("loss,p", [("holder", -1.0), ("grpo", 1.0)])
-def test_behaviour_weights_give_the_old_logprobs_of_an_asynchronous_batch(tiny, loss, p):
+def test_behaviour_weights_give_the_old_logprobs_of_an_asynchronous_batch(tiny, loss, p, clip_ratio_c):
     """A batch sampled by the previous weights (one-step-off-policy rollouts): the update's ratios use
-    logprobs recomputed under those weights, not the current ones, from the first update on."""
+    logprobs recomputed under those weights, not the current ones, from the first update on. Off policy, some
+    grpo tokens of negative-advantage rows are past the dual clip's cap, so its setting reaches the loss."""
     batch = make_batch("per_step", seed=3)
     adv = torch.tensor([1.0, -0.5, 0.7, -1.2])
     behaviour_model = copy.deepcopy(tiny)
@@ -217,12 +221,14 @@ def test_behaviour_weights_give_the_old_logprobs_of_an_asynchronous_batch(tiny, 
         for t in model.parameters():
             t.add_(0.02 * torch.randn_like(t))  # the update the learner made while the batch was generated
     behaviour = {n: t.detach().clone() for n, t in behaviour_model.named_parameters()}
-    expected = direct_gradient(model, batch, adv, p, loss, behaviour_model=behaviour_model)
-    on_policy = direct_gradient(model, batch, adv, p, loss)
+    expected = direct_gradient(model, batch, adv, p, loss, behaviour_model=behaviour_model, clip_ratio_c=clip_ratio_c)
+    on_policy = direct_gradient(model, batch, adv, p, loss, clip_ratio_c=clip_ratio_c)
     before = {n: t.detach().clone() for n, t in model.named_parameters()}
     learner = Learner(model, torch.optim.SGD(model.parameters(), lr=1.0),
-                      LearnerSettings(loss=loss, micro_batch_tokens=24, max_grad_norm=1e9))
+                      LearnerSettings(loss=loss, micro_batch_tokens=24, max_grad_norm=1e9, clip_ratio_c=clip_ratio_c))
     metrics = learner.update(batch, adv, p=p, behaviour=behaviour)
+    if loss == "grpo":
+        assert (metrics["loss/dual_clip_frac"] > 0) == (clip_ratio_c is not None)
     assert metrics["loss/ratio_mean"] != pytest.approx(1.0, abs=1e-4)  # off-policy from the first update
     moved_apart = False
     for name, t in model.named_parameters():

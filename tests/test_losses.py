@@ -24,9 +24,9 @@ def batch(seed=0, B=6, T=12, scale=0.3, dtype=torch.float64):
     return new, old, mask, adv
 
 
-def run(name, new, old, mask, adv, p=None, norm_tokens=None):
+def run(name, new, old, mask, adv, p=None, norm_tokens=None, clip_ratio_c=None):
     return policy_loss(name, logprobs=new, old_logprobs=old, advantages=adv, loss_mask=mask, p=p,
-                       clip_low=EPS_LOW, clip_high=EPS_HIGH, norm_tokens=norm_tokens)
+                       clip_low=EPS_LOW, clip_high=EPS_HIGH, norm_tokens=norm_tokens, clip_ratio_c=clip_ratio_c)
 
 
 def per_row(new, old, mask):
@@ -108,6 +108,78 @@ def test_presets_match_published_formulas(seed, scale):
     assert_same_value_and_grad(lambda *a: run("gspo", *a).loss, direct_gspo, seed, scale)
     assert_same_value_and_grad(lambda *a: run("gmpo", *a).loss, direct_gmpo, seed, scale)
     assert_same_value_and_grad(lambda *a: run("dr_grpo", *a, norm_tokens=MAX_TOKENS).loss, direct_dr_grpo, seed, scale)
+
+
+C = 3.0  # the dual clip's cap (verl's clip_ratio_c)
+
+
+def verl_dual_clip_token_loss(r, adv):
+    """verl's compute_policy_loss per token: PPO's pessimistic max, then for A < 0 also min with −A·c."""
+    clip1 = torch.maximum(-adv * r, -adv * r.clamp(1 - EPS_LOW, 1 + EPS_HIGH))
+    return torch.minimum(-adv * C, clip1) if adv < 0 else clip1
+
+
+def dual_grpo(new, old, mask, adv):
+    return torch.stack([verl_dual_clip_token_loss(d.exp(), adv[i]).mean() for i, d in per_row(new, old, mask)]).mean()
+
+
+def dual_dr_grpo(new, old, mask, adv):
+    return torch.stack([verl_dual_clip_token_loss(d.exp(), adv[i]).sum() / MAX_TOKENS
+                        for i, d in per_row(new, old, mask)]).mean()
+
+
+def dual_holder(new, old, mask, adv, p):
+    # the same rule on the trajectory's ratio: ρ = M_p(r) counts at most c when A < 0
+    return torch.stack([verl_dual_clip_token_loss((d.exp() ** p).mean() ** (1 / p), adv[i])
+                        for i, d in per_row(new, old, mask)]).mean()
+
+
+def dual_holder_token(new, old, mask, adv, p):
+    losses = []
+    for i, d in per_row(new, old, mask):
+        r = d.exp()
+        c = torch.minimum(r, r.clamp(max=1 + EPS_HIGH)) if adv[i] > 0 else torch.maximum(r, r.clamp(min=1 - EPS_LOW)).clamp(max=C)
+        losses.append(-adv[i] * (c**p).mean() ** (1 / p))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dual_clip_matches_verls_formula(seed):
+    # scale 1.5: a good share of the tokens' ratios (and some trajectories' Hölder means) are past c = 3
+    new, old, mask, adv = batch(seed, scale=1.5)
+    assert bool((((new - old).exp() > C) & (mask > 0) & (adv[:, None] < 0)).any())  # the cap is reached
+    dual = dict(clip_ratio_c=C)
+    assert_same_value_and_grad(lambda *a: run("grpo", *a, **dual).loss, dual_grpo, seed, scale=1.5)
+    assert_same_value_and_grad(lambda *a: run("dr_grpo", *a, norm_tokens=MAX_TOKENS, **dual).loss, dual_dr_grpo,
+                               seed, scale=1.5)
+    for p in (2.0, 0.5, -1.0):
+        assert_same_value_and_grad(lambda *a: run("holder", *a, p=p, **dual).loss, lambda *a: dual_holder(*a, p),
+                                   seed, scale=1.5)
+        assert_same_value_and_grad(lambda *a: run("holder_token", *a, p=p, **dual).loss,
+                                   lambda *a: dual_holder_token(*a, p), seed, scale=1.5)
+    for name in ("grpo", "dr_grpo", "holder_token", "gmpo"):  # the cap changes the token losses it reaches
+        m = run(name, new, old, mask, adv, p=1.0, norm_tokens=MAX_TOKENS, **dual).metrics
+        assert 0 < m["loss/dual_clip_frac"] <= m["loss/clip_frac"] <= 1
+        plain = run(name, new, old, mask, adv, p=1.0, norm_tokens=MAX_TOKENS)
+        assert plain.metrics["loss/dual_clip_frac"] == 0.0
+        assert float(plain.loss) != pytest.approx(float(run(name, new, old, mask, adv, p=1.0, norm_tokens=MAX_TOKENS,
+                                                                 **dual).loss), abs=1e-9)
+
+
+def test_dual_clip_leaves_positive_advantages_and_small_ratios_alone():
+    new, old, mask, adv = batch(2, scale=0.05)  # every ratio within e^±0.3 of 1: far below c
+    for name, p in (("grpo", None), ("holder", 2.0), ("holder_token", -1.0), ("gspo", None), ("dr_grpo", None)):
+        a = run(name, new, old, mask, adv, p=p, norm_tokens=MAX_TOKENS)
+        b = run(name, new, old, mask, adv, p=p, norm_tokens=MAX_TOKENS, clip_ratio_c=C)
+        assert float(a.loss) == float(b.loss) and b.metrics["loss/dual_clip_frac"] == 0.0
+    new, old, mask, adv = batch(3, scale=1.5)
+    adv = adv.abs()  # only positive advantages: the dual clip never applies
+    for name in ("grpo", "holder", "dr_grpo"):
+        a = run(name, new, old, mask, adv, p=-1.0, norm_tokens=MAX_TOKENS)
+        b = run(name, new, old, mask, adv, p=-1.0, norm_tokens=MAX_TOKENS, clip_ratio_c=C)
+        assert float(a.loss) == float(b.loss)
+    with pytest.raises(ValueError, match="clip_ratio_c must be > 1"):
+        run("grpo", new, old, mask, adv, clip_ratio_c=1.0)
 
 
 def test_dr_grpo_normaliser_does_not_depend_on_the_batchs_padding():

@@ -68,6 +68,7 @@ class LearnerSettings:
     loss: str = "holder"
     clip_low: float = 0.2
     clip_high: float = 0.2
+    clip_ratio_c: float | None = 3.0
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
     micro_batch_tokens: int = 4096
@@ -307,7 +308,7 @@ class Learner:
                 out = policy_loss(
                     self.s.loss, logprobs=lp_leaf, old_logprobs=old_mat, advantages=advantages[trajs].float(),
                     loss_mask=mask, p=p, clip_low=self.s.clip_low, clip_high=self.s.clip_high,
-                    norm_tokens=self.s.norm_tokens,
+                    norm_tokens=self.s.norm_tokens, clip_ratio_c=self.s.clip_ratio_c,
                 )
                 total = out.loss
                 metrics = dict(out.metrics)

@@ -12,6 +12,10 @@ A trajectory's ratio is the Hölder mean M_p of its token ratios (see
   [1 − ε_low, 1 + ε_high]; L_i = max(−A_i ρ_i, −A_i clip(ρ_i)).
 * ``holder_token`` (token clip): c_t = min(r_t, clip(r_t)) if A_i > 0 else
   max(r_t, clip(r_t)); ρ_i = M_p(c_i); L_i = −A_i ρ_i.
+* dual clip (``clip_ratio_c`` = c, verl's name and default 3 through ``algo.clip_ratio_c``; Ye et al. 2020):
+  for A_i < 0 the loss is also capped at −A_i·c, i.e. the (sequence or token) ratio counts at most c, so a
+  trajectory or token whose ratio ran past c pushes no further. PPO's pessimistic max alone leaves that branch
+  unbounded (the ratio is not clipped from above when A < 0). ``None``: no dual clip.
 * presets: ``grpo`` = holder_token at p = 1 (GRPO with per-sequence token mean),
   ``gspo`` = holder at p = 0, ``gmpo`` = holder_token at p = 0, ``dr_grpo`` = GRPO's
   token loss summed per trajectory over a constant length, the row's token budget (Dr. GRPO aggregation).
@@ -23,7 +27,7 @@ every loss is finite for any finite input (without it δ = ±100 overflows exp t
 NaN). A ratio of e^20 ≈ 5·10^8 is far past any clip range. For A > 0 the clip already stops the gradient long
 before; for A < 0 the pessimistic max keeps the unclipped ratio (PPO), so a token whose ratio crosses e^20 has
 its gradient cut to 0 by the clamp (it would be ~A·10^8 just below): the clamp is a last-resort bound there,
-not a clip (verl bounds that branch earlier with a dual clip, clip_ratio_c = 3; not implemented here).
+not a clip; the dual clip (above) bounds that branch at c.
 Add a loss with ``@LOSSES.register("name")``: a function of the same keyword arguments.
 """
 
@@ -46,7 +50,7 @@ LossFn = Callable[..., LossOutput]
 LOSSES: Registry[LossFn] = Registry("loss")
 
 
-def _validate(logprobs, old_logprobs, advantages, loss_mask, clip_low, clip_high) -> None:
+def _validate(logprobs, old_logprobs, advantages, loss_mask, clip_low, clip_high, clip_ratio_c=None) -> None:
     if logprobs.dim() != 2:
         raise ValueError(f"logprobs must be [B, T], got shape {tuple(logprobs.shape)}")
     for name, t in (("old_logprobs", old_logprobs), ("loss_mask", loss_mask)):
@@ -64,12 +68,15 @@ def _validate(logprobs, old_logprobs, advantages, loss_mask, clip_low, clip_high
             f"clip range needs 0 <= clip_low < 1 and clip_high >= 0, got clip_low={clip_low}, "
             f"clip_high={clip_high}"
         )
+    if clip_ratio_c is not None and not clip_ratio_c > 1.0:
+        raise ValueError(f"the dual clip's bound clip_ratio_c must be > 1 (a ratio cap for A < 0), got "
+                         f"{clip_ratio_c}; use e.g. 3.0 (verl's default), or None for no dual clip")
 
 
-def _prepare(logprobs, old_logprobs, advantages, loss_mask, clip_low, clip_high):
+def _prepare(logprobs, old_logprobs, advantages, loss_mask, clip_low, clip_high, clip_ratio_c):
     """Validated inputs of the Hölder losses: maskf [B, T], token counts n [B], rows with
     tokens [B], and δ = logprobs − old_logprobs [B, T] (padding is zeroed inside the Hölder mean)."""
-    _validate(logprobs, old_logprobs, advantages, loss_mask, clip_low, clip_high)
+    _validate(logprobs, old_logprobs, advantages, loss_mask, clip_low, clip_high, clip_ratio_c)
     maskf = loss_mask.to(logprobs.dtype)  # [B, T]
     n = maskf.sum(-1)  # [B]
     log_ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)  # [B, T]
@@ -109,34 +116,42 @@ def _ratio_metrics(p: float, log_rho: torch.Tensor, rows, e, inv_sum, n) -> dict
 
 @LOSSES.register("holder")
 def holder_sequence_clip(
-    *, logprobs, old_logprobs, advantages, loss_mask, p, clip_low=0.2, clip_high=0.2
+    *, logprobs, old_logprobs, advantages, loss_mask, p, clip_low=0.2, clip_high=0.2, clip_ratio_c=None
 ) -> LossOutput:
-    maskf, n, rows, log_ratio = _prepare(logprobs, old_logprobs, advantages, loss_mask, clip_low, clip_high)
+    maskf, n, rows, log_ratio = _prepare(logprobs, old_logprobs, advantages, loss_mask, clip_low, clip_high,
+                                         clip_ratio_c)
     log_rho, e, inv_sum = holder_log_mean_factored(log_ratio, maskf, p)  # [B], [B, T], [B]
     lo, hi = math.log1p(-clip_low), math.log1p(clip_high)
     adv = advantages.to(log_rho.dtype)  # [B]
     unclipped = -adv * log_rho.exp()  # [B]
     clipped_loss = -adv * log_rho.clamp(lo, hi).exp()  # [B]
     per_traj = torch.maximum(unclipped, clipped_loss)  # [B]
+    dual = torch.zeros_like(rows)  # [B]
+    if clip_ratio_c is not None:
+        dual = (adv < 0) & (log_rho > math.log(clip_ratio_c))  # [B]
+        per_traj = torch.where(dual, -adv * clip_ratio_c, per_traj)  # [B]; constant there: no gradient
     signal, stat = _signal_rows(rows, adv)  # [B], [B]
     metrics = _ratio_metrics(p, log_rho, stat, e, inv_sum, n)
     with torch.no_grad():
         clipped = (clipped_loss > unclipped) & signal  # [B]
         metrics["loss/clip_frac"] = float(clipped.sum() / signal.sum().clamp_min(1))
+        metrics["loss/dual_clip_frac"] = float((dual & signal).sum() / signal.sum().clamp_min(1))
     return _finish(per_traj, rows, metrics)
 
 
 @LOSSES.register("holder_token")
 def holder_token_clip(
-    *, logprobs, old_logprobs, advantages, loss_mask, p, clip_low=0.2, clip_high=0.2
+    *, logprobs, old_logprobs, advantages, loss_mask, p, clip_low=0.2, clip_high=0.2, clip_ratio_c=None
 ) -> LossOutput:
-    maskf, n, rows, log_ratio = _prepare(logprobs, old_logprobs, advantages, loss_mask, clip_low, clip_high)
+    maskf, n, rows, log_ratio = _prepare(logprobs, old_logprobs, advantages, loss_mask, clip_low, clip_high,
+                                         clip_ratio_c)
     adv = advantages.to(log_ratio.dtype)  # [B]
     lo, hi = math.log1p(-clip_low), math.log1p(clip_high)
-    # min(r, clip(r)) = min(r, 1+ε_high) for A > 0; max(r, clip(r)) = max(r, 1−ε_low) for A < 0:
-    # one clamp per row, with the bound chosen by the advantage's sign.
+    # min(r, clip(r)) = min(r, 1+ε_high) for A > 0; max(r, clip(r)) = max(r, 1−ε_low) for A < 0, capped at
+    # c by the dual clip (min(max(r, 1−ε_low), c)): one clamp per row, with the bounds chosen by the advantage's sign.
     inf = log_ratio.new_tensor(float("inf"))
-    upper = torch.where(adv > 0, log_ratio.new_tensor(hi), inf).unsqueeze(-1)  # [B, 1]
+    cap = inf if clip_ratio_c is None else log_ratio.new_tensor(math.log(clip_ratio_c))
+    upper = torch.where(adv > 0, log_ratio.new_tensor(hi), cap).unsqueeze(-1)  # [B, 1]
     lower = torch.where(adv > 0, -inf, log_ratio.new_tensor(lo)).unsqueeze(-1)  # [B, 1]
     log_c = torch.clamp(log_ratio, lower, upper)  # [B, T]
     log_rho, e, inv_sum = holder_log_mean_factored(log_c, maskf, p)  # [B], [B, T], [B]
@@ -145,7 +160,10 @@ def holder_token_clip(
     metrics = _ratio_metrics(p, log_rho, stat, e, inv_sum, n)
     with torch.no_grad():
         clipped = torch.linalg.vecdot((log_c != log_ratio).to(maskf.dtype), maskf)  # [B]
-        metrics["loss/clip_frac"] = float((clipped * signal).sum() / (n * signal).sum().clamp_min(1))
+        dual = torch.linalg.vecdot(((adv < 0).unsqueeze(-1) & (log_ratio > cap)).to(maskf.dtype), maskf)  # [B]
+        tokens = (n * signal).sum().clamp_min(1)
+        metrics["loss/clip_frac"] = float((clipped * signal).sum() / tokens)  # dual-clipped tokens included
+        metrics["loss/dual_clip_frac"] = float((dual * signal).sum() / tokens)
     return _finish(per_traj, rows, metrics)
 
 
@@ -170,7 +188,7 @@ def gmpo(*, p=None, **kw) -> LossOutput:
 @LOSSES.register("dr_grpo")
 def dr_grpo(
     *, logprobs, old_logprobs, advantages, loss_mask, p=None, clip_low=0.2, clip_high=0.2,
-    norm_tokens: int | None = None,
+    norm_tokens: int | None = None, clip_ratio_c: float | None = None,
 ) -> LossOutput:
     """Dr. GRPO aggregation: GRPO token losses summed per trajectory, divided by a constant
     (not the trajectory's own length), then averaged.
@@ -180,14 +198,19 @@ def dr_grpo(
     width T of the [B, T] matrix is the longest row of the minibatch, so dividing by it would rescale every
     row's gradient by whichever trajectory happens to be longest. ``None`` uses T, for callers whose
     matrices have a fixed width; a T past ``norm_tokens`` is used instead of it."""
-    _validate(logprobs, old_logprobs, advantages, loss_mask, clip_low, clip_high)
+    _validate(logprobs, old_logprobs, advantages, loss_mask, clip_low, clip_high, clip_ratio_c)
     mask = loss_mask.bool()  # [B, T]
     rows = mask.any(-1)  # [B]
     log_ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND).masked_fill(~mask, 0.0)  # [B, T]
     ratio = log_ratio.exp()  # [B, T]
     clipped_ratio = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)  # [B, T]
     adv = advantages.to(ratio.dtype).unsqueeze(-1)  # [B, 1]
-    token_loss = torch.maximum(-adv * ratio, -adv * clipped_ratio) * mask  # [B, T]
+    token_loss = torch.maximum(-adv * ratio, -adv * clipped_ratio)  # [B, T]
+    dual = torch.zeros_like(mask)  # [B, T]
+    if clip_ratio_c is not None:
+        dual = (adv < 0) & (ratio > clip_ratio_c)  # [B, T]
+        token_loss = torch.where(dual, -adv * clip_ratio_c, token_loss)  # [B, T]
+    token_loss = token_loss * mask  # [B, T]
     # A row past its budget (a constrained reply longer than max_new_tokens) raises the constant, never the reverse.
     per_traj = token_loss.sum(-1) / max(norm_tokens or 0, logprobs.shape[1])  # [B]
     with torch.no_grad():
@@ -198,6 +221,7 @@ def dr_grpo(
             "loss/ratio_mean": float((ratio * stat).sum() / n),
             "loss/ratio_max": float(ratio.masked_fill(~stat, 0).max()) if bool(stat.any()) else 1.0,
             "loss/clip_frac": float(((-adv * clipped_ratio > -adv * ratio) & stat).sum() / n),  # A = 0: never
+            "loss/dual_clip_frac": float((dual & stat).sum() / n),
         }
     return _finish(per_traj, rows, metrics)
 
@@ -219,15 +243,22 @@ def policy_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     norm_tokens: int | None = None,
+    clip_ratio_c: float | None = None,
 ) -> LossOutput:
     """Compute the registered loss ``name`` (see module docstring for the formulas).
 
     Shapes: ``logprobs``, ``old_logprobs``, ``loss_mask``: [B, T]; ``advantages``: [B]. ``norm_tokens``
     (a row's agent-token budget) goes to the losses that normalise by a constant length (``dr_grpo``,
-    and any registered loss with a ``norm_tokens`` parameter); the others normalise per row.
+    and any registered loss with a ``norm_tokens`` parameter); the others normalise per row. ``clip_ratio_c``
+    (the dual clip's ratio cap for A < 0; None: off) goes to the losses that take it (every built-in); a
+    registered loss without that parameter has no dual clip, as it would have no Dr. GRPO length constant.
     """
     fn = LOSSES.get(name)
-    extra = {"norm_tokens": norm_tokens} if "norm_tokens" in inspect.signature(fn).parameters else {}
+    params = inspect.signature(fn).parameters
+    extra = {"norm_tokens": norm_tokens} if "norm_tokens" in params else {}
+    takes_kwargs = any(v.kind is v.VAR_KEYWORD for v in params.values())  # the presets pass them on
+    if clip_ratio_c is not None and ("clip_ratio_c" in params or takes_kwargs):
+        extra["clip_ratio_c"] = clip_ratio_c
     return fn(
         logprobs=logprobs,
         old_logprobs=old_logprobs,
