@@ -384,10 +384,20 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Fields added since runs were saved without them, whose default changes what is trained, with the value that
+# reproduces how such a run trained: a resumed run is compared against that (a run saved before the dual clip
+# existed trained without one, so resuming it under the default 3.0 would change its loss mid-run).
+TRAINED_BEFORE = {"algo.clip_ratio_c": None}
+
+
 def resume_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Keys (dotted) whose value differs between a checkpoint's config and this run's, other than
-    :data:`RESUME_SAFE` ones; keys one side lacks (a field added since) are not compared."""
+    :data:`RESUME_SAFE` ones; keys one side lacks (a field added since) are not compared, except those of
+    :data:`TRAINED_BEFORE`, which a saved config without them had the value of."""
     a, b = flatten(saved), flatten(current)
+    for key, then in TRAINED_BEFORE.items():
+        if any(k.startswith(key.rsplit(".", 1)[0] + ".") for k in a):  # the section was saved, the field was not
+            a.setdefault(key, then)
     return sorted(k for k in set(a) & set(b) if a[k] != b[k]
                   and not any(k == s or (s.endswith(".") and k.startswith(s)) for s in RESUME_SAFE))
 

@@ -244,6 +244,22 @@ def test_a_checkpoint_whose_tokenizer_is_damaged_is_passed_over(tiny_path, tmp_p
     load_model_and_tokenizer(latest_checkpoint(run, weights_only=True))  # the one chosen loads
 
 
+def test_a_tokenizer_with_named_chat_templates_saves_an_intact_checkpoint(tiny_path, tmp_path):
+    # transformers writes templates beyond the default into additional_chat_templates/: files in a folder
+    from trainers.checkpoint import checkpoint_problem
+
+    model, tok = load_model_and_tokenizer(tiny_path)
+    tok.chat_template = {"default": "{{ messages[0]['content'] }}", "tool_use": "{{ messages[-1]['content'] }}"}
+    run = tmp_path / "run"
+    ckpt = save_checkpoint(run, model=model, tokenizer=tok, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                           step=1, p=1.0, config_yaml="")
+    listed = json.loads((ckpt / "trainer_state.json").read_text())["tokenizer_files"]
+    assert any("/" in name for name in listed), listed
+    assert checkpoint_problem(ckpt) is None and latest_checkpoint(run) == ckpt
+    next(f for f in ckpt.rglob("*") if f.is_file() and f.parent != ckpt).unlink()
+    assert "is missing" in checkpoint_problem(ckpt)
+
+
 def test_resume_after_a_damaged_checkpoint_never_logs_a_step_twice(tiny_path, tmp_path):
     run = tmp_path / "run"
     train(quick(tiny_path, run, "train.steps=2", "train.keep_checkpoints=3"))
@@ -327,6 +343,16 @@ def test_resume_changes_ignores_safe_keys_and_new_fields():
     saved = {"train": {"steps": 4, "lr": 1e-5}, "logging": {"project": "a"}, "algo": {"loss": "holder"}}
     now = {"train": {"steps": 8, "lr": 1e-5, "new_field": 1}, "logging": {"project": "b"}, "algo": {"loss": "gspo"}}
     assert resume_changes(saved, now) == ["algo.loss"]
+
+
+def test_a_run_saved_before_the_dual_clip_resumes_only_without_it():
+    # algo.clip_ratio_c arrived with default 3.0; a run saved before it trained with no dual clip
+    saved = {"algo": {"loss": "holder", "clip_low": 0.2}}
+    assert resume_changes(saved, {"algo": {"loss": "holder", "clip_low": 0.2, "clip_ratio_c": 3.0}}) == \
+        ["algo.clip_ratio_c"]
+    assert resume_changes(saved, {"algo": {"loss": "holder", "clip_low": 0.2, "clip_ratio_c": None}}) == []
+    saved["algo"]["clip_ratio_c"] = 3.0  # saved since: compared as it is
+    assert resume_changes(saved, {"algo": {"loss": "holder", "clip_low": 0.2, "clip_ratio_c": 3.0}}) == []
 
 
 def test_an_episode_log_without_its_config_or_with_wrong_types_is_refused(tmp_path):

@@ -132,9 +132,9 @@ def _tokenizer_problem(path: Path, names) -> str | None:
     """Why the tokenizer files trainer_state.json lists (those save_checkpoint wrote; checkpoints written
     without a tokenizer, or before the list was kept, list none) cannot be loaded: one missing, or a JSON one
     that does not parse (a torn copy)."""
-    if not isinstance(names, list) or not all(isinstance(n, str) and n and "/" not in n and n != ".."
-                                              for n in names):
-        return f"trainer_state.json's tokenizer_files is not a list of file names (got {str(names)[:80]})"
+    if not isinstance(names, list) or not all(isinstance(n, str) and n and not n.startswith("/")
+                                              and ".." not in n.split("/") for n in names):
+        return f"trainer_state.json's tokenizer_files is not a list of paths inside it (got {str(names)[:80]})"
     for name in names:
         f = path / name
         if not f.is_file():
@@ -230,12 +230,13 @@ def save_checkpoint(
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer_files: list[str] = []
     if tokenizer is not None:
-        before = {f.name for f in tmp.iterdir()}
+        before = {f for f in tmp.rglob("*") if f.is_file()}
         tokenizer.save_pretrained(tmp)
         # named in trainer_state.json so a checkpoint whose tokenizer was lost or torn is passed over as damaged
         # (eval and a run starting from it load the tokenizer from here, and transformers' own errors for a torn
         # tokenizer.json do not name the file)
-        tokenizer_files = sorted(f.name for f in tmp.iterdir() if f.name not in before)
+        # files, also in folders (transformers writes named chat templates to additional_chat_templates/)
+        tokenizer_files = sorted(f.relative_to(tmp).as_posix() for f in tmp.rglob("*") if f.is_file() and f not in before)
     torch.save(optimizer.state_dict() if optimizer is not None else optimizer_state, tmp / "optimizer.pt")
     torch.save(_rng_state(), tmp / "rng.pt")
     (tmp / "config.yaml").write_text(config_yaml)

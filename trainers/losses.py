@@ -159,10 +159,12 @@ def holder_token_clip(
     signal, stat = _signal_rows(rows, adv)  # [B], [B]
     metrics = _ratio_metrics(p, log_rho, stat, e, inv_sum, n)
     with torch.no_grad():
-        clipped = torch.linalg.vecdot((log_c != log_ratio).to(maskf.dtype), maskf)  # [B]
-        dual = torch.linalg.vecdot(((adv < 0).unsqueeze(-1) & (log_ratio > cap)).to(maskf.dtype), maskf)  # [B]
+        dual_tok = (adv < 0).unsqueeze(-1) & (log_ratio > cap)  # [B, T]
+        # clip_frac counts PPO's bounds only, as verl's pg_clipfrac does (and the other losses here)
+        clipped = torch.linalg.vecdot(((log_c != log_ratio) & ~dual_tok).to(maskf.dtype), maskf)  # [B]
+        dual = torch.linalg.vecdot(dual_tok.to(maskf.dtype), maskf)  # [B]
         tokens = (n * signal).sum().clamp_min(1)
-        metrics["loss/clip_frac"] = float((clipped * signal).sum() / tokens)  # dual-clipped tokens included
+        metrics["loss/clip_frac"] = float((clipped * signal).sum() / tokens)
         metrics["loss/dual_clip_frac"] = float((dual * signal).sum() / tokens)
     return _finish(per_traj, rows, metrics)
 
@@ -250,8 +252,9 @@ def policy_loss(
     Shapes: ``logprobs``, ``old_logprobs``, ``loss_mask``: [B, T]; ``advantages``: [B]. ``norm_tokens``
     (a row's agent-token budget) goes to the losses that normalise by a constant length (``dr_grpo``,
     and any registered loss with a ``norm_tokens`` parameter); the others normalise per row. ``clip_ratio_c``
-    (the dual clip's ratio cap for A < 0; None: off) goes to the losses that take it (every built-in); a
-    registered loss without that parameter has no dual clip, as it would have no Dr. GRPO length constant.
+    (the dual clip's ratio cap for A < 0; None: off) goes to the losses that take it (every built-in), and to a
+    loss with ``**kwargs`` (which then must take or pass it on); a registered loss without either has no dual
+    clip, as it would have no Dr. GRPO length constant.
     """
     fn = LOSSES.get(name)
     params = inspect.signature(fn).parameters
