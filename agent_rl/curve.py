@@ -107,7 +107,20 @@ def sft_overrides(args, run_dir: Path) -> list[str]:
             "sft.warmup_steps=5", f"model.freeze_layers={args.sft_freeze}",
             f"sft.lr={args.sft_lr}", f"sft.time_budget_s={args.sft_budget_s}", "train.bf16=true",
             f"train.run_dir={run_dir}", f"train.seed={args.seed}", "logging.wandb=false", "train.progress=false",
-            f"hydra.run.dir={run_dir}/hydra", *env_overrides(args)]
+            f"hydra.run.dir={run_dir}/hydra", *env_overrides(args),
+            *([f"sft.demos=[{','.join(str(p) for p in args.sft_demos)}]"] if args.sft_demos else [])]
+
+
+def check_sft_demos(args) -> None:
+    """--sft-demos files exist, checked before the first (long) stage; their lines are checked by the SFT
+    stage as it reads them (agent_rl.sft), before any training."""
+    if args.sft_demos and args.sft_run:
+        raise SystemExit("--sft-demos trains the SFT stage on those files, --sft-run skips that stage: give one")
+    missing = [str(p) for p in args.sft_demos if not p.is_file()]
+    if missing:
+        raise SystemExit(f"--sft-demos: no such file {missing[0]!r}. Fix: the JSONL an SFT run wrote "
+                         f"(<sft run>/demos/round_0.jsonl) or your own, one demonstration turn a line")
+    args.sft_demos = [p.resolve() for p in args.sft_demos]
 
 
 def sft(args) -> Path:
@@ -317,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sft-run", type=Path, help="a finished agent_rl.sft run dir to use instead of training one")
+    ap.add_argument("--sft-demos", type=Path, nargs="+", default=[],
+                    help="train the SFT stage on these demonstration JSONL files (sft.demos) instead of playing the "
+                         "expert on --sft-games games: e.g. an earlier run's <sft run>/demos/round_0.jsonl")
     ap.add_argument("--sft-games", type=int, default=90)
     ap.add_argument("--sft-epochs", type=float, default=1.0)
     ap.add_argument("--sft-lr", type=float, default=1e-4)
@@ -348,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     for algo in algos:
         algo_overrides(algo)  # every entry checked before the first (long) stage
     check_task_types(args)
+    check_sft_demos(args)
     if args.out is None:
         args.out = Path("bench_out/alfworld_curve" + ("_constrained" if args.constrain_actions else ""))
     args.out = args.out.resolve()

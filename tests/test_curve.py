@@ -224,3 +224,20 @@ def test_training_lines_count_steps_with_a_gradient_and_dynamic_sampling(tmp_pat
             "0.000 0.500\n") in out
     assert "rl-grpo+ds: 2 steps in 0.0 min, 1 with a gradient, rollout success per step 0.000 0.000, dynamic " \
            "sampling: 13 tasks played, 1 informative groups kept" in out
+
+
+def test_sft_demos_reach_the_sft_stage_and_are_checked_first(tmp_path, monkeypatch):
+    demos = tmp_path / "round_0.jsonl"
+    demos.write_text("")
+    args = build_parser().parse_args(["--out", str(tmp_path), "--sft-demos", str(demos), "--algos", ""])
+    curve.check_sft_demos(args)
+    cfg = compose_config(_hydra_free(sft_overrides(args, tmp_path / "sft")))
+    validate_sft(cfg)
+    assert list(cfg.sft.demos) == [str(demos.resolve())]
+    plain = build_parser().parse_args(["--out", str(tmp_path)])
+    assert list(compose_config(_hydra_free(sft_overrides(plain, tmp_path / "sft"))).sft.demos) == []
+    monkeypatch.setattr(curve, "run", lambda *a: pytest.fail("a stage ran"))
+    for bad, match in ((["--sft-demos", str(tmp_path / "nope.jsonl")], "no such file"),
+                       (["--sft-demos", str(demos), "--sft-run", str(tmp_path)], "give one")):
+        with pytest.raises(SystemExit, match=match):
+            curve.main(["--out", str(tmp_path), *bad])
