@@ -9,7 +9,7 @@ measured on the same held-out games — the whole pipeline, end to end (it runs 
 Stages, each a README command run as a subprocess (so this measures exactly what users run):
 1. ``untrained``: ``python -m agent_rl.eval`` of the embedded SmolLM2-135M-Instruct.
 2. ``sft``: ``python -m agent_rl.sft env=alfworld rollout.template=alfworld_act`` on release *train* games
-   (searching-expert demonstrations), then its eval.
+   (searching-expert demonstrations, or the JSONL files of ``--sft-demos``), then its eval.
 3. ``rl-<algo>``: ``python -m agent_rl.train model.name=<sft run> algo=<algo>`` for ``--rl-steps`` steps on
    train games, same seeds and tasks for every algo, then its eval. An ``--algos`` entry may add ``+gigpo``
    (GiGPO step-level advantages, per-turn rows) and ``+ds`` (dynamic sampling): ``holder,grpo+gigpo,holder+gigpo+ds``.
@@ -29,6 +29,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -108,19 +109,56 @@ def sft_overrides(args, run_dir: Path) -> list[str]:
             f"sft.lr={args.sft_lr}", f"sft.time_budget_s={args.sft_budget_s}", "train.bf16=true",
             f"train.run_dir={run_dir}", f"train.seed={args.seed}", "logging.wandb=false", "train.progress=false",
             f"hydra.run.dir={run_dir}/hydra", *env_overrides(args),
-            *([f"sft.demos=[{','.join(str(p) for p in args.sft_demos)}]"] if args.sft_demos else [])]
+            *([f"sft.demos=[{','.join(hydra_quoted(str(p)) for p in args.sft_demos)}]"] if args.sft_demos else [])]
+
+
+def hydra_quoted(value: str) -> str:
+    """``value`` as a single-quoted Hydra override string, so a path with a comma, ``=``, brackets or ``${``
+    stays one literal string (unquoted, a comma splits a list item in two and ``${...}`` is interpolated)."""
+    value = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)  # backslashes before a quote or the end
+    return "'" + value.replace("'", "\\'").replace("${", "\\${") + "'"
 
 
 def check_sft_demos(args) -> None:
-    """--sft-demos files exist, checked before the first (long) stage; their lines are checked by the SFT
-    stage as it reads them (agent_rl.sft), before any training."""
-    if args.sft_demos and args.sft_run:
-        raise SystemExit("--sft-demos trains the SFT stage on those files, --sft-run skips that stage: give one")
-    missing = [str(p) for p in args.sft_demos if not p.is_file()]
-    if missing:
-        raise SystemExit(f"--sft-demos: no such file {missing[0]!r}. Fix: the JSONL an SFT run wrote "
-                         f"(<sft run>/demos/round_0.jsonl) or your own, one demonstration turn a line")
+    """--sft-demos: every line of every file is read and checked (trainers.demonstrations.read_jsonl) before
+    the first (long) stage, demonstrations of the games the curve evaluates on are refused, and an SFT stage
+    already in ``--out`` is reused only if it was trained on the same files."""
+    from trainers.demonstrations import DemonstrationFileError, read_jsonl
+
+    if not args.sft_demos:
+        return
+    if args.sft_run:
+        raise SystemExit(f"--sft-demos ({len(args.sft_demos)} file(s)) trains the SFT stage, --sft-run "
+                         f"{args.sft_run} skips it: give one of the two")
+    try:
+        demos = read_jsonl(args.sft_demos, allow_torn_tail=True)
+    except DemonstrationFileError as exc:
+        raise SystemExit(f"--sft-demos: {exc}") from None
+    evaluated = [d for d in demos if d.stamp.get("split") == "valid_unseen"]
+    if evaluated:
+        raise SystemExit(f"--sft-demos: {len(evaluated)} of {len(demos)} demonstrations were played on valid_unseen "
+                         f"games (e.g. {evaluated[0].game_id!r}), the games every stage is evaluated on: training on "
+                         f"them would measure memory, not skill. Fix: demonstrations of train games")
     args.sft_demos = [p.resolve() for p in args.sft_demos]
+
+
+def check_reused_sft(args) -> None:
+    """An SFT stage already finished in ``--out`` is reused (sft()); refuse that when it was trained on other
+    demonstration files than ``--sft-demos`` asks for (or on the expert's games when it asks for files), so a
+    curve never labels one model with another's data."""
+    import yaml
+
+    from trainers.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(args.out / "sft", weights_only=True)
+    if ckpt is None or args.sft_run:
+        return
+    saved = (yaml.safe_load((ckpt / "config.yaml").read_text()) or {}).get("sft", {}).get("demos") or []
+    wanted = [str(p) for p in args.sft_demos]
+    if [str(p) for p in saved] != wanted:
+        raise SystemExit(f"{args.out / 'sft'} holds an SFT run trained on {saved or 'expert demonstrations it played'}, "
+                         f"not on {wanted or 'expert demonstrations (no --sft-demos)'}; reusing it would report that "
+                         f"model as this one. Fix: a new --out, or the same --sft-demos as that run")
 
 
 def sft(args) -> Path:
@@ -330,9 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sft-run", type=Path, help="a finished agent_rl.sft run dir to use instead of training one")
-    ap.add_argument("--sft-demos", type=Path, nargs="+", default=[],
-                    help="train the SFT stage on these demonstration JSONL files (sft.demos) instead of playing the "
-                         "expert on --sft-games games: e.g. an earlier run's <sft run>/demos/round_0.jsonl")
+    ap.add_argument("--sft-demos", type=Path, action="append", default=[],
+                    help="train the SFT stage on this demonstration JSONL file (sft.demos; repeat the option for "
+                         "more) instead of playing the expert on --sft-games games, e.g. an earlier run's "
+                         "<sft run>/demos/round_0.jsonl; all its turns are trained on (no held-out games)")
     ap.add_argument("--sft-games", type=int, default=90)
     ap.add_argument("--sft-epochs", type=float, default=1.0)
     ap.add_argument("--sft-lr", type=float, default=1e-4)
@@ -349,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--constrain-actions", action="store_true",
                     help="every stage's replies restricted to the admissible actions (rollout.constrain_actions=true "
-                    "for RL, eval --constrain-actions); SFT is unchanged (it trains on the expert's replies)")
+                    "for RL, eval --constrain-actions); SFT is unchanged (it trains on the demonstrations' replies)")
     ap.add_argument("--skip-untrained", action="store_true")
     ap.add_argument("--skip-sft-eval", action="store_true", help="evaluate untrained and RL only (make demo)")
     ap.add_argument("--fresh", action="store_true", help="rerun stages whose results exist")
@@ -368,6 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is None:
         args.out = Path("bench_out/alfworld_curve" + ("_constrained" if args.constrain_actions else ""))
     args.out = args.out.resolve()
+    check_reused_sft(args)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if not args.report_only:

@@ -226,18 +226,60 @@ def test_training_lines_count_steps_with_a_gradient_and_dynamic_sampling(tmp_pat
            "sampling: 13 tasks played, 1 informative groups kept" in out
 
 
+def _demo_line(split="train"):
+    return json.dumps({"messages": [{"role": "user", "content": "look around"}], "reply": "<action>look</action>",
+                       "game_id": "g1", "stamp": {"split": split}}) + "\n"
+
+
 def test_sft_demos_reach_the_sft_stage_and_are_checked_first(tmp_path, monkeypatch):
-    demos = tmp_path / "round_0.jsonl"
-    demos.write_text("")
-    args = build_parser().parse_args(["--out", str(tmp_path), "--sft-demos", str(demos), "--algos", ""])
+    odd = tmp_path / "lr=1e-4,a b" / "round_0,${x}.jsonl"  # a comma, =, a space and ${ in one path
+    odd.parent.mkdir()
+    odd.write_text(_demo_line())
+    plain_file = tmp_path / "more.jsonl"
+    plain_file.write_text(_demo_line())
+    args = build_parser().parse_args(["--out", str(tmp_path), "--sft-demos", str(odd), "--sft-demos", str(plain_file)])
     curve.check_sft_demos(args)
     cfg = compose_config(_hydra_free(sft_overrides(args, tmp_path / "sft")))
     validate_sft(cfg)
-    assert list(cfg.sft.demos) == [str(demos.resolve())]
+    assert list(cfg.sft.demos) == [str(odd.resolve()), str(plain_file.resolve())]  # each path literally, whole
     plain = build_parser().parse_args(["--out", str(tmp_path)])
     assert list(compose_config(_hydra_free(sft_overrides(plain, tmp_path / "sft"))).sft.demos) == []
     monkeypatch.setattr(curve, "run", lambda *a: pytest.fail("a stage ran"))
-    for bad, match in ((["--sft-demos", str(tmp_path / "nope.jsonl")], "no such file"),
-                       (["--sft-demos", str(demos), "--sft-run", str(tmp_path)], "give one")):
+    empty, torn, evaluated = tmp_path / "empty.jsonl", tmp_path / "torn.jsonl", tmp_path / "valid_unseen.jsonl"
+    empty.write_text("")
+    torn.write_text(_demo_line() + "{not json\n")
+    evaluated.write_text(_demo_line("valid_unseen"))
+    for bad, match in ((["--sft-demos", str(tmp_path / "nope.jsonl")], "does not exist"),
+                       (["--sft-demos", str(empty)], "empty.jsonl"),
+                       (["--sft-demos", str(torn)], "torn.jsonl:2: not a JSON object"),
+                       (["--sft-demos", str(evaluated)], "played on valid_unseen games"),
+                       (["--sft-demos", str(plain_file), "--sft-run", str(tmp_path)], "give one of the two")):
         with pytest.raises(SystemExit, match=match):
-            curve.main(["--out", str(tmp_path), *bad])
+            curve.main(["--out", str(tmp_path / "out"), *bad])
+
+
+def test_a_finished_sft_stage_is_reused_only_for_the_same_demonstrations(tmp_path, monkeypatch):
+    import yaml
+
+    demos = tmp_path / "d.jsonl"
+    demos.write_text(_demo_line())
+    out = tmp_path / "out"
+    ckpt = out / "sft" / "checkpoints" / "step_000004"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 4, "p": 1.0, "extra": {}}))
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes((2).to_bytes(8, "little") + b"{}")
+    for name in ("optimizer.pt", "rng.pt"):
+        (ckpt / name).write_bytes(b"")
+    (out / "sft" / "checkpoints" / "latest").write_text(ckpt.name)
+    (ckpt / "config.yaml").write_text(yaml.safe_dump({"sft": {"demos": []}}))  # trained on the expert's games
+    monkeypatch.setattr(curve, "run", lambda *a: pytest.fail("a stage ran"))
+    with pytest.raises(SystemExit, match="trained on expert demonstrations it played, not on"):
+        curve.main(["--out", str(out), "--sft-demos", str(demos), "--skip-untrained"])
+    (ckpt / "config.yaml").write_text(yaml.safe_dump({"sft": {"demos": [str(demos.resolve())]}}))
+    with pytest.raises(SystemExit, match="not on expert demonstrations"):
+        curve.main(["--out", str(out), "--skip-untrained"])
+    args = build_parser().parse_args(["--out", str(out), "--sft-demos", str(demos)])
+    curve.check_sft_demos(args)
+    args.out = out
+    curve.check_reused_sft(args)  # the same file: reused

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from trainers.policies.base import POLICIES, Generation, SamplingParams, check_choices, check_prompts
-from trainers.policies.vllm_engine import (CPU_KV_CACHE_BYTES, DTYPES, GPU_MEMORY_UTILIZATION, engine_block_size,
+from trainers.policies.vllm_engine import (CPU_KV_CACHE_BYTES, GPU_MEMORY_UTILIZATION, engine_block_size,
                                            engine_dtype, engine_eager, engine_speculation, import_vllm,
                                            kernel_scan_guard, native_bf16, place_cpu_engine)
 
