@@ -5,8 +5,8 @@ loss → optimizer → weight sync → eval). Each field is documented once, her
 
 Groups (choose with ``group=option`` on the command line; Hydra lists the choices when a
 name is wrong): ``env`` (alfworld, math, custom), ``model`` (embedded,
-qwen2.5-1.5b-instruct, tiny), ``algo`` (holder, grpo, gspo, gmpo, dr_grpo), ``rollout``
-(hf, vllm) and ``preset`` (paper_alfworld, cpu_quick, learning_curve). Any field can then be
+qwen2.5-1.5b-instruct, tiny), ``algo`` (holder, grpo, gspo, gmpo, dr_grpo, gigpo), ``rollout``
+(auto: the default, hf, vllm) and ``preset`` (paper_alfworld, cpu_quick, learning_curve). Any field can then be
 overridden (``algo.p_end=-1 train.steps=200``).
 
 Hydra itself is imported only in :func:`register_configs`, so the dataclasses are usable

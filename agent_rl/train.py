@@ -405,7 +405,7 @@ def run_periodic_eval(cfg: Config, env_id: str, policy, step: int) -> dict[str, 
 
 # ---------------------------------------------------------------------------------------- CLI
 PRIMARY_DEFAULTS = ["agent_rl_schema", {"env": "alfworld"}, {"model": "embedded"}, {"algo": "holder"},
-                    {"rollout": "hf"}, {"preset": None}, "_self_"]
+                    {"rollout": "auto"}, {"preset": None}, "_self_"]
 
 
 def _register_primary() -> None:

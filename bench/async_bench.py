@@ -26,7 +26,8 @@ def run(name: str, out: Path, args, extra: list[str]) -> list[dict]:
     run_dir = out / name
     shutil.rmtree(run_dir, ignore_errors=True)
     env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "agent_rl.train", "preset=learning_curve", f"train.steps={args.steps}",
+    # rollout=hf: transformers generation in the Ray actor, as the README's measurement ran (extra overrides win)
+    cmd = [sys.executable, "-m", "agent_rl.train", "preset=learning_curve", "rollout=hf", f"train.steps={args.steps}",
            f"rollout.tasks_per_step={args.tasks}", f"rollout.group_size={args.group}", "ray.enabled=true",
            f"ray.num_cpus={args.ray_cpus}", f"ray.rollout_num_cpus={args.actor_cpus}", "env.num_workers=1",
            f"train.run_dir={run_dir}", "train.resume=false", "train.progress=false", "logging.wandb=false", *extra,

@@ -24,7 +24,8 @@ from trainers.tracking import read_metrics
 def launch(algo: str, out: Path, args) -> subprocess.Popen:
     run_dir = out / algo
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_MODE="offline", HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "agent_rl.train", "preset=learning_curve", f"algo={algo}",
+    # rollout=hf: one CPU core per run, no vLLM engine beside each (as measured; extra overrides win)
+    cmd = [sys.executable, "-m", "agent_rl.train", "preset=learning_curve", "rollout=hf", f"algo={algo}",
            f"train.steps={args.steps}", f"train.run_dir={run_dir}", f"train.eval_every={args.eval_every}",
            f"train.eval_episodes={args.eval_episodes}", "train.eval_at_start=true", f"rollout.tasks_per_step={args.tasks}",
            f"rollout.group_size={args.group}", f"train.lr={args.lr}", "train.resume=false",

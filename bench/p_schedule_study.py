@@ -40,7 +40,8 @@ T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 
 
 
 def command(arm: str, seed: int, run_dir: Path, args) -> list[str]:
-    return [sys.executable, "-m", "agent_rl.train", "preset=learning_curve", *ARMS[arm], f"train.seed={seed}",
+    # rollout=hf: one CPU core per run, no vLLM engine beside each (as measured; extra overrides win)
+    return [sys.executable, "-m", "agent_rl.train", "preset=learning_curve", "rollout=hf", *ARMS[arm], f"train.seed={seed}",
             f"train.steps={args.steps}", f"train.eval_every={args.eval_every}", f"train.eval_episodes={args.eval_episodes}",
             f"rollout.tasks_per_step={args.tasks}", f"rollout.group_size={args.group}", f"train.run_dir={run_dir}",
             "train.resume=false", "train.progress=false", "logging.wandb=false", *args.extra]

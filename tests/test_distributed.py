@@ -82,7 +82,7 @@ def test_torchrun_trainer_two_ranks_logs_once_and_its_checkpoint_resumes_on_one(
 
     model = str(build_tiny_model(tmp_path / "tiny"))
     overrides = ["env=custom", "env.id=test_user/Length-v0", "env.import_modules=[test_train]", f"model.name={model}",
-                 "rollout.group_size=2", "rollout.tasks_per_step=3", "rollout.max_new_tokens=8", "rollout.max_turns=1",
+                 "rollout=hf", "rollout.group_size=2", "rollout.tasks_per_step=3", "rollout.max_new_tokens=8", "rollout.max_turns=1",
                  "train.steps=2", "train.lr=1e-2", "train.micro_batch_tokens=64", "logging.wandb=false",
                  "train.progress=false", "env.num_workers=1"]
     run2 = tmp_path / "two_ranks"

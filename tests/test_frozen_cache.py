@@ -153,7 +153,7 @@ def test_trainer_passes_freeze_layers_to_the_learner_cache(tmp_path):
 
     tiny = build_tiny_model(tmp_path / "tiny", num_layers=3)
     cfg = compose_config([
-        "env=custom", "env.id=test_user/Length-v0", f"model.name={tiny}", "model.freeze_layers=2",
+        "env=custom", "env.id=test_user/Length-v0", f"model.name={tiny}", "rollout=hf", "model.freeze_layers=2",
         "rollout.group_size=2", "rollout.tasks_per_step=2", "rollout.max_new_tokens=8", "rollout.max_turns=1",
         "train.steps=1", "train.lr=1e-2", "algo.num_minibatches=2", "train.micro_batch_tokens=512",
         f"train.run_dir={tmp_path / 'run'}", "logging.wandb=false", "train.progress=false",

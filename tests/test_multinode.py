@@ -73,7 +73,7 @@ def test_one_training_step_with_env_actors_on_two_ray_nodes(two_node_cluster, tm
     monkeypatch.setattr(train_mod, "make_pool", keep)
     model = build_tiny_model(tmp_path / "tiny")
     cfg = compose_config([
-        "env=math", f"model.name={model}", "ray.enabled=true", f"ray.address={two_node_cluster}",
+        "env=math", f"model.name={model}", "rollout=hf", "ray.enabled=true", f"ray.address={two_node_cluster}",
         "ray.rollout_actor=false", "env.num_workers=2", "rollout.group_size=2", "rollout.tasks_per_step=2",
         "rollout.max_new_tokens=8", "train.steps=1", "train.lr=1e-3", f"train.run_dir={tmp_path / 'run'}",
         "logging.wandb=false", "train.progress=false",

@@ -148,7 +148,7 @@ def test_train_step_rolls_out_in_the_actor_and_syncs_its_weights(ray_local, tiny
     lora_args = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8"] if lora else []
     cfg = compose_config([
         "env=custom", f"env.id={LETTERS_ID}", f"env.import_modules=[{THIS_MODULE}]", f"model.name={tiny_path}",
-        "rollout.group_size=2", "rollout.tasks_per_step=2", "rollout.max_new_tokens=8", "rollout.max_turns=1",
+        "rollout=hf", "rollout.group_size=2", "rollout.tasks_per_step=2", "rollout.max_new_tokens=8", "rollout.max_turns=1",
         "train.steps=1", "train.lr=1e-2", "train.micro_batch_tokens=512", f"train.run_dir={tmp_path / 'run'}",
         "logging.wandb=false", "train.progress=false", "ray.enabled=true", "train.eval_every=1",
         "train.eval_episodes=2", *lora_args,
@@ -176,7 +176,7 @@ def _letters_cfg(tiny_path, run_dir, *extra):
 
     return compose_config([
         "env=custom", f"env.id={LETTERS_ID}", f"env.import_modules=[{THIS_MODULE}]", f"model.name={tiny_path}",
-        "rollout.group_size=2", "rollout.tasks_per_step=2", "rollout.max_new_tokens=8", "rollout.max_turns=1",
+        "rollout=hf", "rollout.group_size=2", "rollout.tasks_per_step=2", "rollout.max_new_tokens=8", "rollout.max_turns=1",
         "rollout.temperature=1.0", "train.steps=3", "train.lr=1e-2", "train.micro_batch_tokens=512",
         f"train.run_dir={run_dir}", "logging.wandb=false", "train.progress=false", "ray.enabled=true", *extra,
     ])

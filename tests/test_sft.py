@@ -157,7 +157,7 @@ def test_sft_loss_covers_reply_tokens_only(tiny_model):
 
 def _sft_cfg(tiny_model, run_dir, *extra):
     return compose_config([
-        "env=custom", f"env.id={ENV_ID}", f"model.name={tiny_model}", "rollout.template=alfworld_act",
+        "env=custom", f"env.id={ENV_ID}", f"model.name={tiny_model}", "rollout=hf", "rollout.template=alfworld_act",
         "rollout.max_turns=6", "rollout.max_new_tokens=12", "sft.games=6", "sft.heldout_games=1", "sft.expert=null",
         "sft.epochs=30", "sft.batch_size=8", "sft.lr=3e-3", "sft.warmup_steps=2", "train.micro_batch_tokens=2048",
         f"train.run_dir={run_dir}", "logging.wandb=false", "train.progress=false", *extra,
@@ -185,7 +185,7 @@ def test_sft_run_learns_and_train_and_eval_load_its_checkpoint(tiny_model, tmp_p
 
     # RL starts from the SFT run dir; resuming it as an RL run is refused.
     rl = train(compose_config([
-        "env=custom", f"env.id={ENV_ID}", f"model.name={run}", "rollout.template=alfworld_act", "rollout.group_size=2",
+        "env=custom", f"env.id={ENV_ID}", f"model.name={run}", "rollout=hf", "rollout.template=alfworld_act", "rollout.group_size=2",
         "rollout.tasks_per_step=2", "rollout.max_turns=4", "rollout.max_new_tokens=12", "train.steps=1",
         "train.micro_batch_tokens=2048", f"train.run_dir={tmp_path / 'rl'}", "logging.wandb=false",
         "train.progress=false"]))

@@ -77,7 +77,7 @@ def tiny_model(tmp_path_factory):
 
 def quick(tiny_model, run_dir, *extra, env=("env=custom", "env.id=test_user/Length-v0")):
     return compose_config([
-        *env, f"model.name={tiny_model}", "rollout.group_size=2", "rollout.tasks_per_step=2",
+        *env, f"model.name={tiny_model}", "rollout=hf", "rollout.group_size=2", "rollout.tasks_per_step=2",
         "rollout.max_new_tokens=8", "rollout.max_turns=1", "train.steps=2", "train.lr=1e-2",
         "train.micro_batch_tokens=512", f"train.run_dir={run_dir}", "logging.wandb=false", "train.progress=false",
         *extra,
@@ -155,7 +155,7 @@ def spy(self, *args, **kwargs):
     return update(self, *args, **kwargs)
 Learner.update = spy
 model, out = sys.argv[1], sys.argv[2]
-base = ["env=math", f"model.name={model}", "rollout.group_size=2", "rollout.tasks_per_step=2", "rollout.max_new_tokens=8",
+base = ["env=math", f"model.name={model}", "rollout=hf", "rollout.group_size=2", "rollout.tasks_per_step=2", "rollout.max_new_tokens=8",
         "rollout.max_turns=1", "train.steps=1", "train.micro_batch_tokens=512", "logging.wandb=false",
         "train.progress=false"]
 torch.set_num_threads(3)  # a count the setting differs from, whatever this machine's default
