@@ -421,7 +421,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"lr": 1e-6, "weight_decay": 0.01, "steps": 150, "eval_every": 5, "eval_at_start": True,
                   "eval_protocol": "verl-agent"},
     },
-    # A few minutes on a 2-core CPU: the README's first run.
+    # A smoke run: 2 steps of 1 task × G = 2, 2 turns (`preset=cpu_quick`; a few minutes on a 2-core CPU).
     "cpu_quick": {
         "rollout": {"group_size": 2, "tasks_per_step": 1, "max_turns": 2, "max_new_tokens": 32, "max_prompt_tokens": 1024},
         "train": {"steps": 2, "lr": 1e-5, "micro_batch_tokens": 2048},
