@@ -150,8 +150,10 @@ def check_reused_sft(args) -> None:
 
     from trainers.checkpoint import latest_checkpoint
 
+    if args.sft_run:  # the stage is skipped: nothing in --out is reused
+        return
     ckpt = latest_checkpoint(args.out / "sft", weights_only=True)
-    if ckpt is None or args.sft_run:
+    if ckpt is None:
         return
     saved = (yaml.safe_load((ckpt / "config.yaml").read_text()) or {}).get("sft", {}).get("demos") or []
     wanted = [str(p) for p in args.sft_demos]
