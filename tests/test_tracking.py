@@ -20,6 +20,12 @@ def test_the_trainer_logs_to_real_offline_wandb_and_a_resume_continues_the_same_
     run = tmp_path / "run"
     train(quick(tiny_model, run, "logging.wandb=true", "logging.wandb_mode=offline", "train.steps=1"))
     train(quick(tiny_model, run, "logging.wandb=true", "logging.wandb_mode=offline", "train.steps=2"))
+    # run.finish() only informs wandb-core that the run is done (a fire-and-forget publish); the core closes the
+    # run's stream, and with it flushes the .wandb file, on its own time, at the latest when the process exits.
+    # wandb.teardown() is that exit's step: it waits for the core to shut down. Without it the read below races.
+    import wandb
+
+    wandb.teardown()
     run_id = json.loads((latest_checkpoint(run) / "trainer_state.json").read_text())["extra"]["wandb_id"]
     segments = sorted((run / "wandb").glob("offline-run-*"))
     assert run_id and len(segments) == 2 and all(d.name.endswith(f"-{run_id}") for d in segments)
