@@ -67,18 +67,24 @@ def make_rollout_engine(cfg: Config, policy, pool, template):
                          overlap_env_steps=cfg.rollout.overlap_env_steps, progress=cfg.train.progress, **settings)
 
 
+def task_draws(cfg: Config, num_tasks: int | None, start_step: int = 0):
+    """The function giving each step's tasks, in order from ``start_step + 1``: one stream seeded with
+    ``train.seed``, replayed up to ``start_step`` so that a resumed run sees the same tasks."""
+    task_rng = random.Random(cfg.train.seed)
+    for _ in range(start_step):
+        sample_tasks(task_rng, num_tasks, cfg.rollout.tasks_per_step, 0, cfg.train.seed)
+    return lambda step: sample_tasks(task_rng, num_tasks, cfg.rollout.tasks_per_step, step, cfg.train.seed)
+
+
 def make_rollout_stream(cfg: Config, engine, policy, model, num_tasks: int | None, start_step: int):
     """Each step's batch (trainers.async_rollout): its tasks drawn from one seeded stream (replayed up to
     ``start_step`` so a resumed run sees the same tasks), played now or ahead of its step."""
     from trainers.async_rollout import RolloutStream
 
-    task_rng = random.Random(cfg.train.seed)
-    for _ in range(start_step):
-        sample_tasks(task_rng, num_tasks, cfg.rollout.tasks_per_step, 0, cfg.train.seed)
+    draw = task_draws(cfg, num_tasks, start_step)
 
     def produce(step: int):
-        tasks = sample_tasks(task_rng, num_tasks, cfg.rollout.tasks_per_step, step, cfg.train.seed)
-        return collect_rollouts(cfg, engine, tasks, num_tasks, step)
+        return collect_rollouts(cfg, engine, draw(step), num_tasks, step)
 
     release = policy.sleep if cfg.rollout.vllm.sleep_mode else None  # the weight sync wakes it
     return RolloutStream(produce, lambda: sync_weights(cfg, policy, model), last_step=cfg.train.steps,

@@ -31,7 +31,6 @@ def collect_round(cfg: Config, env_id: str, template, policy, *, round_index: in
     """Play ``games`` train games with DAgger's mixture (``beta = 1``: the expert alone) and return
     the labelled turns as demonstrations, plus what happened in the episodes."""
     from agent_rl.rollout_side import rollout_settings, rollout_stop
-    from trainers.batch import sample_tasks
     from trainers.demonstrations import ExpertMix, demonstrations_from, stamp_for
     from trainers.policies.base import SamplingParams
     from trainers.rollout import RolloutEngine
@@ -43,8 +42,7 @@ def collect_round(cfg: Config, env_id: str, template, policy, *, round_index: in
                                                    max_tokens=cfg.rollout.max_new_tokens, stop=rollout_stop(cfg)),
                            progress=cfg.train.progress, expert=ExpertMix(beta, seed=cfg.train.seed + round_index),
                            **settings)
-    rng = random.Random(cfg.train.seed * 7919 + round_index)
-    tasks = sample_tasks(rng, num_tasks, games, round_index, cfg.train.seed)
+    tasks = demo_tasks(cfg, num_tasks, games, round_index)
     t0 = time.perf_counter()
     trajectories, metrics = engine.run(tasks, 1)
     source = "expert" if beta >= 1.0 else "dagger"
@@ -61,6 +59,16 @@ def collect_round(cfg: Config, env_id: str, template, policy, *, round_index: in
         f"demos/round{round_index}_failed_episodes": float(failed),
         f"demos/round{round_index}_seconds": time.perf_counter() - t0,
     }
+
+
+def demo_tasks(cfg: Config, num_tasks: int | None, games: int, round_index: int):
+    """The ``games`` train games a round plays, from a stream of its own. Not ``random.Random(train.seed)``:
+    that is the trainer's task stream (agent_rl.rollout_side.task_draws), and an RL run after SFT at the
+    same seed would replay the demonstrated games in order."""
+    from trainers.batch import sample_tasks
+
+    rng = random.Random(f"sft-demos:{cfg.train.seed}:{round_index}")
+    return sample_tasks(rng, num_tasks, games, round_index, cfg.train.seed)
 
 
 def split_heldout(demos: list, heldout_games: int) -> tuple[list, list]:

@@ -396,3 +396,17 @@ def test_replies_that_end_only_at_end_of_sequence_are_trained_to_end_there(tiny_
     sft(_sft_cfg(tiny_model, tmp_path / "eos", "rollout.stop=[]", "sft.epochs=1", "sft.dagger_rounds=1",
                  "sft.dagger_games=2", "rollout.backend=hf"))
     assert ends and all(e == [eos] for e in ends) and stops == [[], []]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_the_sft_rounds_and_the_rl_run_after_them_draw_their_games_apart(seed):
+    # at one train.seed the trainer's first 20 steps x 4 tasks once replayed round 0's 80 demonstrated games in
+    # order (both streams were random.Random(seed)): RL after SFT then trained on memorized games only
+    from agent_rl.rollout_side import task_draws
+    from agent_rl.sft import demo_tasks
+
+    cfg = compose_config(["env=alfworld", f"train.seed={seed}", "rollout.tasks_per_step=4"])
+    demonstrated = {t.task_id for r in (0, 1) for t in demo_tasks(cfg, 3553, 80, r)}
+    draw = task_draws(cfg, 3553)
+    played = {t.task_id for step in range(1, 21) for t in draw(step)}
+    assert len(demonstrated & played) <= 12, "chance alone gives 160 x 80 / 3553 = 3.6 games on average"
