@@ -121,8 +121,8 @@ def hydra_quoted(value: str) -> str:
 
 def check_sft_demos(args) -> None:
     """--sft-demos: every line of every file is read and checked (trainers.demonstrations.read_jsonl) before
-    the first (long) stage, demonstrations of the games the curve evaluates on are refused, and an SFT stage
-    already in ``--out`` is reused only if it was trained on the same files."""
+    the first (long) stage, and demonstrations of the games the curve evaluates on are refused (an SFT stage
+    already in ``--out`` is reused only if it was trained on the same files: check_reused_stages)."""
     from trainers.demonstrations import DemonstrationFileError, read_jsonl
 
     if not args.sft_demos:
@@ -131,7 +131,7 @@ def check_sft_demos(args) -> None:
         raise SystemExit(f"--sft-demos ({len(args.sft_demos)} file(s)) trains the SFT stage, --sft-run "
                          f"{args.sft_run} skips it: give one of the two")
     try:
-        demos = read_jsonl(args.sft_demos, allow_torn_tail=True)
+        demos = read_jsonl(args.sft_demos)  # as strictly as the SFT stage will
     except DemonstrationFileError as exc:
         raise SystemExit(f"--sft-demos: {exc}") from None
     evaluated = [d for d in demos if d.stamp.get("split") == "valid_unseen"]
@@ -142,30 +142,86 @@ def check_sft_demos(args) -> None:
     args.sft_demos = [p.resolve() for p in args.sft_demos]
 
 
-def check_reused_sft(args) -> None:
-    """An SFT stage already finished in ``--out`` is reused (sft()); refuse that when it was trained on other
-    demonstration files than ``--sft-demos`` asks for (or on the expert's games when it asks for files), so a
-    curve never labels one model with another's data."""
+def stage_changes(run_dir: Path, overrides: list[str], ignore: tuple[str, ...] = ()) -> list[str]:
+    """How the newest checkpoint in ``run_dir`` (a stage finished before, or stopped part-way) was configured
+    otherwise than ``overrides`` configure that stage now: ``"key: there, now"`` for each key that
+    agent_rl.config.resume_changes reports (run dirs, logging and speed-only settings aside), keys starting
+    with one of ``ignore`` left out. [] when ``run_dir`` holds no usable checkpoint."""
     import yaml
+    from omegaconf import OmegaConf
 
+    from agent_rl.config import flatten, resume_changes
+    from agent_rl.train import compose_config
     from trainers.checkpoint import latest_checkpoint
 
-    if args.sft_run:  # the stage is skipped: nothing in --out is reused
-        return
-    ckpt = latest_checkpoint(args.out / "sft", weights_only=True)
+    ckpt = latest_checkpoint(run_dir, weights_only=True)
     if ckpt is None:
-        return
-    saved = (yaml.safe_load((ckpt / "config.yaml").read_text()) or {}).get("sft", {}).get("demos") or []
-    wanted = [str(p) for p in args.sft_demos]
-    if [str(p) for p in saved] != wanted:
-        raise SystemExit(f"{args.out / 'sft'} holds an SFT run trained on {saved or 'expert demonstrations it played'}, "
-                         f"not on {wanted or 'expert demonstrations (no --sft-demos)'}; reusing it would report that "
-                         f"model as this one. Fix: a new --out, or the same --sft-demos as that run")
+        return []
+    path = ckpt / "config.yaml"
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        return [f"its {path} cannot be read ({exc})"]
+    current = OmegaConf.to_container(OmegaConf.structured(
+        compose_config([o for o in overrides if not o.startswith("hydra.")])))
+    was, now = flatten(saved), flatten(current)
+    return [f"{k}: {was.get(k)!r} there, {now[k]!r} now" for k in resume_changes(saved, current)
+            if not k.startswith(ignore)]
+
+
+def check_reused_stages(args, algos: list[str]) -> None:
+    """A training stage already in ``--out`` (finished, or stopped part-way) is reused or resumed (sft(),
+    rl()): refuse that, before any stage runs, when it was configured otherwise than this curve configures it
+    (other demonstrations, games, seed, learning rate, SFT run, algo...), so a curve never reports one model
+    under another's settings."""
+    stages = [] if args.sft_run else [("sft", sft_overrides(args, args.out / "sft"), ("algo.",))]  # SFT has no loss
+    sft_run = args.sft_run.resolve() if args.sft_run else args.out / "sft"
+    stages += [(f"rl-{a}", rl_overrides(a, sft_run, args, args.out / f"rl-{a}"), ()) for a in algos]
+    for name, overrides, ignore in stages:
+        changed = stage_changes(args.out / name, overrides, ignore)
+        if changed:
+            hint = ("; a stage trained before the dual clip had algo.clip_ratio_c=None: add algo.clip_ratio_c=null "
+                    "to reuse it" if any(c.startswith("algo.clip_ratio_c:") for c in changed) else "")
+            raise SystemExit(f"{args.out / name} holds a stage configured otherwise than this curve configures it "
+                             f"({'; '.join(changed[:6])}); reusing it would report that model as this curve's. Fix: "
+                             f"a new --out, or this curve's arguments as that run had them (its config.yaml){hint}")
+
+
+def check_reused_evals(args, algos: list[str]) -> None:
+    """An eval stage with a results.json in ``--out`` is reused (evaluate()): refuse that, before any stage
+    runs, when it scored another checkpoint than the one its stage holds now (an RL stage resumed for more
+    --rl-steps, another --sft-run) or another episode count, step limit or reply budget."""
+    from trainers.checkpoint import latest_checkpoint
+
+    models = {} if args.sft_run else {"sft": args.out / "sft"}
+    models.update({f"rl-{a}": args.out / f"rl-{a}" for a in algos})
+    if args.sft_run:
+        models["sft"] = args.sft_run.resolve()
+    for path in sorted(args.out.glob("eval_*/results.json")):
+        stage = path.parent.name[len("eval_"):]
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"{path} cannot be read ({exc}). Fix: delete {path.parent} to evaluate that stage "
+                             f"again") from None
+        wanted = {"episodes": args.episodes, "max_steps": args.max_steps}
+        problems = [f"{k} {r.get(k)!r} there, {v!r} now" for k, v in wanted.items() if r.get(k) != v]
+        if stage in models:
+            ckpt = latest_checkpoint(models[stage], weights_only=True)
+            now = "no checkpoint yet" if ckpt is None else str(ckpt.resolve())
+            if r.get("model") != now:
+                problems.append(f"model {r.get('model')!r} there, {now!r} now")
+        if problems:
+            raise SystemExit(f"{path.parent} holds an eval of stage {stage!r} that this curve would not run "
+                             f"({'; '.join(problems)}); reporting it would label another model or protocol as "
+                             f"this curve's. Fix: a new --out, or delete {path.parent} to evaluate that stage again")
 
 
 def sft(args) -> Path:
+    from trainers.checkpoint import latest_checkpoint
+
     run_dir = args.out / "sft"
-    if (run_dir / "checkpoints" / "latest").exists():
+    if latest_checkpoint(run_dir, weights_only=True) is not None:  # checked by check_reused_stages
         return run_dir
     run([sys.executable, "-m", "agent_rl.sft", *sft_overrides(args, run_dir)], args.out / "sft.log", args.threads)
     return run_dir
@@ -409,7 +465,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is None:
         args.out = Path("bench_out/alfworld_curve" + ("_constrained" if args.constrain_actions else ""))
     args.out = args.out.resolve()
-    check_reused_sft(args)
+    check_reused_stages(args, algos)
+    check_reused_evals(args, algos)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if not args.report_only:

@@ -258,28 +258,76 @@ def test_sft_demos_reach_the_sft_stage_and_are_checked_first(tmp_path, monkeypat
             curve.main(["--out", str(tmp_path / "out"), *bad])
 
 
+def _fake_checkpoint(run_dir: Path, config: dict, step: int = 4) -> Path:
+    """A checkpoint latest_checkpoint(weights_only=True) accepts, with ``config`` as its config.yaml."""
+    import yaml
+
+    ckpt = run_dir / "checkpoints" / f"step_{step:06d}"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": step, "p": 1.0, "extra": {}}))
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes((2).to_bytes(8, "little") + b"{}")
+    for name in ("optimizer.pt", "rng.pt"):
+        (ckpt / name).write_bytes(b"")
+    (run_dir / "checkpoints" / "latest").write_text(ckpt.name)
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(config))
+    return ckpt
+
+
 def test_a_finished_sft_stage_is_reused_only_for_the_same_demonstrations(tmp_path, monkeypatch):
     import yaml
 
     demos = tmp_path / "d.jsonl"
     demos.write_text(_demo_line())
     out = tmp_path / "out"
-    ckpt = out / "sft" / "checkpoints" / "step_000004"
-    ckpt.mkdir(parents=True)
-    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 4, "p": 1.0, "extra": {}}))
-    (ckpt / "config.json").write_text("{}")
-    (ckpt / "model.safetensors").write_bytes((2).to_bytes(8, "little") + b"{}")
-    for name in ("optimizer.pt", "rng.pt"):
-        (ckpt / name).write_bytes(b"")
-    (out / "sft" / "checkpoints" / "latest").write_text(ckpt.name)
-    (ckpt / "config.yaml").write_text(yaml.safe_dump({"sft": {"demos": []}}))  # trained on the expert's games
+    ckpt = _fake_checkpoint(out / "sft", {"sft": {"demos": []}})  # trained on the expert's games
     monkeypatch.setattr(curve, "run", lambda *a: pytest.fail("a stage ran"))
-    with pytest.raises(SystemExit, match="trained on expert demonstrations it played, not on"):
+    with pytest.raises(SystemExit, match=r"sft.demos: \[\] there, \['.*d.jsonl'\] now"):
         curve.main(["--out", str(out), "--sft-demos", str(demos), "--skip-untrained"])
     (ckpt / "config.yaml").write_text(yaml.safe_dump({"sft": {"demos": [str(demos.resolve())]}}))
-    with pytest.raises(SystemExit, match="not on expert demonstrations"):
+    with pytest.raises(SystemExit, match=r"sft.demos: \['.*d.jsonl'\] there, \[\] now"):
         curve.main(["--out", str(out), "--skip-untrained"])
     args = build_parser().parse_args(["--out", str(out), "--sft-demos", str(demos)])
     curve.check_sft_demos(args)
     args.out = out
-    curve.check_reused_sft(args)  # the same file: reused
+    curve.check_reused_stages(args, [])  # the same file: reused
+    # an SFT run has no loss: its saved algo section (older defaults) is not compared
+    (ckpt / "config.yaml").write_text(yaml.safe_dump({"sft": {"demos": [str(demos.resolve())]}, "algo": {"p_end": 9.0}}))
+    curve.check_reused_stages(args, [])
+
+
+def test_a_reused_rl_stage_or_eval_must_match_what_the_curve_would_run(tmp_path, monkeypatch):
+    import yaml
+
+    out = tmp_path / "out"
+    sft_run = tmp_path / "sft_run"
+    sft_ckpt = _fake_checkpoint(sft_run, {"sft": {"demos": []}}, step=7)
+    argv = ["--out", str(out), "--sft-run", str(sft_run), "--skip-untrained", "--algos", "holder", "--rl-steps", "4",
+            "--rl-lr", "1e-5"]
+    args = build_parser().parse_args(argv)
+    args.out = out.resolve()
+    rl = compose_config(_hydra_free(curve.rl_overrides("holder", sft_run.resolve(), args, out / "rl-holder")))
+    saved = {"train": {"lr": rl.train.lr, "seed": rl.train.seed}, "model": {"name": rl.model.name},
+             "algo": {"loss": rl.algo.loss, "clip_ratio_c": rl.algo.clip_ratio_c}}
+    ckpt = _fake_checkpoint(out / "rl-holder", saved)
+    monkeypatch.setattr(curve, "run", lambda *a: pytest.fail("a stage ran"))
+    curve.check_reused_stages(args, ["holder"])  # as this curve would train it
+    for field, value, match in (("train", {"lr": 1e-3, "seed": rl.train.seed}, r"train.lr: 0.001 there, 1e-05 now"),
+                                ("model", {"name": "/elsewhere/sft"}, r"model.name: '/elsewhere/sft' there"),
+                                ("algo", {"loss": rl.algo.loss}, r"algo.clip_ratio_c: None there, 3.0 now.*add "
+                                                                r"algo.clip_ratio_c=null to reuse it")):
+        (ckpt / "config.yaml").write_text(yaml.safe_dump({**saved, field: value}))
+        with pytest.raises(SystemExit, match=match):
+            curve.main(argv)
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(saved))
+    result = {"episodes": 36, "max_steps": 40, "model": str(ckpt.resolve())}
+    for stage, model in (("rl-holder", ckpt), ("sft", sft_ckpt)):
+        (out / f"eval_{stage}").mkdir()
+        (out / f"eval_{stage}" / "results.json").write_text(json.dumps({**result, "model": str(model.resolve())}))
+    curve.check_reused_evals(args, ["holder"])  # each scored the checkpoint its stage holds
+    _fake_checkpoint(out / "rl-holder", saved, step=8)  # the stage went on (more --rl-steps): its eval is stale
+    with pytest.raises(SystemExit, match=r"eval of stage 'rl-holder'.*step_000004' there, '.*step_000008' now"):
+        curve.main(argv)
+    (out / "eval_rl-holder" / "results.json").unlink()
+    with pytest.raises(SystemExit, match=r"eval of stage 'sft'.*max_steps 40 there, 30 now"):
+        curve.main([*argv, "--max-steps", "30"])

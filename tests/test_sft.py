@@ -400,8 +400,8 @@ def test_replies_that_end_only_at_end_of_sequence_are_trained_to_end_there(tiny_
 
 @pytest.mark.parametrize("seed", [0, 1, 7])
 def test_the_sft_rounds_and_the_rl_run_after_them_draw_their_games_apart(seed):
-    # at one train.seed the trainer's first 20 steps x 4 tasks once replayed round 0's 80 demonstrated games in
-    # order (both streams were random.Random(seed)): RL after SFT then trained on memorized games only
+    # round k once drew random.Random(7919 * seed + k), the trainer's stream at train.seed = k when seed = 0: its
+    # first 20 steps x 4 tasks replayed round 0's 80 demonstrated games in order (RL on memorized games only)
     from agent_rl.rollout_side import task_draws
     from agent_rl.sft import demo_tasks
 
