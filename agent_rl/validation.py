@@ -8,11 +8,13 @@ before a model loads or an env starts. ``agent_rl.train`` calls :func:`validate`
 
 from __future__ import annotations
 
+import logging
 import math
-
 from typing import Any
 
 from agent_rl.config import ROLLOUT_PRESETS, Config, ConfigError
+
+log = logging.getLogger("agent_rl")
 
 # Episodes one training step may hold (tasks_per_step × group_size): 128× the paper's 16 × 8.
 MAX_EPISODES_PER_STEP = 16384
@@ -102,7 +104,7 @@ def _check_model(cfg: Config, rl: bool = True) -> None:
 def _check_algo(cfg: Config) -> None:
     """Loss, advantage estimator, p schedule, clipping and the update's shape."""
     from trainers.advantages import ADVANTAGES, GIGPO_EPISODE, GIGPO_NORM, TURN_ADVANTAGES
-    from trainers.losses import LOSSES
+    from trainers.losses import LOSSES, takes_clip_ratio_c
     from trainers.schedules import SCHEDULES
 
     need(cfg.algo.loss in LOSSES, "algo.loss", cfg.algo.loss, f"registered losses are {LOSSES.names()}",
@@ -139,6 +141,10 @@ def _check_algo(cfg: Config) -> None:
     need(c is None or (math.isfinite(float(c)) and c > 1), "algo.clip_ratio_c", c,
          "the dual clip caps the ratio of a negative-advantage trajectory at c, which must be a finite number > 1",
          "use 3.0 (verl's default), or null for no dual clip")
+    if c is not None and cfg.algo.loss in LOSSES and not takes_clip_ratio_c(cfg.algo.loss):
+        log.warning("algo.loss=%s takes no clip_ratio_c parameter (nor **kwargs), so it trains without the dual clip "
+                    "algo.clip_ratio_c=%s asks for. Fix: give the loss a clip_ratio_c parameter and apply it, or set "
+                    "algo.clip_ratio_c=null to train without it knowingly", cfg.algo.loss, c)
     need(cfg.algo.p_schedule != "step" or (cfg.algo.p_steps is not None and cfg.algo.p_steps < cfg.train.steps),
          "algo.p_steps", cfg.algo.p_steps, f"p_schedule=step switches from p_start to p_end at step p_steps; without "
          f"one below train.steps={cfg.train.steps} it never switches (or only at the last step)",

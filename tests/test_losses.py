@@ -187,6 +187,38 @@ def test_dual_clip_leaves_positive_advantages_and_small_ratios_alone():
         run("grpo", new, old, mask, adv, clip_ratio_c=1.0)
 
 
+def test_a_registered_loss_gets_the_configured_cap_and_one_without_the_parameter_is_warned_about(caplog):
+    from agent_rl.train import compose_config
+    from agent_rl.validation import validate
+
+    got = []
+
+    def capped(*, clip_ratio_c=3.0, **kw):  # its own default must not outlive algo.clip_ratio_c=null
+        got.append(clip_ratio_c)
+        return LOSSES.get("grpo")(clip_ratio_c=clip_ratio_c, **kw)
+
+    def plain(*, logprobs, old_logprobs, advantages, loss_mask, p, clip_low, clip_high):
+        return LOSSES.get("grpo")(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages,
+                                  loss_mask=loss_mask, p=p, clip_low=clip_low, clip_high=clip_high)
+
+    LOSSES.register("test_capped")(capped)
+    LOSSES.register("test_plain")(plain)
+    try:
+        new, old, mask, adv = batch(4)
+        for c in (None, 2.5):
+            run("test_capped", new, old, mask, adv, p=1.0, clip_ratio_c=c)
+            run("test_plain", new, old, mask, adv, p=1.0, clip_ratio_c=c)  # no dual clip to pass: no error
+        assert got == [None, 2.5]
+        for loss, c, warned in (("test_plain", 3.0, True), ("test_plain", None, False), ("test_capped", 3.0, False)):
+            caplog.clear()
+            with caplog.at_level("WARNING", logger="agent_rl"):
+                validate(compose_config([f"algo.loss={loss}", f"algo.clip_ratio_c={c if c else 'null'}"]))
+            assert ("trains without the dual clip" in caplog.text) == warned, (loss, c)
+    finally:
+        LOSSES.unregister("test_capped")
+        LOSSES.unregister("test_plain")
+
+
 def test_dr_grpo_normaliser_does_not_depend_on_the_batchs_padding():
     # The learner pads each minibatch to its longest row; with the budget given, extra padding (a longer
     # trajectory elsewhere in the minibatch) must not rescale this row's loss or gradient.
