@@ -142,11 +142,16 @@ def check_sft_demos(args) -> None:
     args.sft_demos = [p.resolve() for p in args.sft_demos]
 
 
-def stage_changes(run_dir: Path, overrides: list[str], ignore: tuple[str, ...] = ()) -> list[str]:
+# What an SFT stage is compared on when reused: what it plays, renders and trains (not RL's loss or learner).
+SFT_KEYS = ("sft.", "env.", "model.", "rollout.", "train.seed", "train.bf16")
+
+
+def stage_changes(run_dir: Path, overrides: list[str], keep: tuple[str, ...] | None = None) -> tuple[list[str], Path]:
     """How the newest checkpoint in ``run_dir`` (a stage finished before, or stopped part-way) was configured
     otherwise than ``overrides`` configure that stage now: ``"key: there, now"`` for each key that
-    agent_rl.config.resume_changes reports (run dirs, logging and speed-only settings aside), keys starting
-    with one of ``ignore`` left out. [] when ``run_dir`` holds no usable checkpoint."""
+    agent_rl.config.resume_changes reports (run dirs, logging and speed-only settings aside), only keys
+    starting with one of ``keep`` when given; and the config.yaml compared. [] when ``run_dir`` holds no
+    usable checkpoint."""
     import yaml
     from omegaconf import OmegaConf
 
@@ -156,17 +161,26 @@ def stage_changes(run_dir: Path, overrides: list[str], ignore: tuple[str, ...] =
 
     ckpt = latest_checkpoint(run_dir, weights_only=True)
     if ckpt is None:
-        return []
+        return [], run_dir
     path = ckpt / "config.yaml"
     try:
         saved = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        return [f"its {path} cannot be read ({exc})"]
-    current = OmegaConf.to_container(OmegaConf.structured(
-        compose_config([o for o in overrides if not o.startswith("hydra.")])))
+        return [f"its config cannot be read ({exc})"], path
+    try:
+        current = OmegaConf.to_container(OmegaConf.structured(
+            compose_config([o for o in overrides if not o.startswith("hydra.")])))
+    except Exception as exc:  # Hydra's override and config errors have no common base
+        raise SystemExit(f"the overrides of stage {run_dir.name} do not compose ({type(exc).__name__}: {exc}). Fix: "
+                         f"the extra overrides (or --algos entry) this curve was given") from None
     was, now = flatten(saved), flatten(current)
     return [f"{k}: {was.get(k)!r} there, {now[k]!r} now" for k in resume_changes(saved, current)
-            if not k.startswith(ignore)]
+            if keep is None or k.startswith(keep)], path
+
+
+def _listed(problems: list[str], most: int = 6) -> str:
+    more = f"; and {len(problems) - most} more" if len(problems) > most else ""
+    return "; ".join(problems[:most]) + more
 
 
 def check_reused_stages(args, algos: list[str]) -> None:
@@ -174,47 +188,68 @@ def check_reused_stages(args, algos: list[str]) -> None:
     rl()): refuse that, before any stage runs, when it was configured otherwise than this curve configures it
     (other demonstrations, games, seed, learning rate, SFT run, algo...), so a curve never reports one model
     under another's settings."""
-    stages = [] if args.sft_run else [("sft", sft_overrides(args, args.out / "sft"), ("algo.",))]  # SFT has no loss
+    stages = [] if args.sft_run else [("sft", sft_overrides(args, args.out / "sft"), SFT_KEYS)]
     sft_run = args.sft_run.resolve() if args.sft_run else args.out / "sft"
-    stages += [(f"rl-{a}", rl_overrides(a, sft_run, args, args.out / f"rl-{a}"), ()) for a in algos]
-    for name, overrides, ignore in stages:
-        changed = stage_changes(args.out / name, overrides, ignore)
+    stages += [(f"rl-{a}", rl_overrides(a, sft_run, args, args.out / f"rl-{a}"), None) for a in algos]
+    for name, overrides, keep in stages:
+        changed, path = stage_changes(args.out / name, overrides, keep)
         if changed:
-            hint = ("; a stage trained before the dual clip had algo.clip_ratio_c=None: add algo.clip_ratio_c=null "
-                    "to reuse it" if any(c.startswith("algo.clip_ratio_c:") for c in changed) else "")
+            hint = ("; a stage trained before the dual clip existed had none: add algo.clip_ratio_c=null to reuse it"
+                    if any(c.startswith("algo.clip_ratio_c: None there") for c in changed) else "")
             raise SystemExit(f"{args.out / name} holds a stage configured otherwise than this curve configures it "
-                             f"({'; '.join(changed[:6])}); reusing it would report that model as this curve's. Fix: "
-                             f"a new --out, or this curve's arguments as that run had them (its config.yaml){hint}")
+                             f"({_listed(changed)}; saved in {path}); reusing it would report that model as this "
+                             f"curve's. Fix: a new --out, this curve's arguments as that run had them, or delete "
+                             f"{args.out / name} to train that stage again{hint}")
+
+
+def eval_problems(results_path: Path, args, model_dir: Path | None, trains_on: str | None) -> list[str]:
+    """How the eval whose results are at ``results_path`` differs from the one this curve would run for its
+    stage: episodes, step limit, reply budget, action constraint, games (release, or which generated
+    households), and the checkpoint (the newest in ``model_dir``, when the stage has one)."""
+    from trainers.checkpoint import latest_checkpoint
+
+    try:
+        r = json.loads(results_path.read_text())
+        config = json.loads((results_path.parent / "eval_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        return [f"its results cannot be read ({exc})"]
+    expected_env = json.loads(eval_env_kwargs(args)[1]) if eval_env_kwargs(args) else {}
+    env = {k: v for k, v in (config.get("env_kwargs") or {}).items() if k in ("source", "generate_kwargs")}
+    wanted = {"episodes": (r.get("episodes"), args.episodes), "max_steps": (r.get("max_steps"), args.max_steps),
+              "max_new_tokens": (config.get("max_new_tokens"), args.max_new_tokens),
+              "constrain_actions": ((config.get("rollout") or {}).get("constrain_actions", False),
+                                    bool(args.constrain_actions)),
+              "games": (env or "release", expected_env or "release")}
+    problems = [f"{k} {there!r} there, {now!r} now" for k, (there, now) in wanted.items() if there != now]
+    if model_dir is not None:
+        ckpt = latest_checkpoint(model_dir, weights_only=True)
+        now = "no checkpoint" if ckpt is None else str(ckpt.resolve())
+        there = str(Path(r["model"]).resolve()) if r.get("model") else None
+        if there != now:
+            problems.append(f"model {r.get('model')!r} there, {now!r} now")
+    if trains_on:
+        problems.append(trains_on)
+    return problems
 
 
 def check_reused_evals(args, algos: list[str]) -> None:
-    """An eval stage with a results.json in ``--out`` is reused (evaluate()): refuse that, before any stage
-    runs, when it scored another checkpoint than the one its stage holds now (an RL stage resumed for more
-    --rl-steps, another --sft-run) or another episode count, step limit or reply budget."""
-    from trainers.checkpoint import latest_checkpoint
-
-    models = {} if args.sft_run else {"sft": args.out / "sft"}
-    models.update({f"rl-{a}": args.out / f"rl-{a}" for a in algos})
-    if args.sft_run:
-        models["sft"] = args.sft_run.resolve()
+    """An eval stage with a results.json in ``--out`` is reused (evaluate()) and reported (table()): refuse
+    that, before any stage runs, when it is not the eval this curve would run: another checkpoint than its
+    stage holds (another --sft-run; an RL stage that will train on for more --rl-steps), another episode
+    count, step limit, reply budget, action constraint or game set."""
+    sft_dir = args.sft_run.resolve() if args.sft_run else args.out / "sft"
     for path in sorted(args.out.glob("eval_*/results.json")):
         stage = path.parent.name[len("eval_"):]
-        try:
-            r = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise SystemExit(f"{path} cannot be read ({exc}). Fix: delete {path.parent} to evaluate that stage "
-                             f"again") from None
-        wanted = {"episodes": args.episodes, "max_steps": args.max_steps}
-        problems = [f"{k} {r.get(k)!r} there, {v!r} now" for k, v in wanted.items() if r.get(k) != v]
-        if stage in models:
-            ckpt = latest_checkpoint(models[stage], weights_only=True)
-            now = "no checkpoint yet" if ckpt is None else str(ckpt.resolve())
-            if r.get("model") != now:
-                problems.append(f"model {r.get('model')!r} there, {now!r} now")
+        model_dir = sft_dir if stage == "sft" else args.out / stage if stage.startswith("rl-") else None
+        trains_on = None
+        if stage.startswith("rl-") and stage[len("rl-"):] in algos and finished_steps(model_dir) < args.rl_steps:
+            trains_on = (f"the stage trains on to step {args.rl_steps} (it holds {finished_steps(model_dir)}), so "
+                         f"this eval would be reported for a model it did not score")
+        problems = eval_problems(path, args, model_dir, trains_on)
         if problems:
             raise SystemExit(f"{path.parent} holds an eval of stage {stage!r} that this curve would not run "
-                             f"({'; '.join(problems)}); reporting it would label another model or protocol as "
-                             f"this curve's. Fix: a new --out, or delete {path.parent} to evaluate that stage again")
+                             f"({_listed(problems)}); reporting it would label another model or protocol as this "
+                             f"curve's. Fix: a new --out, or delete {path.parent} to evaluate that stage again")
 
 
 def sft(args) -> Path:
@@ -465,8 +500,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is None:
         args.out = Path("bench_out/alfworld_curve" + ("_constrained" if args.constrain_actions else ""))
     args.out = args.out.resolve()
-    check_reused_stages(args, algos)
-    check_reused_evals(args, algos)
+    if not args.report_only:  # a report reads what is there (and --fresh runs every eval again)
+        check_reused_stages(args, algos)
+        if not args.fresh:
+            check_reused_evals(args, algos)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if not args.report_only:

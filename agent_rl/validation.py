@@ -31,7 +31,7 @@ def validate(cfg: Config, *, rl: bool = True) -> None:
     shares the config but not the RL learner's constraints)."""
     _check_finite_and_ids(cfg)
     _check_model(cfg, rl)
-    _check_algo(cfg)
+    _check_algo(cfg, rl)
     _check_rollout(cfg)
     _check_train(cfg)
     _check_workers(cfg)
@@ -101,7 +101,7 @@ def _check_model(cfg: Config, rl: bool = True) -> None:
              "use [q_proj,k_proj,v_proj,o_proj] (Llama/Qwen) or the names of your model's linear layers")
 
 
-def _check_algo(cfg: Config) -> None:
+def _check_algo(cfg: Config, rl: bool = True) -> None:
     """Loss, advantage estimator, p schedule, clipping and the update's shape."""
     from trainers.advantages import ADVANTAGES, GIGPO_EPISODE, GIGPO_NORM, TURN_ADVANTAGES
     from trainers.losses import LOSSES, takes_clip_ratio_c
@@ -141,7 +141,7 @@ def _check_algo(cfg: Config) -> None:
     need(c is None or (math.isfinite(float(c)) and c > 1), "algo.clip_ratio_c", c,
          "the dual clip caps the ratio of a negative-advantage trajectory at c, which must be a finite number > 1",
          "use 3.0 (verl's default), or null for no dual clip")
-    if c is not None and cfg.algo.loss in LOSSES and not takes_clip_ratio_c(cfg.algo.loss):
+    if rl and c is not None and cfg.algo.loss in LOSSES and not takes_clip_ratio_c(cfg.algo.loss):
         log.warning("algo.loss=%s takes no clip_ratio_c parameter (nor **kwargs), so it trains without the dual clip "
                     "algo.clip_ratio_c=%s asks for. Fix: give the loss a clip_ratio_c parameter and apply it, or set "
                     "algo.clip_ratio_c=null to train without it knowingly", cfg.algo.loss, c)

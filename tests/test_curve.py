@@ -296,21 +296,33 @@ def test_a_finished_sft_stage_is_reused_only_for_the_same_demonstrations(tmp_pat
     curve.check_reused_stages(args, [])
 
 
+def _fake_eval(out: Path, stage: str, model: Path | None, args, **changed) -> None:
+    """An eval stage's results.json and eval_config.json as agent_rl.eval writes them for this curve's ``args``."""
+    env = json.loads(curve.eval_env_kwargs(args)[1]) if curve.eval_env_kwargs(args) else {}
+    results = {"episodes": args.episodes, "max_steps": args.max_steps, "model": str(model) if model else "embedded"}
+    config = {"env_kwargs": {"split": "valid_unseen", **env}, "max_new_tokens": args.max_new_tokens,
+              "rollout": {"constrain_actions": args.constrain_actions}}
+    for key, value in changed.items():
+        (results if key in results else config)[key] = value
+    (out / f"eval_{stage}").mkdir(parents=True, exist_ok=True)
+    (out / f"eval_{stage}" / "results.json").write_text(json.dumps(results))
+    (out / f"eval_{stage}" / "eval_config.json").write_text(json.dumps(config))
+
+
 def test_a_reused_rl_stage_or_eval_must_match_what_the_curve_would_run(tmp_path, monkeypatch):
     import yaml
 
     out = tmp_path / "out"
     sft_run = tmp_path / "sft_run"
     sft_ckpt = _fake_checkpoint(sft_run, {"sft": {"demos": []}}, step=7)
-    argv = ["--out", str(out), "--sft-run", str(sft_run), "--skip-untrained", "--algos", "holder", "--rl-steps", "4",
-            "--rl-lr", "1e-5"]
+    argv = ["--out", str(out), "--sft-run", str(sft_run), "--algos", "holder", "--rl-steps", "4", "--rl-lr", "1e-5"]
     args = build_parser().parse_args(argv)
     args.out = out.resolve()
     rl = compose_config(_hydra_free(curve.rl_overrides("holder", sft_run.resolve(), args, out / "rl-holder")))
     saved = {"train": {"lr": rl.train.lr, "seed": rl.train.seed}, "model": {"name": rl.model.name},
              "algo": {"loss": rl.algo.loss, "clip_ratio_c": rl.algo.clip_ratio_c}}
     ckpt = _fake_checkpoint(out / "rl-holder", saved)
-    monkeypatch.setattr(curve, "run", lambda *a: pytest.fail("a stage ran"))
+    monkeypatch.setattr(curve, "run", lambda *a: pytest.fail("a stage ran"))  # refusals come before any stage
     curve.check_reused_stages(args, ["holder"])  # as this curve would train it
     for field, value, match in (("train", {"lr": 1e-3, "seed": rl.train.seed}, r"train.lr: 0.001 there, 1e-05 now"),
                                 ("model", {"name": "/elsewhere/sft"}, r"model.name: '/elsewhere/sft' there"),
@@ -319,15 +331,56 @@ def test_a_reused_rl_stage_or_eval_must_match_what_the_curve_would_run(tmp_path,
         (ckpt / "config.yaml").write_text(yaml.safe_dump({**saved, field: value}))
         with pytest.raises(SystemExit, match=match):
             curve.main(argv)
+    (ckpt / "config.yaml").write_text(yaml.safe_dump({**saved, "algo": {"loss": rl.algo.loss, "clip_ratio_c": 3.0}}))
+    with pytest.raises(SystemExit, match=r"clip_ratio_c: 3.0 there, None now") as refused:
+        curve.main([*argv, "algo.clip_ratio_c=null"])
+    assert "add algo.clip_ratio_c=null" not in str(refused.value)  # the hint is for runs from before the dual clip
     (ckpt / "config.yaml").write_text(yaml.safe_dump(saved))
-    result = {"episodes": 36, "max_steps": 40, "model": str(ckpt.resolve())}
-    for stage, model in (("rl-holder", ckpt), ("sft", sft_ckpt)):
-        (out / f"eval_{stage}").mkdir()
-        (out / f"eval_{stage}" / "results.json").write_text(json.dumps({**result, "model": str(model.resolve())}))
-    curve.check_reused_evals(args, ["holder"])  # each scored the checkpoint its stage holds
-    _fake_checkpoint(out / "rl-holder", saved, step=8)  # the stage went on (more --rl-steps): its eval is stale
+    _fake_eval(out, "rl-holder", ckpt.resolve(), args)
+    _fake_eval(out, "sft", sft_ckpt.resolve(), args)
+    _fake_eval(out, "untrained", None, args)
+    curve.check_reused_evals(args, ["holder"])  # each scored the checkpoint its stage holds, as this curve would
+    for flag, match in (("--max-steps=30", "max_steps 40 there, 30 now"), ("--max-new-tokens=64", "max_new_tokens 48 there, 64 now"),
+                        ("--constrain-actions", "constrain_actions False there, True now"),
+                        ("--episodes=12", "episodes 36 there, 12 now")):
+        with pytest.raises(SystemExit, match=r"eval of stage 'rl-holder'.*" + match):
+            curve.main([*argv, flag])
+    with pytest.raises(SystemExit, match=r"eval of stage 'rl-holder'.*trains on to step 8 \(it holds 4\)"):
+        curve.main([*argv[:-4], "--rl-steps", "8", "--rl-lr", "1e-5"])  # the step-4 eval is not the step-8 model's
+    _fake_checkpoint(out / "rl-holder", saved, step=8)  # a stage trained on by hand: its eval is stale
     with pytest.raises(SystemExit, match=r"eval of stage 'rl-holder'.*step_000004' there, '.*step_000008' now"):
         curve.main(argv)
-    (out / "eval_rl-holder" / "results.json").unlink()
-    with pytest.raises(SystemExit, match=r"eval of stage 'sft'.*max_steps 40 there, 30 now"):
-        curve.main([*argv, "--max-steps", "30"])
+    monkeypatch.setattr(curve, "table", lambda args: [])  # the fake results hold no per-type table
+    curve.main([*argv, "--max-steps=30", "--report-only"])  # a report reads what is there
+    calls = []
+    monkeypatch.setattr(curve, "run", lambda cmd, *a: calls.append(cmd[2]))
+    curve.main([*argv, "--fresh"])  # every eval runs again: none is reused, so none is refused
+    assert calls.count("agent_rl.eval") == 3
+
+
+def test_stages_saved_by_a_real_run_are_reused_by_the_same_command(tmp_path, monkeypatch):
+    # what train/sft write (the whole config, agent_rl.train/sft: OmegaConf.to_yaml) must compare equal to what
+    # the same curve command composes, or every rerun of `make demo` would be refused
+    from omegaconf import OmegaConf
+
+    argv = ["--source", "generated", "--difficulty", "easy", "--generated-games", "24", "--out", str(tmp_path),
+            "--task-types", "pick_and_place_simple,look_at_obj_in_light", "--episodes", "12", "--max-steps", "15",
+            "--max-new-tokens", "24", "--sft-games", "24", "--sft-epochs", "12", "--sft-batch", "4", "--sft-lr",
+            "2e-4", "--sft-budget-s", "450", "--sft-freeze", "20", "--rl-steps", "1", "--tasks", "2", "--group", "2",
+            "--algos", "holder", "--skip-sft-eval", "model.freeze_layers=20"]  # the Makefile's demo
+    args = build_parser().parse_args(argv)
+    args.out = tmp_path.resolve()
+    for name, overrides in (("sft", sft_overrides(args, args.out / "sft")),
+                            ("rl-holder", rl_overrides("holder", args.out / "sft", args, args.out / "rl-holder"))):
+        cfg = compose_config(_hydra_free(overrides))
+        cfg.rollout.backend = "vllm"  # resolved at run time from auto before the config is saved
+        _fake_checkpoint(args.out / name, {})
+        ckpt = args.out / name / "checkpoints" / "step_000004"
+        (ckpt / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    curve.check_reused_stages(args, ["holder"])
+    _fake_eval(args.out, "untrained", None, args)
+    _fake_eval(args.out, "rl-holder", (args.out / "rl-holder" / "checkpoints" / "step_000004").resolve(), args)
+    curve.check_reused_evals(args, ["holder"])
+    _fake_eval(args.out, "untrained", None, args, env_kwargs={"split": "valid_unseen"})  # release games
+    with pytest.raises(SystemExit, match=r"eval of stage 'untrained'.*games 'release' there"):
+        curve.check_reused_evals(args, ["holder"])

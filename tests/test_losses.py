@@ -201,22 +201,29 @@ def test_a_registered_loss_gets_the_configured_cap_and_one_without_the_parameter
         return LOSSES.get("grpo")(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages,
                                   loss_mask=loss_mask, p=p, clip_low=clip_low, clip_high=clip_high)
 
-    LOSSES.register("test_capped")(capped)
-    LOSSES.register("test_plain")(plain)
+    def forwarding(**kw):  # its **kwargs reach `capped`, whose default must not outlive null either
+        return capped(**kw)
+
+    names = {"test_capped": capped, "test_plain": plain, "test_forwarding": forwarding}
+    for name, fn in names.items():
+        LOSSES.register(name)(fn)
     try:
         new, old, mask, adv = batch(4)
         for c in (None, 2.5):
             run("test_capped", new, old, mask, adv, p=1.0, clip_ratio_c=c)
+            run("test_forwarding", new, old, mask, adv, p=1.0, clip_ratio_c=c)
             run("test_plain", new, old, mask, adv, p=1.0, clip_ratio_c=c)  # no dual clip to pass: no error
-        assert got == [None, 2.5]
-        for loss, c, warned in (("test_plain", 3.0, True), ("test_plain", None, False), ("test_capped", 3.0, False)):
+        assert got == [None, None, 2.5, 2.5]
+        for loss, c, rl, warned in (("test_plain", 3.0, True, True), ("test_plain", None, True, False),
+                                    ("test_plain", 3.0, False, False),  # SFT has no loss to warn about
+                                    ("test_capped", 3.0, True, False), ("test_forwarding", 3.0, True, False)):
             caplog.clear()
             with caplog.at_level("WARNING", logger="agent_rl"):
-                validate(compose_config([f"algo.loss={loss}", f"algo.clip_ratio_c={c if c else 'null'}"]))
-            assert ("trains without the dual clip" in caplog.text) == warned, (loss, c)
+                validate(compose_config([f"algo.loss={loss}", f"algo.clip_ratio_c={c if c else 'null'}"]), rl=rl)
+            assert ("trains without the dual clip" in caplog.text) == warned, (loss, c, rl)
     finally:
-        LOSSES.unregister("test_capped")
-        LOSSES.unregister("test_plain")
+        for name in names:
+            LOSSES.unregister(name)
 
 
 def test_dr_grpo_normaliser_does_not_depend_on_the_batchs_padding():

@@ -259,16 +259,16 @@ def policy_loss(
     Shapes: ``logprobs``, ``old_logprobs``, ``loss_mask``: [B, T]; ``advantages``: [B]. ``norm_tokens``
     (a row's agent-token budget) goes to the losses that normalise by a constant length (``dr_grpo``,
     and any registered loss with a ``norm_tokens`` parameter); the others normalise per row. ``clip_ratio_c``
-    (the dual clip's ratio cap for A < 0; None: off) goes to the losses that name it (every built-in; None too),
-    and, when set, to a loss with ``**kwargs`` (which then must take or pass it on); a registered loss without
-    either has no dual clip (validation warns), as it would have no Dr. GRPO length constant.
+    (the dual clip's ratio cap for A < 0; None: off) goes, None too, to the losses that name it (every built-in)
+    or take ``**kwargs`` (which then must take or pass it on); a registered loss without either has no dual
+    clip (validation warns), as it would have no Dr. GRPO length constant.
     """
     fn = LOSSES.get(name)
     params = inspect.signature(fn).parameters
     extra = {"norm_tokens": norm_tokens} if "norm_tokens" in params else {}
-    # a loss naming the parameter always gets it, None included (its own default must not turn a dual clip
-    # the config switched off back on); one with **kwargs (the presets pass them on) only a cap to apply
-    if "clip_ratio_c" in params or (clip_ratio_c is not None and takes_clip_ratio_c(name)):
+    # a loss that can take it always gets it, None included: its own default (or that of the loss its
+    # **kwargs reach) must not turn a dual clip the config switched off back on
+    if takes_clip_ratio_c(name):
         extra["clip_ratio_c"] = clip_ratio_c
     return fn(
         logprobs=logprobs,
