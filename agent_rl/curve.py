@@ -183,14 +183,18 @@ def _listed(problems: list[str], most: int = 6) -> str:
     return "; ".join(problems[:most]) + more
 
 
+def sft_dir(args) -> Path:
+    """The SFT run the RL stages start from: ``--sft-run``, or the curve's own SFT stage."""
+    return args.sft_run.resolve() if args.sft_run else args.out / "sft"
+
+
 def check_reused_stages(args, algos: list[str]) -> None:
     """A training stage already in ``--out`` (finished, or stopped part-way) is reused or resumed (sft(),
     rl()): refuse that, before any stage runs, when it was configured otherwise than this curve configures it
     (other demonstrations, games, seed, learning rate, SFT run, algo...), so a curve never reports one model
     under another's settings."""
     stages = [] if args.sft_run else [("sft", sft_overrides(args, args.out / "sft"), SFT_KEYS)]
-    sft_run = args.sft_run.resolve() if args.sft_run else args.out / "sft"
-    stages += [(f"rl-{a}", rl_overrides(a, sft_run, args, args.out / f"rl-{a}"), None) for a in algos]
+    stages += [(f"rl-{a}", rl_overrides(a, sft_dir(args), args, args.out / f"rl-{a}"), None) for a in algos]
     for name, overrides, keep in stages:
         changed, path = stage_changes(args.out / name, overrides, keep)
         if changed:
@@ -213,7 +217,8 @@ def eval_problems(results_path: Path, args, model_dir: Path | None, trains_on: s
         config = json.loads((results_path.parent / "eval_config.json").read_text())
     except (OSError, ValueError) as exc:
         return [f"its results cannot be read ({exc})"]
-    expected_env = json.loads(eval_env_kwargs(args)[1]) if eval_env_kwargs(args) else {}
+    flags = eval_env_kwargs(args)  # [] or ["--env-kwargs", JSON]
+    expected_env = json.loads(flags[1]) if flags else {}
     env = {k: v for k, v in (config.get("env_kwargs") or {}).items() if k in ("source", "generate_kwargs")}
     wanted = {"episodes": (r.get("episodes"), args.episodes), "max_steps": (r.get("max_steps"), args.max_steps),
               "max_new_tokens": (config.get("max_new_tokens"), args.max_new_tokens),
@@ -237,14 +242,15 @@ def check_reused_evals(args, algos: list[str]) -> None:
     that, before any stage runs, when it is not the eval this curve would run: another checkpoint than its
     stage holds (another --sft-run; an RL stage that will train on for more --rl-steps), another episode
     count, step limit, reply budget, action constraint or game set."""
-    sft_dir = args.sft_run.resolve() if args.sft_run else args.out / "sft"
     for path in sorted(args.out.glob("eval_*/results.json")):
         stage = path.parent.name[len("eval_"):]
-        model_dir = sft_dir if stage == "sft" else args.out / stage if stage.startswith("rl-") else None
+        model_dir = sft_dir(args) if stage == "sft" else args.out / stage if stage.startswith("rl-") else None
         trains_on = None
-        if stage.startswith("rl-") and stage[len("rl-"):] in algos and finished_steps(model_dir) < args.rl_steps:
-            trains_on = (f"the stage trains on to step {args.rl_steps} (it holds {finished_steps(model_dir)}), so "
-                         f"this eval would be reported for a model it did not score")
+        if stage.startswith("rl-") and stage[len("rl-"):] in algos:
+            held = finished_steps(model_dir)
+            if held < args.rl_steps:
+                trains_on = (f"the stage trains on to step {args.rl_steps} (it holds {held}), so this eval would "
+                             f"be reported for a model it did not score")
         problems = eval_problems(path, args, model_dir, trains_on)
         if problems:
             raise SystemExit(f"{path.parent} holds an eval of stage {stage!r} that this curve would not run "

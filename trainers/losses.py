@@ -237,7 +237,10 @@ ZERO_ADVANTAGE_INERT = frozenset({"holder", "holder_token", "grpo", "gspo", "gmp
 def takes_clip_ratio_c(name: str) -> bool:
     """Whether the registered loss ``name`` can apply the dual clip: it names ``clip_ratio_c`` or takes
     ``**kwargs`` (and so must take it or pass it on)."""
-    params = inspect.signature(LOSSES.get(name)).parameters
+    return _takes_clip_ratio_c(inspect.signature(LOSSES.get(name)).parameters)
+
+
+def _takes_clip_ratio_c(params) -> bool:
     return "clip_ratio_c" in params or any(v.kind is v.VAR_KEYWORD for v in params.values())
 
 
@@ -268,7 +271,7 @@ def policy_loss(
     extra = {"norm_tokens": norm_tokens} if "norm_tokens" in params else {}
     # a loss that can take it always gets it, None included: its own default (or that of the loss its
     # **kwargs reach) must not turn a dual clip the config switched off back on
-    if takes_clip_ratio_c(name):
+    if _takes_clip_ratio_c(params):
         extra["clip_ratio_c"] = clip_ratio_c
     return fn(
         logprobs=logprobs,
