@@ -115,7 +115,9 @@ def sft_overrides(args, run_dir: Path) -> list[str]:
 def hydra_quoted(value: str) -> str:
     """``value`` as a single-quoted Hydra override string, so a path with a comma, ``=``, brackets or ``${``
     stays one literal string (unquoted, a comma splits a list item in two and ``${...}`` is interpolated)."""
-    value = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)  # backslashes before a quote or the end
+    # a run of backslashes is literal text except right before a quote, the closing quote or ``${`` (Hydra's and
+    # OmegaConf's escapes), where each one must be doubled to stay itself
+    value = re.sub(r"(\\+)(?='|\$\{|$)", lambda m: m.group(1) * 2, value)
     return "'" + value.replace("'", "\\'").replace("${", "\\${") + "'"
 
 

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent_rl.validation import validate, validate_sft
 from agent_rl import curve
@@ -232,7 +234,7 @@ def _demo_line(split="train"):
 
 
 def test_sft_demos_reach_the_sft_stage_and_are_checked_first(tmp_path, monkeypatch):
-    odd = tmp_path / "lr=1e-4,a b" / "round_0,${x}.jsonl"  # a comma, =, a space and ${ in one path
+    odd = tmp_path / "lr=1e-4,a b" / "round_0,${x},\\${y}.jsonl"  # a comma, =, a space, ${ and \${ in one path
     odd.parent.mkdir()
     odd.write_text(_demo_line())
     plain_file = tmp_path / "more.jsonl"
@@ -256,6 +258,18 @@ def test_sft_demos_reach_the_sft_stage_and_are_checked_first(tmp_path, monkeypat
                        (["--sft-demos", str(plain_file), "--sft-run", str(tmp_path)], "give one of the two")):
         with pytest.raises(SystemExit, match=match):
             curve.main(["--out", str(tmp_path / "out"), *bad])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="a\\'\"${},=[] ", max_size=12))
+def test_a_quoted_override_value_reads_back_as_itself(value):
+    """hydra_quoted through Hydra's override parser, then OmegaConf's resolution (what compose does with it): every
+    backslash, quote and ``${`` comes back as written, never as an escape or an interpolation."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parsed = OverridesParser.create().parse_override(f"k=[{curve.hydra_quoted(value)}]").value()
+    assert OmegaConf.to_container(OmegaConf.create({"k": parsed}), resolve=True)["k"] == [value]
 
 
 def _fake_checkpoint(run_dir: Path, config: dict, step: int = 4) -> Path:
