@@ -280,6 +280,10 @@ class LoggingConfig:
     wandb_mode: str = "offline"
     project: str = "agent-rl"
     run_name: Optional[str] = None
+    # Write the episodes each step's update learned from to run_dir/rollouts/step_NNNNNN.jsonl (trainers.rollout_log):
+    # task, reward, won, advantage, and per turn the observation, reply and action. With dynamic sampling only the
+    # groups kept; with async rollouts under the step that trained on them. ~10 KB an ALFWorld episode.
+    rollouts: bool = True
 
 
 @dataclass

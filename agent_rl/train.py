@@ -211,6 +211,7 @@ def train(cfg: Config) -> dict[str, float]:
     from trainers.async_rollout import BehaviourWeights, RolloutStream
     from trainers.distributed import init_data_parallel
     from trainers.learner import Learner
+    from trainers.rollout_log import RolloutLog
     from trainers.schedules import PControl
     from trainers.tracking import NullTracker, Tracker
 
@@ -264,6 +265,7 @@ def train(cfg: Config) -> dict[str, float]:
                           run_name=cfg.logging.run_name, resume_id=wandb_id,
                           start_step=start_step) if dp.is_main else NullTracker()
         cleanup.callback(tracker.close)
+        rollout_log = RolloutLog(run_dir, enabled=cfg.logging.rollouts and dp.is_main, start_step=start_step)
         learner = Learner(model, optimizer, learner_settings(cfg, next(model.parameters()).device.type),
                           ref_model=ref_model, seed=cfg.train.seed + start_step, dp=dp)
         if ckpt is not None:  # the minibatch shuffle continues where it stopped (older checkpoints: seeded by the step)
@@ -301,6 +303,7 @@ def train(cfg: Config) -> dict[str, float]:
             # 2. advantages per group, one per loss row (trajectory, or turn)
             batch = TrajectoryBatch(trajectories)
             advantages = row_advantages(cfg, batch)
+            rollout_log.write(step + 1, batch, advantages, cfg.algo.ratio_unit)  # what this update learns from
             # 3. learner: old logprobs recomputed, K updates with the scheduled p
             model.train()
             metrics.update(learner.update(batch, advantages, p, behaviour=behaviour.for_update()))

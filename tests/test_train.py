@@ -120,10 +120,23 @@ def test_a_resumed_run_with_minibatches_ends_where_the_uninterrupted_one_does(ti
     for later in ("step_000002", "step_000003"):
         shutil.rmtree(tmp_path / "resumed" / "checkpoints" / later)
     (tmp_path / "resumed" / "checkpoints" / "latest").write_text("step_000001")
+    (tmp_path / "resumed" / "rollouts" / "step_000007.jsonl").write_text("{}\n")  # as if a longer attempt ran on
     train(quick(tiny_model, tmp_path / "resumed", *args, "train.steps=3", "train.save_every=1", "train.keep_checkpoints=3"))
     whole, _ = load_model_and_tokenizer(latest_checkpoint(tmp_path / "whole"))
     resumed, _ = load_model_and_tokenizer(latest_checkpoint(tmp_path / "resumed"))
     assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters()))
+    # the episodes each step learned from: the resumed run played steps 2 and 3 again, exactly as the whole run did
+    files = sorted(p.name for p in (tmp_path / "resumed" / "rollouts").iterdir())
+    assert files == ["step_000001.jsonl", "step_000002.jsonl", "step_000003.jsonl"]
+    def episodes(run, name):  # ids are numbered per process (by the rollout's counter): compared as groups
+        records = [json.loads(x) for x in (tmp_path / run / "rollouts" / name).read_text().splitlines()]
+        groups = [[r["group_id"] == o["group_id"] for o in records] for r in records]
+        return [{k: v for k, v in r.items() if k not in ("traj_id", "group_id")} for r in records], groups
+    for name in files:
+        assert episodes("resumed", name) == episodes("whole", name)
+        records, groups = episodes("whole", name)
+        assert len(records) == 4 * 2 and sum(map(sum, groups)) == 4 * 2 * 2  # 4 groups of G = 2
+        assert all(len(r["turns"]) == 1 and r["advantage"] is not None for r in records)
 
 
 def test_resume_false_refuses_a_used_run_dir(tiny_model, tmp_path):
