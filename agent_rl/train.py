@@ -265,7 +265,8 @@ def train(cfg: Config) -> dict[str, float]:
                           run_name=cfg.logging.run_name, resume_id=wandb_id,
                           start_step=start_step) if dp.is_main else NullTracker()
         cleanup.callback(tracker.close)
-        rollout_log = RolloutLog(run_dir, enabled=cfg.logging.rollouts and dp.is_main, start_step=start_step)
+        # each step's episodes and advantages, in run_dir/rollouts (None off rank 0)
+        rollout_log = dp.on_main(RolloutLog, run_dir, enabled=cfg.logging.rollouts, start_step=start_step)
         learner = Learner(model, optimizer, learner_settings(cfg, next(model.parameters()).device.type),
                           ref_model=ref_model, seed=cfg.train.seed + start_step, dp=dp)
         if ckpt is not None:  # the minibatch shuffle continues where it stopped (older checkpoints: seeded by the step)
@@ -303,7 +304,7 @@ def train(cfg: Config) -> dict[str, float]:
             # 2. advantages per group, one per loss row (trajectory, or turn)
             batch = TrajectoryBatch(trajectories)
             advantages = row_advantages(cfg, batch)
-            rollout_log.write(step + 1, batch, advantages, cfg.algo.ratio_unit)  # what this update learns from
+            dp.on_main(RolloutLog.write, rollout_log, step + 1, batch, advantages, cfg.algo.ratio_unit)
             # 3. learner: old logprobs recomputed, K updates with the scheduled p
             model.train()
             metrics.update(learner.update(batch, advantages, p, behaviour=behaviour.for_update()))

@@ -100,6 +100,9 @@ def test_torchrun_trainer_two_ranks_logs_once_and_its_checkpoint_resumes_on_one(
     assert rows[0]["loss/grad_norm"] == pytest.approx(single[0]["loss/grad_norm"], rel=1e-5)  # the summed gradient
     assert rows[0]["loss/grad_norm"] > 0
     assert rows[0]["perf/optimizer_steps"] == single[0]["perf/optimizer_steps"]
+    # the episodes step 1 learned from: written once, by rank 0, as the single process writes them
+    assert sorted(p.name for p in (run2 / "rollouts").iterdir()) == ["step_000001.jsonl", "step_000002.jsonl"]
+    assert (run2 / "rollouts" / "step_000001.jsonl").read_text() == (run1 / "rollouts" / "step_000001.jsonl").read_text()
     if sharding == "fsdp2":  # rank 0 played step 2 with the gathered weights, and the AdamW state was gathered
         assert rows[1]["rollout/mean_return"] == single[1]["rollout/mean_return"]
         opt2, opt1 = (torch.load(r / "checkpoints" / "step_000002" / "optimizer.pt") for r in (run2, run1))

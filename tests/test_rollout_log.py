@@ -39,15 +39,41 @@ def test_trajectory_rows_put_each_episodes_advantage_on_its_record():
     assert all("advantage" not in t for r in records for t in r["turns"])
 
 
-def test_turn_rows_put_each_turns_advantage_on_its_turn():
+@pytest.mark.parametrize("overrides", [["algo=gigpo"], ["algo.ratio_unit=turn", "rollout.invalid_action_penalty=0.5"]])
+def test_turn_rows_put_each_turns_advantage_on_its_turn(overrides):
+    # GiGPO: step-level credit from repeated observations; grpo turn rows: the penalty on the invalid turn only
     batch = _batch()
-    cfg = compose_config(["algo=gigpo"])  # GiGPO: per-turn rows, step-level credit from repeated observations
-    advantages = row_advantages(cfg, batch)  # [7]: 2 + 3 + 1 + 1 turns
+    batch.trajectories.insert(2, _traj("empty", "g0", [], 0.0, False))  # an episode whose reset failed: no rows
+    advantages = row_advantages(compose_config(overrides), batch)  # [7]: 2 + 3 + 0 + 1 + 1 turns
+    assert len(set(advantages.tolist())) > 2  # the turns of one episode do not all share a value
     records = rollout_records(batch, advantages, "turn")
     assert [t["advantage"] for r in records for t in r["turns"]] == pytest.approx(advantages.tolist())
-    assert all(r["advantage"] is None for r in records)
-    with pytest.raises(ValueError, match="3 advantages for 7 loss rows"):
+    assert all(r["advantage"] is None for r in records) and records[2]["turns"] == []
+    with pytest.raises(ValueError, match="3 advantages for the 7 'turn' loss rows"):
         rollout_records(batch, advantages[:3], "turn")
+
+
+def test_an_episode_without_turns_keeps_its_trajectory_row():
+    batch = _batch()
+    batch.trajectories.append(_traj("empty", "g1", [], 0.0, False))
+    advantages = row_advantages(compose_config([]), batch)  # [5]
+    assert [r["advantage"] for r in rollout_records(batch, advantages, "trajectory")] == pytest.approx(advantages.tolist())
+
+
+def test_any_info_an_env_returns_is_written_as_strict_json(tmp_path):
+    import numpy as np
+
+    batch = _batch()
+    batch.trajectories[0].info.update({("room", 1): "tuple key", np.int64(3): np.float32(0.5), "flag": np.bool_(True),
+                                       "nan": float("nan"), "vec": np.arange(2), "when": object})
+    batch.trajectories[1].turns[0].reward = float("inf")
+    RolloutLog(tmp_path, enabled=True).write(1, batch, row_advantages(compose_config([]), batch), "trajectory")
+    text = (tmp_path / "rollouts" / "step_000001.jsonl").read_text()
+    first = json.loads(text.splitlines()[0], parse_constant=lambda c: pytest.fail(f"{c} is not strict JSON"))
+    info = first["info"]
+    assert info["('room', 1)"] == "tuple key" and info["3"] == 0.5 and info["flag"] is True and info["nan"] == "nan"
+    assert info["vec"] == "[0 1]" and info["odd"] == [1, 2] and info["when"] == "<class 'object'>"
+    assert json.loads(text.splitlines()[1])["turns"][0]["reward"] == "inf"
 
 
 def test_a_step_file_is_written_whole_and_a_resume_drops_the_steps_past_its_start(tmp_path):
@@ -58,10 +84,13 @@ def test_a_step_file_is_written_whole_and_a_resume_drops_the_steps_past_its_star
         log.write(step, batch, advantages, "trajectory")
     lines = [json.loads(x) for x in (tmp_path / "rollouts" / "step_000002.jsonl").read_text().splitlines()]
     assert len(lines) == 4 and {x["step"] for x in lines} == {2}
-    assert lines[0]["info"]["odd"] == "{1, 2}"  # a value JSON has no type for is written as text, not lost
     assert sorted(p.name for p in (tmp_path / "rollouts").iterdir()) == [f"step_00000{k}.jsonl" for k in (1, 2, 3)]
     (tmp_path / "rollouts" / "notes.txt").write_text("mine")
-    RolloutLog(tmp_path, enabled=True, start_step=1)  # resumed from step 1's checkpoint
+    (tmp_path / "rollouts" / "step_000001.jsonl.tmp").write_text('{"step": 1, "traj')  # killed mid-write
+    RolloutLog(tmp_path, enabled=True, start_step=2)  # resumed from step 2's checkpoint
+    assert sorted(p.name for p in (tmp_path / "rollouts").iterdir()) == ["notes.txt", "step_000001.jsonl",
+                                                                        "step_000002.jsonl"]
+    off = RolloutLog(tmp_path, enabled=False, start_step=1)  # resumed with logging.rollouts=false: still cut back
     assert sorted(p.name for p in (tmp_path / "rollouts").iterdir()) == ["notes.txt", "step_000001.jsonl"]
-    RolloutLog(tmp_path, enabled=False).write(5, batch, advantages, "trajectory")
+    off.write(5, batch, advantages, "trajectory")
     assert not (tmp_path / "rollouts" / "step_000005.jsonl").exists()

@@ -128,10 +128,12 @@ def test_a_resumed_run_with_minibatches_ends_where_the_uninterrupted_one_does(ti
     # the episodes each step learned from: the resumed run played steps 2 and 3 again, exactly as the whole run did
     files = sorted(p.name for p in (tmp_path / "resumed" / "rollouts").iterdir())
     assert files == ["step_000001.jsonl", "step_000002.jsonl", "step_000003.jsonl"]
+
     def episodes(run, name):  # ids are numbered per process (by the rollout's counter): compared as groups
         records = [json.loads(x) for x in (tmp_path / run / "rollouts" / name).read_text().splitlines()]
         groups = [[r["group_id"] == o["group_id"] for o in records] for r in records]
         return [{k: v for k, v in r.items() if k not in ("traj_id", "group_id")} for r in records], groups
+
     for name in files:
         assert episodes("resumed", name) == episodes("whole", name)
         records, groups = episodes("whole", name)
