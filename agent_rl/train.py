@@ -2,7 +2,7 @@
 
 Data flow of one step (read :func:`train` from top to bottom):
 
-    env pool → rollout (B tasks × G episodes) → TrajectoryBatch → advantages per group
+    env pool → rollout (B tasks × G episodes) → TrajectoryBatch → advantages per group (both kept in run_dir/rollouts)
     → learner (old logprobs recomputed, K Hölder-loss updates with the scheduled p)
     → weight sync to the rollout engine → periodic eval → checkpoint → metrics
 
