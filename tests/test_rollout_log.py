@@ -9,7 +9,7 @@ import pytest
 from agent_rl.train import compose_config
 from agent_rl.types import Trajectory, TrajectoryBatch, Turn
 from trainers.batch import row_advantages
-from trainers.rollout_log import RolloutLog, rollout_records
+from trainers.rollout_log import RolloutLog, main, rollout_records
 
 
 def _traj(name: str, group: str, actions: list[str | None], reward: float, won: bool) -> Trajectory:
@@ -94,3 +94,25 @@ def test_a_step_file_is_written_whole_and_a_resume_drops_the_steps_past_its_star
     assert sorted(p.name for p in (tmp_path / "rollouts").iterdir()) == ["notes.txt", "step_000001.jsonl"]
     off.write(5, batch, advantages, "trajectory")
     assert not (tmp_path / "rollouts" / "step_000005.jsonl").exists()
+
+
+def test_the_summary_lists_the_actions_the_updates_pushed_up_and_down(tmp_path, capsys):
+    """``python -m trainers.rollout_log <run_dir>`` (README): the won episode's ``take`` is pushed up, the lost
+    one's unparsed reply and ``look`` down; ``go``, sent by both, nets out and is not listed."""
+    batch = _batch()
+    advantages = row_advantages(compose_config([]), batch)  # [4]: +a, -a, 0, 0
+    log = RolloutLog(tmp_path, enabled=True)
+    log.write(1, batch, advantages, "trajectory")
+    log.write(2, batch, advantages, "trajectory")
+    main([str(tmp_path)])
+    out = capsys.readouterr().out.splitlines()
+    a = 2 * float(advantages[0])
+    assert out[0] == f"{tmp_path}: steps 1-2 (2 files), 8 episodes, 2 won (25.0%), 4 with a non-zero advantage"
+    up, down = out.index(next(x for x in out if "pushed up" in x)), out.index(next(x for x in out if "pushed down" in x))
+    assert out[up + 1:down] == [f"  {a:+8.3f}      2  take"]
+    assert sorted(out[down + 1:]) == sorted([f"  {-a:+8.3f}      2  <no action>", f"  {-a:+8.3f}      6  look"])
+    (tmp_path / "rollouts" / "step_000002.jsonl").write_text('{"step": 2, "turns": []}\n{"step": 2, "tu\n')
+    with pytest.raises(SystemExit, match="step_000002.jsonl:2: not JSON"):
+        main([str(tmp_path)])
+    with pytest.raises(SystemExit, match="holds no step_N.jsonl"):
+        main([str(tmp_path / "elsewhere")])

@@ -8,6 +8,9 @@ with ``turn`` rows every turn has its own), and per turn what the agent saw, rep
 ``traj_id`` and ``group_id`` tell a file's episodes and groups apart; they are numbered per process, so a resumed
 run's ids differ from those of the attempt before.
 
+``python -m trainers.rollout_log <run_dir>`` summarises a run's files: episodes, wins, and the actions whose
+turns carried the largest summed advantage either way (what the updates made likelier, or rarer).
+
 Each file is written whole (a temporary file renamed over it), so a kill leaves earlier steps complete, and a
 resume rewrites the steps it plays again and drops files past its start, as ``metrics.jsonl`` drops rows.
 """
@@ -96,3 +99,74 @@ class RolloutLog:
             for record in records:
                 f.write(json.dumps(jsonable({"step": step, **record}), allow_nan=False) + "\n")
         os.replace(tmp, path)
+
+
+def read_rollouts(run_dir: Path) -> list[dict[str, Any]]:
+    """Every record of ``run_dir/rollouts``, in step order; a missing folder or a line that is not a JSON object
+    is an error naming the file and line."""
+    folder = Path(run_dir) / "rollouts"
+    files = sorted((p for p in folder.glob("step_*.jsonl") if _STEP_FILE.match(p.name)), key=lambda p: p.name)
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no step_N.jsonl: the run wrote no rollouts (logging.rollouts=false, "
+                                f"or no step finished). Fix: point at a run dir of agent_rl.train that ran a step")
+    records = []
+    for path in files:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not JSON ({exc.msg}); the file was changed after the trainer wrote "
+                                 f"it (it writes whole files). Fix: delete the file or the line") from None
+            if not isinstance(record, dict) or "turns" not in record:
+                raise ValueError(f"{path}:{n}: not a rollout record (RolloutLog writes JSON objects with 'turns'). "
+                                 f"Fix: delete the line, or the file if something else wrote it")
+            records.append(record)
+    return records
+
+
+def action_push(records: list[dict[str, Any]]) -> dict[str, tuple[float, int]]:
+    """For each action the agent sent (``<no action>`` for an unparsed reply): the sum of the advantages its turns
+    carried (the episode's, or the turn's own under turn rows) and how many turns sent it. A positive sum is an
+    action the updates made likelier on the whole, a negative one an action they made rarer."""
+    push: dict[str, tuple[float, int]] = {}
+    for record in records:
+        for turn in record["turns"]:
+            adv = turn.get("advantage", record.get("advantage")) or 0.0
+            key = turn["action"] if turn["action"] is not None else "<no action>"
+            total, count = push.get(key, (0.0, 0))
+            push[key] = (total + float(adv), count + 1)
+    return push
+
+
+def summary(run_dir: Path, top: int = 10) -> str:
+    """What a run's updates learned from: episodes, wins, and the actions pushed up and down most."""
+    records = read_rollouts(run_dir)
+    steps = sorted({r["step"] for r in records})
+    won = sum(bool(r["won"]) for r in records)
+    signal = sum(any((t.get("advantage", r.get("advantage")) or 0.0) != 0 for t in r["turns"]) for r in records)
+    push = sorted(action_push(records).items(), key=lambda kv: kv[1][0])
+    lines = [f"{run_dir}: steps {steps[0]}-{steps[-1]} ({len(steps)} files), {len(records)} episodes, {won} won "
+             f"({won / len(records):.1%}), {signal} with a non-zero advantage"]
+    up = [kv for kv in push[::-1] if kv[1][0] > 1e-9][:top]  # sums that cancel leave rounding, not a push
+    down = [kv for kv in push if kv[1][0] < -1e-9][:top]
+    for title, items in (("pushed up most", up), ("pushed down most", down)):
+        lines.append(f"actions {title} (sum of advantages over the turns that sent them, turns):")
+        lines += [f"  {total:+8.3f}  {count:5d}  {action}" for action, (total, count) in items]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m trainers.rollout_log", description=summary.__doc__)
+    ap.add_argument("run_dir", type=Path, help="an agent_rl.train run dir (its rollouts/ folder is read)")
+    ap.add_argument("--top", type=int, default=10, help="actions listed each way (default 10)")
+    args = ap.parse_args(argv)
+    try:
+        print(summary(args.run_dir, args.top))
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(str(exc)) from None
+
+
+if __name__ == "__main__":
+    main()
