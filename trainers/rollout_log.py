@@ -34,8 +34,7 @@ def rollout_records(batch, advantages, unit: str) -> list[dict[str, Any]]:
     tokens the model read before its reply (``conversation`` prompts: those added since the last reply)."""
     values = [float(a) for a in advantages]  # [R]
     trajs = batch.trajectories
-    # the trajectory of each loss row [R], as TrajectoryBatch.rows orders them (without copying every token)
-    owners = list(range(len(trajs))) if unit == "trajectory" else [k for k, t in enumerate(trajs) for _ in t.turns]
+    owners = batch.row_trajectories(unit)  # [R]: the trajectory of each loss row, as the learner orders them
     if len(values) != len(owners):
         raise ValueError(f"rollout log: {len(values)} advantages for the {len(owners)} {unit!r} loss rows of "
                          f"{len(trajs)} trajectories; each row needs one, so these were computed for another batch or "
@@ -124,6 +123,11 @@ def read_rollouts(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _turn_advantage(record: dict[str, Any], turn: dict[str, Any]) -> float:
+    """The advantage a turn carried: its own under turn rows, else its episode's (None or absent: 0)."""
+    return float(turn.get("advantage", record.get("advantage")) or 0.0)
+
+
 def action_push(records: list[dict[str, Any]]) -> dict[str, tuple[float, int]]:
     """For each action the agent sent (``<no action>`` for an unparsed reply): the sum of the advantages its turns
     carried (the episode's, or the turn's own under turn rows) and how many turns sent it. A positive sum is an
@@ -131,10 +135,9 @@ def action_push(records: list[dict[str, Any]]) -> dict[str, tuple[float, int]]:
     push: dict[str, tuple[float, int]] = {}
     for record in records:
         for turn in record["turns"]:
-            adv = turn.get("advantage", record.get("advantage")) or 0.0
             key = turn["action"] if turn["action"] is not None else "<no action>"
             total, count = push.get(key, (0.0, 0))
-            push[key] = (total + float(adv), count + 1)
+            push[key] = (total + _turn_advantage(record, turn), count + 1)
     return push
 
 
@@ -143,7 +146,7 @@ def summary(run_dir: Path, top: int = 10) -> str:
     records = read_rollouts(run_dir)
     steps = sorted({r["step"] for r in records})
     won = sum(bool(r["won"]) for r in records)
-    signal = sum(any((t.get("advantage", r.get("advantage")) or 0.0) != 0 for t in r["turns"]) for r in records)
+    signal = sum(any(_turn_advantage(r, t) != 0 for t in r["turns"]) for r in records)
     push = sorted(action_push(records).items(), key=lambda kv: kv[1][0])
     lines = [f"{run_dir}: steps {steps[0]}-{steps[-1]} ({len(steps)} files), {len(records)} episodes, {won} won "
              f"({won / len(records):.1%}), {signal} with a non-zero advantage"]
