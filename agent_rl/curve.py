@@ -335,16 +335,28 @@ def table(args) -> list[dict]:
             continue
         r = json.loads(path.read_text())
         stage = stage_dir.name[len("eval_"):]
+        loops = r["loop_rate"] if "loop_rate" in r else loop_rate(stage_dir)  # evals written before it was kept
         groups = [("all", r)] + sorted(r["per_task_type"].items())
         for name, g in groups:
             rows.append({"stage": stage, "task_type": name, "episodes": g["episodes"], "successes": g["successes"],
                          "success_rate": round(g["success_rate"], 4), "ci95_low": round(g["ci95"][0], 4),
                          "ci95_high": round(g["ci95"][1], 4),
                          "invalid_action_rate": round(r["invalid_action_rate"], 4) if name == "all" else "",
-                         "mean_steps": round(r["mean_steps"], 2) if name == "all" else ""})
+                         "mean_steps": round(r["mean_steps"], 2) if name == "all" else "",
+                         "loop_rate": round(loops, 4) if name == "all" and loops is not None else ""})
     order = {s: i for i, s in enumerate(["untrained", "sft", "rl-holder", "rl-grpo"])}
     rows.sort(key=lambda x: (order.get(x["stage"], 9), x["stage"], x["task_type"] != "all", x["task_type"]))
     return rows
+
+
+def loop_rate(eval_dir: Path) -> float | None:
+    """The share of an eval's episodes lost in a loop (:func:`agent_rl.types.is_loop`), from its episodes.jsonl."""
+    from agent_rl.types import is_loop
+
+    path = eval_dir / "episodes.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    rows = [x for x in rows if "actions" in x]
+    return sum(is_loop(x["won"], x["actions"]) for x in rows) / len(rows) if rows else None
 
 
 def mcnemar_p(gained: int, lost: int) -> float:
@@ -416,7 +428,8 @@ def report(rows: list[dict], args) -> None:
         w.writerows(rows)
     width = max([10] + [len(x["stage"]) for x in rows])  # rl-holder+gigpo+ds lines up with sft
     for x in rows:
-        extra = f"  invalid={x['invalid_action_rate']} steps={x['mean_steps']}" if x["task_type"] == "all" else ""
+        extra = (f"  invalid={x['invalid_action_rate']} steps={x['mean_steps']}" + (
+            f" loops={x['loop_rate']}" if x["loop_rate"] != "" else "")) if x["task_type"] == "all" else ""
         print(f"alfworld_curve {x['stage']:<{width}} {x['task_type']:<32} {x['successes']:>3}/{x['episodes']:<3} "
               f"= {x['success_rate']:.3f}  [95% {x['ci95_low']:.3f}, {x['ci95_high']:.3f}]{extra}")
     for x in paired(args):

@@ -4,8 +4,9 @@
   flushed as it finishes, so an interrupted eval resumes where it stopped. A torn last line (a
   crash mid-write) is dropped and cut off the file; a damaged line elsewhere is an error.
 * :func:`summarize` turns episode records into the results dict written to ``results.json``:
-  success rate, per task type with a 95% Wilson interval, mean steps, invalid-action rate,
-  pass@k (unbiased estimator of Chen et al. 2021, "Evaluating Large Language Models Trained on Code").
+  success rate, per task type with a 95% Wilson interval, mean steps, invalid-action rate, loop rate
+  (lost episodes stuck on one action, :func:`agent_rl.types.is_loop`), pass@k (unbiased estimator of
+  Chen et al. 2021, "Evaluating Large Language Models Trained on Code").
 * :func:`write_results`, :func:`format_table` and :func:`metrics_from` write the JSON/CSV files,
   the console table and the ``eval/``-named metrics the trainer logs.
 
@@ -22,6 +23,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
+
+from agent_rl.types import is_loop
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 EPISODES_FILE = "episodes.jsonl"
@@ -231,6 +234,9 @@ def summarize(
         "invalid_action_rate": invalid / steps if steps else 0.0,
         "episodes_with_error": len(errors),
     }
+    with_actions = [r for r in records if "actions" in r]  # the action policies' records have none
+    if with_actions:
+        results["loop_rate"] = sum(is_loop(r["won"], r["actions"]) for r in with_actions) / len(with_actions)
     results.update({k: v for k, v in overall.items() if k.startswith("pass@")})
     results["per_task_type"] = {t: _group(rs, samples) for t, rs in by_type.items()}
     results.update(extra)
@@ -245,7 +251,7 @@ def metrics_from(results: dict[str, Any], prefix: str = "eval") -> dict[str, flo
         f"{prefix}/mean_steps": float(results["mean_steps"]),
         f"{prefix}/invalid_action_rate": float(results["invalid_action_rate"]),
     }
-    for key in ("episodes_per_s",):
+    for key in ("episodes_per_s", "loop_rate"):
         if key in results:
             metrics[f"{prefix}/{key}"] = float(results[key])
     for key, value in results.items():

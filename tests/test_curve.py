@@ -74,6 +74,25 @@ def test_report_orders_stages_and_writes_csv_png(tmp_path, capsys):
     assert (tmp_path / "curve.csv").read_text().count("\n") == 10 and (tmp_path / "curve.png").stat().st_size > 0
 
 
+def test_report_prints_loop_rate_also_for_evals_written_before_it_was_kept(tmp_path, capsys):
+    """Old results.json files lack loop_rate: it is read from the eval's episodes.jsonl; without per-turn actions
+    there is no rate to print."""
+    for stage in ("sft", "rl-holder"):
+        (tmp_path / f"eval_{stage}").mkdir()
+        (tmp_path / f"eval_{stage}" / "results.json").write_text(json.dumps(_results({"a": (1, 3)})))
+    episodes = [{"task_id": "t0", "won": True, "actions": ["look"] * 5},
+                {"task_id": "t1", "won": False, "actions": ["go to desk 1"] * 5},
+                {"task_id": "t2", "won": False, "actions": ["go to desk 1", "look", "open drawer 1", "inventory"]}]
+    (tmp_path / "eval_rl-holder" / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
+    args = build_parser().parse_args(["--out", str(tmp_path)])
+    args.out = Path(tmp_path)
+    rows = {x["stage"]: x for x in table(args) if x["task_type"] == "all"}
+    assert rows["rl-holder"]["loop_rate"] == round(1 / 3, 4) and rows["sft"]["loop_rate"] == ""
+    report(table(args), args)
+    out = capsys.readouterr().out
+    assert "loops=0.3333" in out and out.count("loops=") == 1
+
+
 def test_unknown_algo_modifier_is_refused_before_any_stage(tmp_path, monkeypatch):
     monkeypatch.setattr(curve, "run", lambda *a: pytest.fail("a stage ran"))
     with pytest.raises(SystemExit, match="did you mean 'gigpo'"):

@@ -149,6 +149,41 @@ def test_summarize_and_metrics(tmp_path):
     assert "all" in table and " 66.7%" in table and "[" in table
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.booleans(), st.lists(st.sampled_from(["go to desk 1", "look", "take pen 1 from desk 1", "<think>"]),
+                               max_size=12), st.randoms())
+def test_is_loop_matches_its_definition_and_ignores_order(won, actions, rnd):
+    from agent_rl.types import LOOP_MIN_STEPS, is_loop
+
+    # the definition spelled out: lost, long enough, and some action sent in at least half of the turns
+    expected = not won and len(actions) >= LOOP_MIN_STEPS and any(2 * actions.count(a) >= len(actions) for a in actions)
+    shuffled = list(actions)
+    rnd.shuffle(shuffled)
+    assert is_loop(won, actions) == expected == is_loop(won, shuffled)
+
+
+def test_is_loop_cases():
+    from agent_rl.types import is_loop
+
+    assert is_loop(False, ["go to desk 1", "look", "go to desk 1", "look"])  # half is enough
+    assert not is_loop(False, ["go to desk 1", "look", "go to desk 1", "look", "inventory"])  # 2 of 5 is not
+    assert not is_loop(False, ["look"] * 3)  # too short to call a loop
+    assert not is_loop(True, ["look"] * 10)  # a won episode never loops
+    assert not is_loop(False, [])
+
+
+def test_loop_rate_counts_lost_episodes_stuck_on_one_action():
+    stuck = dict(_record(0, won=False, steps=4), actions=["go to desk 1"] * 4)
+    searching = dict(_record(1, won=False, steps=4), actions=["go to desk 1", "open drawer 1", "go to bed 1", "look"])
+    won = dict(_record(2, steps=4), actions=["look"] * 4)
+    results = report.summarize([stuck, searching, won])
+    assert results["loop_rate"] == pytest.approx(1 / 3)
+    assert report.metrics_from(results)["eval/loop_rate"] == pytest.approx(1 / 3)
+    # records without actions (the expert and random policies keep none) give no rate rather than a made-up 0
+    results = report.summarize([_record(0, won=False)])
+    assert "loop_rate" not in results and "eval/loop_rate" not in report.metrics_from(results)
+
+
 def test_summarize_pass_at_k_over_samples():
     # task 0: 1 of 4 samples right; task 1: 4 of 4; task 2: none.
     records = [_record(0, s, won=s == 0) for s in range(4)] + [_record(1, s) for s in range(4)] + \

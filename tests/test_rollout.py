@@ -169,6 +169,8 @@ def test_max_turns_and_env_errors_are_truncations(tokenizer):
         assert t.truncated and not t.won and t.num_turns == 1
         assert "the door env crashed" in t.info["error"] and t.info["failed_at"] == "turn 1"
     assert metrics["rollout/error_rate"] == 0.5 and metrics["rollout/truncated_rate"] == 1.0
+    # the red-door episodes sent `look` 4 times and lost: loops; the crashed ones played one turn
+    assert [t.looped for t in trajs] == [True, True, False, False] and metrics["rollout/loop_rate"] == 0.5
 
 
 def test_a_non_finite_reward_fails_its_episode_and_its_group_is_left_out(tokenizer):

@@ -24,6 +24,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from agent_rl.types import is_loop
+
 _STEP_FILE = re.compile(r"^step_(\d+)\.jsonl(\.tmp)?$")
 
 
@@ -147,9 +149,11 @@ def summary(run_dir: Path, top: int = 10) -> str:
     steps = sorted({r["step"] for r in records})
     won = sum(bool(r["won"]) for r in records)
     signal = sum(any(_turn_advantage(r, t) != 0 for t in r["turns"]) for r in records)
+    loops = sum(is_loop(r["won"], [t["action"] if t["action"] is not None else t["reply"] for t in r["turns"]])
+                for r in records)
     push = sorted(action_push(records).items(), key=lambda kv: kv[1][0])
     lines = [f"{run_dir}: steps {steps[0]}-{steps[-1]} ({len(steps)} files), {len(records)} episodes, {won} won "
-             f"({won / len(records):.1%}), {signal} with a non-zero advantage"]
+             f"({won / len(records):.1%}), {signal} with a non-zero advantage, {loops} lost in a loop"]
     up = [kv for kv in push[::-1] if kv[1][0] > 1e-9][:top]  # sums that cancel leave rounding, not a push
     down = [kv for kv in push if kv[1][0] < -1e-9][:top]
     for title, items in (("pushed up most", up), ("pushed down most", down)):

@@ -43,6 +43,7 @@ class RolloutStats:
             "rollout/truncated_rate": sum(t.truncated for t in trajs) / n,
             "rollout/context_full_rate": sum(t.info.get("truncated_reason") == "context_full" for t in trajs) / n,
             "rollout/error_rate": sum("error" in t.info for t in trajs) / n,
+            "rollout/loop_rate": sum(t.looped for t in trajs) / n,
             "rollout/mean_response_tokens": self.gen_tokens / max(1, turns),
             "rollout/mean_prompt_tokens": self.prompt_tokens / max(1, turns),
             "rollout/tokens_per_s": self.tokens_per_s(),
