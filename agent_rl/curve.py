@@ -335,7 +335,7 @@ def table(args) -> list[dict]:
             continue
         r = json.loads(path.read_text())
         stage = stage_dir.name[len("eval_"):]
-        loops = r["loop_rate"] if "loop_rate" in r else loop_rate(stage_dir)  # evals written before it was kept
+        loops = r["loop_rate"] if "loop_rate" in r else loop_rate(stage_dir, r["episodes"])  # older evals
         groups = [("all", r)] + sorted(r["per_task_type"].items())
         for name, g in groups:
             rows.append({"stage": stage, "task_type": name, "episodes": g["episodes"], "successes": g["successes"],
@@ -349,14 +349,20 @@ def table(args) -> list[dict]:
     return rows
 
 
-def loop_rate(eval_dir: Path) -> float | None:
-    """The share of an eval's episodes lost in a loop (:func:`agent_rl.types.is_loop`), from its episodes.jsonl."""
+def loop_rate(eval_dir: Path, episodes: int) -> float | None:
+    """The share of an eval's episodes lost in a loop (:func:`agent_rl.types.is_loop`), from its episodes.jsonl,
+    for evals whose results.json predates ``loop_rate``: None (nothing printed) unless the file holds exactly
+    ``episodes`` whole records, each with its actions (a resume into a folder of a larger eval keeps more)."""
     from agent_rl.types import is_loop
 
     path = eval_dir / "episodes.jsonl"
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
-    rows = [x for x in rows if "actions" in x]
-    return sum(is_loop(x["won"], x["actions"]) for x in rows) / len(rows) if rows else None
+    try:
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    except json.JSONDecodeError:  # a torn line: eval's own reader reports it; a diagnostic is not worth failing on
+        return None
+    if len(rows) != episodes or not all("actions" in x for x in rows):
+        return None
+    return sum(is_loop(x["won"], x["actions"]) for x in rows) / len(rows)
 
 
 def mcnemar_p(gained: int, lost: int) -> float:

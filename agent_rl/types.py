@@ -20,20 +20,20 @@ appear only once the learner packs a batch.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
 
 PromptMode = Literal["per_step", "conversation"]
 PROMPT_MODES: tuple[str, ...] = ("per_step", "conversation")
-LOOP_MIN_STEPS = 4  # shorter episodes repeat an action by chance (go to, take, go to, put)
+LOOP_MIN_STEPS = 4  # in 2-3 turns a repeat is as likely a plan as a loop (go to, take, go to)
 
 
 def is_loop(won: bool, actions: Iterable[str]) -> bool:
     """A lost episode of at least :data:`LOOP_MIN_STEPS` turns that sent one action in half of them or more
-    (``actions``: each turn's action, or its reply where none parsed, as eval's episode records keep them).
-    Greedy small policies fall into such loops (``go to X`` to the step limit) and RL can make them likelier;
-    ``rollout/loop_rate`` and eval's ``loop_rate`` count them by this one rule."""
+    (``actions``: :attr:`Trajectory.actions`, as eval's episode records keep them). Greedy small policies fall
+    into such loops (``go to X`` to the step limit) and RL can make them likelier; ``rollout/loop_rate`` and
+    eval's ``loop_rate`` (each a share of all episodes) count them by this one rule."""
     counts = Counter(actions)
     steps = sum(counts.values())
     return not won and steps >= LOOP_MIN_STEPS and 2 * max(counts.values()) >= steps
@@ -124,9 +124,14 @@ class Trajectory:
         return sum(not t.action_valid for t in self.turns)
 
     @property
+    def actions(self) -> list[str]:
+        """Each turn's action, or its reply where none parsed (what eval's episode records keep)."""
+        return [t.action if t.action is not None else t.response_text for t in self.turns]
+
+    @property
     def looped(self) -> bool:
         """Lost while repeating one action (see :func:`is_loop`)."""
-        return is_loop(self.won, (t.action if t.action is not None else t.response_text for t in self.turns))
+        return is_loop(self.won, self.actions)
 
     def sequences(self, traj_index: int = 0) -> list[Sequence]:
         """The learner's view of this episode (see :class:`Sequence`)."""

@@ -126,7 +126,7 @@ def trajectory_record(job: Job, traj, elapsed_s: float) -> dict[str, Any]:
     """
     info = traj.info or {}
     invalid = sum((not turn.action_valid) or not turn.info.get("action_valid", True) for turn in traj.turns)
-    actions = [turn.action if turn.action is not None else turn.response_text for turn in traj.turns]
+    actions = traj.actions
     last_action = actions[-1] if actions else None
     return episode_record(
         job, str(info.get("env_task_id", traj.task_id)), str(info.get("task_type") or "unknown"), won=traj.won,

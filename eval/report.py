@@ -5,7 +5,8 @@
   crash mid-write) is dropped and cut off the file; a damaged line elsewhere is an error.
 * :func:`summarize` turns episode records into the results dict written to ``results.json``:
   success rate, per task type with a 95% Wilson interval, mean steps, invalid-action rate, loop rate
-  (lost episodes stuck on one action, :func:`agent_rl.types.is_loop`), pass@k (unbiased estimator of
+  (the share of episodes lost stuck on one action, :func:`agent_rl.types.is_loop`; where every record keeps
+  its actions), pass@k (unbiased estimator of
   Chen et al. 2021, "Evaluating Large Language Models Trained on Code").
 * :func:`write_results`, :func:`format_table` and :func:`metrics_from` write the JSON/CSV files,
   the console table and the ``eval/``-named metrics the trainer logs.
@@ -234,9 +235,8 @@ def summarize(
         "invalid_action_rate": invalid / steps if steps else 0.0,
         "episodes_with_error": len(errors),
     }
-    with_actions = [r for r in records if "actions" in r]  # the action policies' records have none
-    if with_actions:
-        results["loop_rate"] = sum(is_loop(r["won"], r["actions"]) for r in with_actions) / len(with_actions)
+    if records and all("actions" in r for r in records):  # the expert's and random policy's records have none
+        results["loop_rate"] = sum(is_loop(r["won"], r["actions"]) for r in records) / len(records)
     results.update({k: v for k, v in overall.items() if k.startswith("pass@")})
     results["per_task_type"] = {t: _group(rs, samples) for t, rs in by_type.items()}
     results.update(extra)

@@ -75,22 +75,26 @@ def test_report_orders_stages_and_writes_csv_png(tmp_path, capsys):
 
 
 def test_report_prints_loop_rate_also_for_evals_written_before_it_was_kept(tmp_path, capsys):
-    """Old results.json files lack loop_rate: it is read from the eval's episodes.jsonl; without per-turn actions
-    there is no rate to print."""
-    for stage in ("sft", "rl-holder"):
-        (tmp_path / f"eval_{stage}").mkdir()
-        (tmp_path / f"eval_{stage}" / "results.json").write_text(json.dumps(_results({"a": (1, 3)})))
+    """results.json's loop_rate where it has one; for older ones the rate is read from the eval's episodes.jsonl,
+    only when that holds exactly the eval's episodes, each with its actions (else nothing is printed)."""
     episodes = [{"task_id": "t0", "won": True, "actions": ["look"] * 5},
                 {"task_id": "t1", "won": False, "actions": ["go to desk 1"] * 5},
                 {"task_id": "t2", "won": False, "actions": ["go to desk 1", "look", "open drawer 1", "inventory"]}]
-    (tmp_path / "eval_rl-holder" / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
+    stages = {"sft": (dict(_results({"a": (1, 3)}), loop_rate=0.5), episodes),  # results.json wins
+              "rl-holder": (_results({"a": (1, 3)}), episodes),
+              "rl-grpo": (_results({"a": (1, 3)}), episodes + episodes[:1]),  # resumed into a larger eval's folder
+              "rl-gigpo": (_results({"a": (1, 3)}), [{k: v for k, v in e.items() if k != "actions"} for e in episodes])}
+    for stage, (results, eps) in stages.items():
+        (tmp_path / f"eval_{stage}").mkdir()
+        (tmp_path / f"eval_{stage}" / "results.json").write_text(json.dumps(results))
+        (tmp_path / f"eval_{stage}" / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eps))
     args = build_parser().parse_args(["--out", str(tmp_path)])
     args.out = Path(tmp_path)
-    rows = {x["stage"]: x for x in table(args) if x["task_type"] == "all"}
-    assert rows["rl-holder"]["loop_rate"] == round(1 / 3, 4) and rows["sft"]["loop_rate"] == ""
+    rows = {x["stage"]: x["loop_rate"] for x in table(args) if x["task_type"] == "all"}
+    assert rows == {"sft": 0.5, "rl-holder": round(1 / 3, 4), "rl-grpo": "", "rl-gigpo": ""}
     report(table(args), args)
     out = capsys.readouterr().out
-    assert "loops=0.3333" in out and out.count("loops=") == 1
+    assert "loops=0.3333" in out and "loops=0.5" in out and out.count("loops=") == 2
 
 
 def test_unknown_algo_modifier_is_refused_before_any_stage(tmp_path, monkeypatch):

@@ -104,17 +104,22 @@ def test_the_summary_lists_the_actions_the_updates_pushed_up_and_down(tmp_path, 
     log = RolloutLog(tmp_path, enabled=True)
     log.write(1, batch, advantages, "trajectory")
     log.write(2, batch, advantages, "trajectory")
-    # step 3: a group lost in the same loop (4 turns of one action), no signal, so no push
-    stuck = TrajectoryBatch([_traj(x, "g2", ["go to desk 1"] * 4, 0.0, False) for x in ("e", "f")])
+    # step 3: a group lost in the same loop (4 turns of one action), no signal, so no push; and a lost episode of
+    # 4 different unparsed replies: not a loop (an unparsed turn counts as its reply, as eval's records keep it)
+    babble = _traj("g", "g2", [None] * 4, 0.0, False)
+    for k, turn in enumerate(babble.turns):
+        turn.response_text = f"reply {k}"
+    stuck = TrajectoryBatch([_traj(x, "g2", ["go to desk 1"] * 4, 0.0, False) for x in ("e", "f")] + [babble])
     log.write(3, stuck, row_advantages(compose_config([]), stuck), "trajectory")
     main([str(tmp_path)])
     out = capsys.readouterr().out.splitlines()
     a = 2 * float(advantages[0])
-    assert out[0] == (f"{tmp_path}: steps 1-3 (3 files), 10 episodes, 2 won (20.0%), 4 with a non-zero advantage, "
+    assert out[0] == (f"{tmp_path}: steps 1-3 (3 files), 11 episodes, 2 won (18.2%), 4 with a non-zero advantage, "
                       "2 lost in a loop")
     up, down = out.index(next(x for x in out if "pushed up" in x)), out.index(next(x for x in out if "pushed down" in x))
     assert out[up + 1:down] == [f"  {a:+8.3f}      2  take"]
-    assert sorted(out[down + 1:]) == sorted([f"  {-a:+8.3f}      2  <no action>", f"  {-a:+8.3f}      6  look"])
+    # <no action>: 2 turns of the lost episode b, 4 of the babbling one (advantage 0: counted, nothing added)
+    assert sorted(out[down + 1:]) == sorted([f"  {-a:+8.3f}      6  <no action>", f"  {-a:+8.3f}      6  look"])
     (tmp_path / "rollouts" / "step_000002.jsonl").write_text('{"step": 2, "turns": []}\n{"step": 2, "tu\n')
     with pytest.raises(SystemExit, match="step_000002.jsonl:2: not JSON"):
         main([str(tmp_path)])

@@ -8,8 +8,9 @@ with ``turn`` rows every turn has its own), and per turn what the agent saw, rep
 ``traj_id`` and ``group_id`` tell a file's episodes and groups apart; they are numbered per process, so a resumed
 run's ids differ from those of the attempt before.
 
-``python -m trainers.rollout_log <run_dir>`` summarises a run's files: episodes, wins, and the actions whose
-turns carried the largest summed advantage either way (what the updates made likelier, or rarer).
+``python -m trainers.rollout_log <run_dir>`` summarises a run's files: episodes, wins, episodes lost in a loop
+(:func:`agent_rl.types.is_loop`), and the actions whose turns carried the largest summed advantage either way
+(what the updates made likelier, or rarer).
 
 Each file is written whole (a temporary file renamed over it), so a kill leaves earlier steps complete, and a
 resume rewrites the steps it plays again and drops files past its start, as ``metrics.jsonl`` drops rows.
