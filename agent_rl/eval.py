@@ -11,8 +11,9 @@ Each suite (ALFWorld split, math benchmark) writes to its folder of ``--out``: `
 line per finished episode; rerunning with the same ``--out`` resumes), ``results.json`` (success per
 task type with Wilson intervals, mean steps, invalid-action rate; for a model, ``loop_rate``: the share of
 episodes lost while sending one action in half their turns or more), ``results.csv`` and ``success.png``.
-With several math benchmarks each gets ``<out>/<benchmark>/`` and ``<out>`` holds the summary (``results.json`` with the per-benchmark accuracy and their average,
-``results.csv``, ``accuracy.png``). Episodes, order and subsets are documented in :mod:`eval.runner`.
+With several math benchmarks each gets ``<out>/<benchmark>/`` and ``<out>`` holds the summary
+(``results.json`` with the per-benchmark accuracy and their average, ``results.csv``, ``accuracy.png``).
+Episodes, order and subsets are documented in :mod:`eval.runner`.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
 * :func:`summarize` turns episode records into the results dict written to ``results.json``:
   success rate, per task type with a 95% Wilson interval, mean steps, invalid-action rate, loop rate
   (the share of episodes lost stuck on one action, :func:`agent_rl.types.is_loop`; where every record keeps
-  its actions), pass@k (unbiased estimator of
-  Chen et al. 2021, "Evaluating Large Language Models Trained on Code").
+  its actions), pass@k (unbiased estimator of Chen et al. 2021, "Evaluating Large Language Models Trained
+  on Code").
 * :func:`write_results`, :func:`format_table` and :func:`metrics_from` write the JSON/CSV files,
   the console table and the ``eval/``-named metrics the trainer logs.
 
