@@ -353,16 +353,14 @@ def loop_rate(eval_dir: Path, episodes: int) -> float | None:
     """The share of an eval's episodes lost in a loop (:func:`agent_rl.types.is_loop`), from its episodes.jsonl,
     for evals whose results.json predates ``loop_rate``: None (nothing printed) unless the file holds exactly
     ``episodes`` whole records, each with its actions (a resume into a folder of a larger eval keeps more)."""
-    from agent_rl.types import is_loop
+    from eval.report import loop_rate as records_loop_rate
 
     path = eval_dir / "episodes.jsonl"
     try:
         rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
     except json.JSONDecodeError:  # a torn line: eval's own reader reports it; a diagnostic is not worth failing on
         return None
-    if len(rows) != episodes or not all("actions" in x for x in rows):
-        return None
-    return sum(is_loop(x["won"], x["actions"]) for x in rows) / len(rows)
+    return records_loop_rate(rows) if len(rows) == episodes else None
 
 
 def mcnemar_p(gained: int, lost: int) -> float:

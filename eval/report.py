@@ -207,6 +207,14 @@ def _group(records: list[dict[str, Any]], samples: int) -> dict[str, Any]:
     return out
 
 
+def loop_rate(records: list[dict[str, Any]]) -> float | None:
+    """The share of ``records`` lost in a loop (:func:`agent_rl.types.is_loop`); None where there are none or any
+    lacks its ``actions`` (the expert's and random policy's records keep none): no made-up 0."""
+    if not records or not all("actions" in r for r in records):
+        return None
+    return sum(is_loop(r["won"], r["actions"]) for r in records) / len(records)
+
+
 def summarize(
     records: Iterable[dict[str, Any]], *, samples: int = 1, task_types: Iterable[str] = (), **extra: Any
 ) -> dict[str, Any]:
@@ -235,8 +243,9 @@ def summarize(
         "invalid_action_rate": invalid / steps if steps else 0.0,
         "episodes_with_error": len(errors),
     }
-    if records and all("actions" in r for r in records):  # the expert's and random policy's records have none
-        results["loop_rate"] = sum(is_loop(r["won"], r["actions"]) for r in records) / len(records)
+    loops = loop_rate(records)
+    if loops is not None:
+        results["loop_rate"] = loops
     results.update({k: v for k, v in overall.items() if k.startswith("pass@")})
     results["per_task_type"] = {t: _group(rs, samples) for t, rs in by_type.items()}
     results.update(extra)

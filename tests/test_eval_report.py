@@ -182,6 +182,7 @@ def test_loop_rate_counts_lost_episodes_stuck_on_one_action():
     # records without actions (the expert and random policies keep none) give no rate rather than a made-up 0
     results = report.summarize([_record(0, won=False)])
     assert "loop_rate" not in results and "eval/loop_rate" not in report.metrics_from(results)
+    assert report.loop_rate([]) is None  # an eval with no episode yet (the curve's fallback reads an empty file)
 
 
 def test_summarize_pass_at_k_over_samples():
