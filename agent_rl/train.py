@@ -213,7 +213,7 @@ def train(cfg: Config) -> dict[str, float]:
     from trainers.learner import Learner
     from trainers.rollout_log import RolloutLog
     from trainers.schedules import PControl
-    from trainers.tracking import NullTracker, Tracker
+    from trainers.tracking import NullTracker, Tracker, memory_metrics
 
     validate(cfg)
     with contextlib.ExitStack() as cleanup:  # every part built below is closed however the run ends, setup included
@@ -319,6 +319,7 @@ def train(cfg: Config) -> dict[str, float]:
                 metrics.update(dp.from_main(RolloutStream.when_idle, rollouts, run_periodic_eval, cfg, env_id, policy, step))
             metrics["perf/step_seconds"] = time.perf_counter() - t0
             metrics["perf/rollout_seconds"] = t_rollout  # async: the wait for a batch played during the last update
+            metrics.update(memory_metrics(next(model.parameters()).device.type))
             metrics["train/step"] = step + 1
             # 6. metrics, then the checkpoint (atomic): a run stopped between the two resumes from the checkpoint
             #    before and logs this step again (rows past a resume's start are cut), never loses its row

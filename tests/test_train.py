@@ -100,6 +100,8 @@ def test_two_steps_change_parameters_checkpoint_and_resume(tiny_model, tmp_path)
     assert [x["step"] for x in lines] == [1, 2]
     p_run = [x["loss/p"] for x in lines]
     assert p_run == [0.0, -2.0]  # linear 2 → -2 over the 2-step run, steps counted from 1: the last reaches p_end
+    # the process's memory every step (a tiny model in a pytest process: more than nothing, less than the box)
+    assert all(0 < x["perf/rss_gb"] <= x["perf/peak_rss_gb"] < 64 for x in lines)
     # resume: same run_dir, more steps → continues at step 3 with the schedule of a 4-step run
     train(quick(tiny_model, run, "train.steps=4"))
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
