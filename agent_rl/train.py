@@ -213,7 +213,8 @@ def train(cfg: Config) -> dict[str, float]:
     from trainers.learner import Learner
     from trainers.rollout_log import RolloutLog
     from trainers.schedules import PControl
-    from trainers.tracking import NullTracker, Tracker, memory_metrics
+    from trainers.memory import memory_metrics, release_free_memory
+    from trainers.tracking import NullTracker, Tracker
 
     validate(cfg)
     with contextlib.ExitStack() as cleanup:  # every part built below is closed however the run ends, setup included
@@ -308,6 +309,7 @@ def train(cfg: Config) -> dict[str, float]:
             # 3. learner: old logprobs recomputed, K updates with the scheduled p
             model.train()
             metrics.update(learner.update(batch, advantages, p, behaviour=behaviour.for_update()))
+            release_free_memory()  # the update's freed heap stays resident otherwise, and grows (trainers.memory)
             metrics.setdefault("loss/p", p)  # the p the loss used (grpo, gspo, gmpo, dr_grpo fix their own)
             p_control.observe(metrics)
             # 4. weight sync to the rollout engine (deferred while an asynchronous rollout is in flight); with

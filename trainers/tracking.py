@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -98,31 +97,6 @@ class NullTracker:
 
     def close(self) -> None:
         pass
-
-
-def memory_metrics(device_type: str = "cpu") -> dict[str, float]:
-    """This process's memory, in GiB, logged every step so that growth shows in the metrics long before it
-    ends a run (the trainer process holds the learner and, on CPU, the in-process vLLM engine: an ALFWorld run
-    of s40 grew from 7.7 to 16.7 GB over 20 steps, seen only by polling ``ps``). ``perf/rss_gb``: resident now
-    (Linux ``/proc/self/statm``; absent elsewhere); ``perf/peak_rss_gb``: the most resident so far
-    (``getrusage``); on CUDA ``perf/cuda_peak_gb``: the most the caching allocator handed out since the last
-    call (the peak is reset, so each step reports its own)."""
-    import resource
-
-    out: dict[str, float] = {}
-    try:
-        with open("/proc/self/statm") as f:
-            out["perf/rss_gb"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
-    except (OSError, ValueError, IndexError):
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    out["perf/peak_rss_gb"] = peak / (2**30 if sys.platform == "darwin" else 2**20)
-    if device_type == "cuda":
-        import torch
-
-        out["perf/cuda_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
-        torch.cuda.reset_peak_memory_stats()
-    return out
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,63 @@
+"""The trainer process's memory: measured every step, and freed heap handed back to the OS after each update.
+
+Data flow: learner update → **release_free_memory** → weight sync; every step's metrics ← **memory_metrics**.
+
+Why: on CPU the trainer process holds the learner and the in-process vLLM engine. The learner's tensors (the
+activations of a packed micro-batch: a few to a few tens of MB each) come from glibc malloc's heaps once its mmap
+threshold has adapted upward, and heap space they free stays resident, fragmented, so the process grew update
+after update: a release ALFWorld run from 7.7 to 16.7 GB over 20 steps, in jumps during learner phases.
+``malloc_trim(0)`` returns the free pages of every arena. Measured with `bench/learner_rss.py` (the learner alone,
+embedded model, 20 frozen layers, ~27k tokens an update): resident after updates 1 and 6, 4.62 → 6.70 GiB
+without, 1.55 → 2.04 GiB with it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+_LIBC = None
+
+
+def memory_metrics(device_type: str = "cpu") -> dict[str, float]:
+    """This process's memory, in GiB, logged every step so that growth shows in the metrics long before it
+    ends a run (the trainer process holds the learner and, on CPU, the in-process vLLM engine: an ALFWorld run
+    grew from 7.7 to 16.7 GB over 20 steps, seen only by polling ``ps``). ``perf/rss_gb``: resident now
+    (Linux ``/proc/self/statm``; absent elsewhere); ``perf/peak_rss_gb``: the most resident so far
+    (``getrusage``); on CUDA ``perf/cuda_peak_gb``: the most the caching allocator handed out since the last
+    call (the peak is reset, so each step reports its own)."""
+    import resource
+
+    out: dict[str, float] = {}
+    try:
+        with open("/proc/self/statm") as f:
+            out["perf/rss_gb"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out["perf/peak_rss_gb"] = peak / (2**30 if sys.platform == "darwin" else 2**20)
+    if device_type == "cuda":
+        import torch
+
+        out["perf/cuda_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+    return out
+
+
+def release_free_memory() -> bool:
+    """Hand the malloc heaps' free pages back to the OS (glibc ``malloc_trim(0)``); False where the C library has
+    no ``malloc_trim`` (macOS, musl), which changes nothing there. Costs milliseconds; called after each update."""
+    global _LIBC
+    if _LIBC is None:
+        name = ctypes.util.find_library("c")
+        try:
+            _LIBC = ctypes.CDLL(name) if name else False
+        except OSError:
+            _LIBC = False
+    trim = getattr(_LIBC, "malloc_trim", None) if _LIBC else None
+    if trim is None:
+        return False
+    trim(0)
+    return True
