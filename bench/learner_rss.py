@@ -24,17 +24,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 GIB = 2**30
+RELEASE_LEARNER = ("model.freeze_layers=20", "train.bf16=true", "algo.num_minibatches=2")
 
 
 def rss_gib() -> float:
     with open("/proc/self/statm") as f:
-        import os
-
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / GIB
 
 
@@ -46,7 +47,7 @@ def arm(args) -> dict:
     from trainers.learner import Learner
     from trainers.memory import release_free_memory
 
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parent))
     from learner_memory import make_batch
 
     cfg = compose_config([f"model.name={args.model}", "logging.wandb=false", *args.override])
@@ -82,11 +83,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompt-tokens", type=int, default=700)
     ap.add_argument("--response-tokens", type=int, default=14)
     ap.add_argument("--override", action="append",
-                    default=["model.freeze_layers=20", "train.bf16=true", "algo.num_minibatches=2"],
-                    help="Hydra overrides of the trainer's config (repeatable; default: the release runs' learner)")
+                    help=f"a Hydra override of the trainer's config (repeatable; default: the release runs' learner, "
+                         f"{' '.join(RELEASE_LEARNER)})")
     ap.add_argument("--trim", action="store_true", help=argparse.SUPPRESS)  # one arm, in a child process
     ap.add_argument("--arm", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.override = args.override or list(RELEASE_LEARNER)
     if args.arm:
         print(json.dumps(arm(args)), flush=True)
         return
@@ -96,7 +98,9 @@ def main(argv: list[str] | None = None) -> None:
                "--trajectories", str(args.trajectories), "--turns", str(args.turns), "--prompt-tokens",
                str(args.prompt_tokens), "--response-tokens", str(args.response_tokens)]
         cmd += [f"--override={o}" for o in args.override] + (["--trim"] if trim else [])
-        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
+        root = str(Path(__file__).resolve().parents[1])  # this checkout's packages, installed or not
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, env=env).stdout
         r = results[trim] = json.loads(out.strip().splitlines()[-1])
         rss = [x["rss"] for x in r["rows"]]
         print(f"learner_rss trim={'on ' if trim else 'off'} model={args.model} {' '.join(args.override)}: "
