@@ -211,9 +211,9 @@ def train(cfg: Config) -> dict[str, float]:
     from trainers.async_rollout import BehaviourWeights, RolloutStream
     from trainers.distributed import init_data_parallel
     from trainers.learner import Learner
+    from trainers.memory import memory_metrics, release_free_memory
     from trainers.rollout_log import RolloutLog
     from trainers.schedules import PControl
-    from trainers.memory import memory_metrics, release_free_memory
     from trainers.tracking import NullTracker, Tracker
 
     validate(cfg)
