@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -63,15 +64,15 @@ def arm(args) -> dict:
                                                args.response_tokens, vocab, seed=u)
         t0 = time.perf_counter()
         learner.update(batch, advantages, p=1.0)
+        t1 = time.perf_counter()
         if args.trim:
             release_free_memory()
-        rows.append({"rss": rss_gib(), "seconds": time.perf_counter() - t0, "tokens": tokens})
+        rows.append({"rss": rss_gib(), "seconds": time.perf_counter() - t0, "trim_s": time.perf_counter() - t1,
+                     "tokens": tokens})
         print(f"learner_rss trim={args.trim} update {u + 1}: {tokens} tokens in {rows[-1]['seconds']:.1f} s, "
               f"rss {rows[-1]['rss']:.2f} GiB", file=sys.stderr, flush=True)
-    import resource
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"loaded": loaded, "rows": rows, "peak": peak, "torch": torch.__version__}
+    return {"loaded": loaded, "rows": rows, "peak": peak, "threads": torch.get_num_threads()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"learner_rss trim={'on ' if trim else 'off'} model={args.model} {' '.join(args.override)}: "
               f"rss after load {r['loaded']:.2f} GiB, after update 1 {rss[0]:.2f}, after update {len(rss)} "
               f"{rss[-1]:.2f} (max {max(rss):.2f}), peak {r['peak']:.2f} GiB; update "
-              f"{sum(x['seconds'] for x in r['rows']) / len(rss):.1f} s on average", flush=True)
+              f"{sum(x['seconds'] for x in r['rows']) / len(rss):.1f} s on average (the trim in it "
+              f"{1000 * max(x['trim_s'] for x in r['rows']):.0f} ms at most), {r['threads']} torch threads", flush=True)
     off, on = ([x["rss"] for x in results[k]["rows"]] for k in (False, True))
     t_off, t_on = (sum(x["seconds"] for x in results[k]["rows"]) for k in (False, True))
     print(f"learner_rss ratio trim/off: rss after the last update {on[-1] / off[-1]:.2f}x, max rss between "

@@ -75,4 +75,3 @@ def test_a_wandb_run_without_later_steps_gets_every_step_and_no_warning(tmp_path
         tracker.log(step, {"loss/p": 1.0})
     tracker.close()
     assert fake.logged == [held + 1, held + 2] and "already holds" not in caplog.text
-

@@ -84,12 +84,18 @@ def quick(tiny_model, run_dir, *extra, env=("env=custom", "env.id=test_user/Leng
     ])
 
 
-def test_two_steps_change_parameters_checkpoint_and_resume(tiny_model, tmp_path):
+def test_two_steps_change_parameters_checkpoint_and_resume(tiny_model, tmp_path, monkeypatch):
     from trainers.checkpoint import latest_checkpoint
     from trainers.models import load_model_and_tokenizer
 
+    import trainers.memory
+
+    trims = []
+    release = trainers.memory.release_free_memory
+    monkeypatch.setattr(trainers.memory, "release_free_memory", lambda: trims.append(1) or release())
     run = tmp_path / "run"
     metrics = train(quick(tiny_model, run))
+    assert len(trims) == 2  # freed heap handed back after each step's update (trainers.memory)
     assert all(torch.isfinite(torch.tensor(metrics[k])) for k in ("loss/policy", "loss/total", "loss/grad_norm"))
     ckpt = latest_checkpoint(run)
     assert ckpt is not None and ckpt.name == "step_000002"

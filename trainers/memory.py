@@ -21,12 +21,12 @@ _LIBC = None
 
 
 def memory_metrics(device_type: str = "cpu") -> dict[str, float]:
-    """This process's memory, in GiB, logged every step so that growth shows in the metrics long before it
+    """This process's memory, in GiB (2**30 bytes, like ``perf/frozen_cache_gb``), logged every step so that growth shows in the metrics long before it
     ends a run (the trainer process holds the learner and, on CPU, the in-process vLLM engine: an ALFWorld run
     grew from 7.7 to 16.7 GB over 20 steps, seen only by polling ``ps``). ``perf/rss_gb``: resident now
     (Linux ``/proc/self/statm``; absent elsewhere); ``perf/peak_rss_gb``: the most resident so far
     (``getrusage``); on CUDA ``perf/cuda_peak_gb``: the most the caching allocator handed out since the last
-    call (the peak is reset, so each step reports its own)."""
+    call (the peak is reset, so each step reports its own; the first step's includes loading the model)."""
     import resource
 
     out: dict[str, float] = {}
@@ -47,9 +47,9 @@ def memory_metrics(device_type: str = "cpu") -> dict[str, float]:
 
 def release_free_memory() -> bool:
     """Hand the malloc heaps' free pages back to the OS (glibc ``malloc_trim(0)``); False where the C library has
-    no ``malloc_trim`` (macOS, musl), which changes nothing there. Called after each update: measured ~60 ms for
-    2 GiB of free heap; the next update then faults its pages in again (`bench/learner_rss.py`: updates 1.10x
-    slower with it, measured beside a training run, so not separated from that run's noise)."""
+    no ``malloc_trim`` (macOS, musl), which changes nothing there (nor does it under an ``LD_PRELOAD``-ed jemalloc
+    or tcmalloc, which keep their own heaps). Called after each update; the next update faults its pages in again
+    (`bench/learner_rss.py` prints both costs)."""
     global _LIBC
     if _LIBC is None:
         try:
@@ -59,5 +59,6 @@ def release_free_memory() -> bool:
     trim = getattr(_LIBC, "malloc_trim", None) if _LIBC else None
     if trim is None:
         return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     trim(0)
     return True
