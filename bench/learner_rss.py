@@ -107,8 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"learner_rss trim={'on ' if trim else 'off'} model={args.model} {' '.join(args.override)}: "
               f"rss after load {r['loaded']:.2f} GiB, after update 1 {rss[0]:.2f}, after update {len(rss)} "
               f"{rss[-1]:.2f} (max {max(rss):.2f}), peak {r['peak']:.2f} GiB; update "
-              f"{sum(x['seconds'] for x in r['rows']) / len(rss):.1f} s on average (the trim in it "
-              f"{1000 * max(x['trim_s'] for x in r['rows']):.0f} ms at most), {r['threads']} torch threads", flush=True)
+              f"{sum(x['seconds'] for x in r['rows']) / len(rss):.1f} s on average"
+              + (f" (the trim in it {1000 * max(x['trim_s'] for x in r['rows']):.0f} ms at most)" if trim else "")
+              + f", {r['threads']} torch threads", flush=True)
     off, on = ([x["rss"] for x in results[k]["rows"]] for k in (False, True))
     t_off, t_on = (sum(x["seconds"] for x in results[k]["rows"]) for k in (False, True))
     print(f"learner_rss ratio trim/off: rss after the last update {on[-1] / off[-1]:.2f}x, max rss between "
