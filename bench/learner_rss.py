@@ -7,11 +7,7 @@ layers and their activation cache, bf16 autocast, 2 minibatches). Every update g
 training step does: ALFWorld-like trajectories of several per-step turns (prompt ~60–100% of ``--prompt-tokens``,
 reply ~1/3–all of ``--response-tokens``), alternately won and lost, so every sequence gets its passes.
 
-Why: an ALFWorld training process grew from 7.7 to 16.7 GB over 20 steps, in jumps during learner phases. The
-learner's tensors (activations of a 4096-token micro-batch: a few to a few tens of MB each) are below glibc's
-mmap threshold once it has adapted, so they come from malloc's heaps, where freed space stays resident; each
-step's batch has other shapes, and the heaps keep the largest layout seen. ``malloc_trim(0)`` after an update
-hands whole free pages back.
+Why, and what the trim does: :mod:`trainers.memory` (the trainer calls ``release_free_memory`` after every update).
 
 Each arm runs in a process of its own (the peak RSS is per process), one after the other; printed: the RSS after
 each update, then one line per arm and the ratio of the trimmed arm's RSS to the untrimmed one's.
@@ -25,19 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-GIB = 2**30
 RELEASE_LEARNER = ("model.freeze_layers=20", "train.bf16=true", "algo.num_minibatches=2")
-
-
-def rss_gib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / GIB
 
 
 def arm(args) -> dict:
@@ -46,7 +35,7 @@ def arm(args) -> dict:
     from agent_rl.train import compose_config, learner_settings, load_model, make_optimizer
     from agent_rl.validation import validate
     from trainers.learner import Learner
-    from trainers.memory import release_free_memory
+    from trainers.memory import memory_metrics, release_free_memory
 
     sys.path.insert(0, str(Path(__file__).parent))
     from learner_memory import make_batch
@@ -57,7 +46,7 @@ def arm(args) -> dict:
     optimizer = make_optimizer(cfg, model)
     learner = Learner(model, optimizer, learner_settings(cfg, "cpu"), seed=0)
     vocab = model.config.vocab_size
-    loaded = rss_gib()
+    loaded = memory_metrics()["perf/rss_gb"]
     rows = []
     for u in range(args.updates):
         batch, advantages, tokens = make_batch(args.trajectories, args.turns, args.prompt_tokens,
@@ -67,11 +56,11 @@ def arm(args) -> dict:
         t1 = time.perf_counter()
         if args.trim:
             release_free_memory()
-        rows.append({"rss": rss_gib(), "seconds": time.perf_counter() - t0, "trim_s": time.perf_counter() - t1,
-                     "tokens": tokens})
+        t2 = time.perf_counter()
+        rows.append({"rss": memory_metrics()["perf/rss_gb"], "seconds": t2 - t0, "trim_s": t2 - t1, "tokens": tokens})
         print(f"learner_rss trim={args.trim} update {u + 1}: {tokens} tokens in {rows[-1]['seconds']:.1f} s, "
               f"rss {rows[-1]['rss']:.2f} GiB", file=sys.stderr, flush=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = memory_metrics()["perf/peak_rss_gb"]
     return {"loaded": loaded, "rows": rows, "peak": peak, "threads": torch.get_num_threads()}
 
 

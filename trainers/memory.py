@@ -14,15 +14,14 @@ GiB without, 1.63 → 2.32 GiB with it; updates 1.05× as long with it (the trim
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
-_LIBC = None
-
 
 def memory_metrics(device_type: str = "cpu") -> dict[str, float]:
-    """This process's memory, in GiB (2**30 bytes, like ``perf/frozen_cache_gb``), logged every step so that growth shows in the metrics long before it
-    ends a run (the trainer process holds the learner and, on CPU, the in-process vLLM engine: an ALFWorld run
+    """This process's memory, in GiB (2**30 bytes, like ``perf/frozen_cache_gb``), logged every step so that
+    growth shows in the metrics long before it ends a run (the trainer process holds the learner and, on CPU, the in-process vLLM engine: an ALFWorld run
     grew from 7.7 to 16.7 GB over 20 steps, seen only by polling ``ps``). ``perf/rss_gb``: resident now
     (Linux ``/proc/self/statm``; absent elsewhere); ``perf/peak_rss_gb``: the most resident so far
     (``getrusage``); on CUDA ``perf/cuda_peak_gb``: the most the caching allocator handed out since the last
@@ -50,15 +49,19 @@ def release_free_memory() -> bool:
     no ``malloc_trim`` (macOS, musl), which changes nothing there (nor does it under an ``LD_PRELOAD``-ed jemalloc
     or tcmalloc, which keep their own heaps). Called after each update; the next update faults its pages in again
     (`bench/learner_rss.py` prints both costs)."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL(None)  # the symbols the process already has, the C library's among them
-        except OSError:
-            _LIBC = False
-    trim = getattr(_LIBC, "malloc_trim", None) if _LIBC else None
+    trim = _malloc_trim()
     if trim is None:
         return False
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     trim(0)
     return True
+
+
+@functools.cache
+def _malloc_trim():
+    """The C library's ``malloc_trim`` among the symbols the process already has, or None where it has none."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
