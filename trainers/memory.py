@@ -21,11 +21,11 @@ import sys
 
 def memory_metrics(device_type: str = "cpu") -> dict[str, float]:
     """This process's memory, in GiB (2**30 bytes, like ``perf/frozen_cache_gb``), logged every step so that
-    growth shows in the metrics long before it ends a run (the trainer process holds the learner and, on CPU, the in-process vLLM engine: an ALFWorld run
-    grew from 7.7 to 16.7 GB over 20 steps, seen only by polling ``ps``). ``perf/rss_gb``: resident now
-    (Linux ``/proc/self/statm``; absent elsewhere); ``perf/peak_rss_gb``: the most resident so far
-    (``getrusage``); on CUDA ``perf/cuda_peak_gb``: the most the caching allocator handed out since the last
-    call (the peak is reset, so each step reports its own; the first step's includes loading the model)."""
+    growth shows in the metrics long before it ends a run (the trainer process holds the learner and, on CPU, the
+    in-process vLLM engine: an ALFWorld run grew from 7.7 to 16.7 GB over 20 steps, seen only by polling ``ps``).
+    ``perf/rss_gb``: resident now (Linux ``/proc/self/statm``; absent elsewhere); ``perf/peak_rss_gb``: the most
+    resident so far (``getrusage``); on CUDA ``perf/cuda_peak_gb``: the most the caching allocator handed out since
+    the last call (the peak is reset, so each step reports its own; the first step's includes loading the model)."""
     import resource
 
     out: dict[str, float] = {}
