@@ -130,11 +130,12 @@ def main() -> None:
         start = time.perf_counter() - t0
         try:
             folder = Path(policy.model_path)  # the resolved checkpoint folder the engine loaded
-            itemsize = 2 if policy.dtype in ("bfloat16", "float16") else 4
+            dtype = policy.llm.model_config.dtype  # what the engine runs in (dtype "auto" resolved)
+            itemsize = dtype.itemsize
             params, w_bytes = model_bytes(folder, itemsize)
             kv_per, kv_how = kv_bytes_per_token(folder, itemsize)
             print(f"decode_roofline {engine} engine (start {start:.1f} s), model {args.model}: {params / 1e6:.1f}M "
-                  f"parameters in {policy.dtype} = {w_bytes / 1e6:.0f} MB read per decode step; KV "
+                  f"parameters in {str(dtype).removeprefix('torch.')} = {w_bytes / 1e6:.0f} MB read per decode step; KV "
                   f"{kv_per / 1e3:.1f} KB per context token ({kv_how})", flush=True)
             for batch in batches:
                 step = step_seconds(policy, batch, args.context, args.tokens, args.seed)
