@@ -95,6 +95,11 @@ def start_new(backend: str, model: str, args, compiled: bool, block_size: int | 
     return pol, label, time.perf_counter() - t0
 
 
+def per_token(r: dict[str, float]) -> float:
+    """Reply tokens per second of rollout time (turns/s times the mean reply length)."""
+    return r["rate"] * r["tokens"]
+
+
 def line(name: str, r: dict[str, float], start_s: float, of: int) -> str:
     with_start = r["turns"] / (r["wall"] + start_s)
     return (f"{name}: {r['games']} of {of} games, {r['turns']} turns in {r['wall']:.1f} s = {r['rate']:.3f} turns/s "
@@ -223,6 +228,10 @@ def main() -> None:
         note = "" if b["games"] == n["games"] else f"; baseline on {b['games']} of the {n['games']} games"
         print(f"ratio new/baseline = {n['rate'] / b['rate']:.2f}x (target >= 10x)  [agent turns/s of rollout "
               f"time{note}]")
+        # Greedy replies differ in length between the paths (float32 vs bf16, speculation flips near-ties, other
+        # games), so turns/s can flatter either side: the same ratio per reply token, beside it.
+        print(f"ratio new/baseline per reply token = {per_token(n) / per_token(b):.2f}x  ({per_token(b):.1f} -> "
+              f"{per_token(n):.1f} reply tokens/s; {b['tokens']:.1f} vs {n['tokens']:.1f} tokens a turn)")
 
 
 if __name__ == "__main__":
