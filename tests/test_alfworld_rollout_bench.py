@@ -4,24 +4,16 @@ lines and the ratio the README quotes."""
 
 from __future__ import annotations
 
-import os
+import functools
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from bench_scripts import run_bench
 from test_alfworld_env import HAVE_DATA, HAVE_ENGINE
 from test_policies import need_vllm
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "bench" / "alfworld_rollout_bench.py"
-
-
-def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BENCH), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="2"))
+_run = functools.partial(run_bench, "alfworld_rollout_bench")
 
 
 def test_option_checks_compare_compile_overlap_block_size_and_ngram():

@@ -3,33 +3,19 @@ from the checkpoint as the model defines them, and a run on a tiny model prints 
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from bench_scripts import load_bench, run_bench
 from test_policies import need_vllm
 from trainers.models import build_tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "bench" / "decode_roofline.py"
-
-
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("decode_roofline", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BENCH), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="2"))
+_bench_module = functools.partial(load_bench, "decode_roofline")
+_run = functools.partial(run_bench, "decode_roofline")
 
 
 @pytest.fixture(scope="module")

@@ -3,20 +3,14 @@ named shape; on a CPU the memory columns are n/a and the rest runs. Its numbers 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import functools
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_scripts import ROOT, load_bench
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("learner_memory", ROOT / "bench" / "learner_memory.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+_bench = functools.partial(load_bench, "learner_memory")
 
 
 def test_variants_apply_their_overrides_and_checkpointing_keeps_the_gradient(tmp_path):
