@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -52,12 +53,7 @@ def model_bytes(folder: Path, itemsize: int) -> tuple[int, int]:
     for f in sorted(folder.glob("*.safetensors")):
         with open(f, "rb") as fh:
             header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-        for name, meta in header.items():
-            if name != "__metadata__":
-                n = 1
-                for d in meta["shape"]:
-                    n *= d
-                count += n
+        count += sum(math.prod(meta["shape"]) for name, meta in header.items() if name != "__metadata__")
     if count == 0:
         sys.exit(f"--model: no *.safetensors weights in {folder}; this bench reads parameter counts from them")
     return count, count * itemsize
@@ -135,8 +131,8 @@ def main() -> None:
             params, w_bytes = model_bytes(folder, itemsize)
             kv_per, kv_how = kv_bytes_per_token(folder, itemsize)
             print(f"decode_roofline {engine} engine (start {start:.1f} s), model {args.model}: {params / 1e6:.1f}M "
-                  f"parameters in {str(dtype).removeprefix('torch.')} = {w_bytes / 1e6:.0f} MB read per decode step; KV "
-                  f"{kv_per / 1e3:.1f} KB per context token ({kv_how})", flush=True)
+                  f"parameters in {str(dtype).removeprefix('torch.')} = {w_bytes / 1e6:.0f} MB read per decode step; "
+                  f"KV {kv_per / 1e3:.1f} KB per context token ({kv_how})", flush=True)
             for batch in batches:
                 step = step_seconds(policy, batch, args.context, args.tokens, args.seed)
                 mean_ctx = args.context + (args.tokens + 1) / 2
