@@ -12,7 +12,8 @@ Stages, each a README command run as a subprocess (so this measures exactly what
    (searching-expert demonstrations, or the JSONL files of ``--sft-demos``), then its eval.
 3. ``rl-<algo>``: ``python -m agent_rl.train model.name=<sft run> algo=<algo>`` for ``--rl-steps`` steps on
    train games, same seeds and tasks for every algo, then its eval. An ``--algos`` entry may add ``+gigpo``
-   (GiGPO step-level advantages, per-turn rows) and ``+ds`` (dynamic sampling): ``holder,grpo+gigpo,holder+gigpo+ds``.
+   (GiGPO step-level advantages, per-turn rows), ``+ds`` (dynamic sampling) and, for holder, a p schedule of
+   ``P_SCHEDULES`` (``+constant_1``, ``+linear_2_0``, ...): ``holder,grpo+gigpo,holder+gigpo+ds,holder+constant_1``.
 
 Every eval: ``--episodes`` valid_unseen games (the stratified subset of ``agent_rl.eval``: every task
 type, the same games each stage), one greedy episode each, all in flight at once (one generation batch per turn), ``--max-steps`` steps, the alfworld_act
@@ -36,7 +37,7 @@ import time
 from pathlib import Path
 
 from envs.alfworld.households import DIFFICULTIES
-from trainers.tracking import read_metrics
+from trainers.tracking import format_signals, read_metrics, signals_per_p
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -277,6 +278,17 @@ MODIFIERS: dict[str, list[str]] = {
     "gigpo": ["algo.advantage=gigpo", "algo.ratio_unit=turn"],
     "ds": ["algo.dynamic_sampling=true"],  # dynamic sampling: groups with equal rewards replaced by new ones
 }
+# p schedules of the Hölder loss (``holder+constant_1``): the arms of issue 14's p study, here and in
+# bench/p_schedule_study.py (which runs them on the math curve)
+P_SCHEDULES: dict[str, list[str]] = {
+    "linear_2_-2": [],  # the default: p linear 2 → −2 over the run
+    "linear_2_0": ["algo.p_end=0"],
+    "linear_2_1": ["algo.p_end=1"],
+    "linear_2_1.4": ["algo.p_end=1.4"],  # the authors' script: linear over 1,000 steps stops near 1.4 at step 150
+    "cosine_2_-2": ["algo.p_schedule=cosine"],
+    "constant_1": ["algo.p_schedule=constant", "algo.p_start=1"],
+    "adaptive": ["algo.p_schedule=adaptive"],
+}
 
 
 def algo_overrides(entry: str) -> list[str]:
@@ -285,13 +297,22 @@ def algo_overrides(entry: str) -> list[str]:
 
     algo, *mods = entry.split("+")
     out = [f"algo={algo}"]
+    known = {**MODIFIERS, **P_SCHEDULES}
     for mod in mods:
-        if mod not in MODIFIERS:
-            close = difflib.get_close_matches(mod, MODIFIERS, n=1)
+        if mod not in known:
+            close = difflib.get_close_matches(mod, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise SystemExit(f"--algos {entry!r}: unknown modifier {mod!r}{hint}; modifiers are "
-                             f"{', '.join(MODIFIERS)} (e.g. holder+gigpo+ds)")
-        out += MODIFIERS[mod]
+                             f"{', '.join(MODIFIERS)} and the p schedules {', '.join(P_SCHEDULES)} "
+                             "(e.g. holder+gigpo+ds, holder+constant_1)")
+        out += known[mod]
+    schedules = [m for m in mods if m in P_SCHEDULES]
+    # the other presets fix p with their loss (grpo: p = 1 with token clipping; gspo/gmpo: p → 0)
+    if schedules and algo != "holder":
+        raise SystemExit(f"--algos {entry!r}: a p schedule ({schedules[0]}) needs the Hölder loss, whose p it "
+                         f"anneals; {algo} fixes p. Use holder+{schedules[0]}")
+    if len(schedules) > 1:
+        raise SystemExit(f"--algos {entry!r}: one p schedule per stage, got {', '.join(schedules)}")
     return out
 
 
@@ -403,7 +424,8 @@ def training(args) -> list[dict]:
     """What each RL stage's steps did, from its run's metrics.jsonl: how many steps had a gradient at all (a step
     whose groups each scored all their episodes alike has none: its update is skipped, and the stage's model is
     the one it started from), the rollout success over the steps (first-round episodes, as without dynamic
-    sampling), and with dynamic sampling the tasks played and informative groups kept."""
+    sampling), with dynamic sampling the tasks played and informative groups kept, and the loss's signals
+    (token-weight ESS, clip fraction, gradient norm) per p."""
     out = []
     for run_dir in sorted(args.out.glob("rl-*")):
         steps: dict[int, dict] = {}  # step → its training row (a row without rollout metrics, the step-0 eval, is not one)
@@ -421,7 +443,8 @@ def training(args) -> list[dict]:
                     "rollout_success": [round(r["rollout/success_rate"], 3) for r in rows],
                     "tasks_played": sum(r.get("rollout/tasks_played", 0.0) for r in rows),
                     "informative_groups": sum(r.get("rollout/informative_groups", 0.0) for r in rows),
-                    "minutes": sum(r.get("perf/step_seconds", 0.0) for r in rows) / 60})
+                    "minutes": sum(r.get("perf/step_seconds", 0.0) for r in rows) / 60,
+                    "signals_per_p": signals_per_p(rows)})
     return out
 
 
@@ -446,6 +469,8 @@ def report(rows: list[dict], args) -> None:
         print(f"alfworld_curve training {x['stage']}: {x['steps']} step{'s' * (x['steps'] != 1)} in {x['minutes']:.1f} min, "
               f"{x['steps_with_gradient']} with a gradient, rollout success per step "
               f"{' '.join(f'{v:.3f}' for v in x['rollout_success'])}{ds}")
+        for entry in x["signals_per_p"]:  # what the loss did at each p (the p study's signals)
+            print(f"alfworld_curve training {x['stage']}:   {format_signals(entry)}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -499,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="bottom decoder layers (and embeddings) SFT keeps fixed (model.freeze_layers); RL trains all")
     ap.add_argument("--algos", default="holder,grpo",
                     help="RL stages: algo presets, each with optional +gigpo (GiGPO advantages) and +ds (dynamic "
-                         "sampling), e.g. holder,grpo,holder+gigpo,grpo+gigpo+ds")
+                         "sampling), holder also with a p schedule (+constant_1, +linear_2_0, ...), e.g. "
+                         "holder,grpo,holder+gigpo,grpo+gigpo+ds,holder+constant_1")
     ap.add_argument("--rl-steps", type=int, default=4)
     ap.add_argument("--rl-lr", type=float, default=1e-5)
     ap.add_argument("--tasks", type=int, default=2)

@@ -23,18 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-from trainers.tracking import read_metrics
+from agent_rl.curve import P_SCHEDULES
+from trainers.tracking import format_signals, read_metrics, signals_per_p
 
-ARMS: dict[str, list[str]] = {
-    "linear_2_-2": [],  # the default: p linear 2 → −2 over the run
-    "linear_2_0": ["algo.p_end=0"],
-    "linear_2_1": ["algo.p_end=1"],
-    "linear_2_1.4": ["algo.p_end=1.4"],  # the authors' script: linear over 1,000 steps stops near 1.4 at step 150
-    "cosine_2_-2": ["algo.p_schedule=cosine"],
-    "constant_1": ["algo.p_schedule=constant", "algo.p_start=1"],
-    "adaptive": ["algo.p_schedule=adaptive"],
-    "grpo": ["algo=grpo"],  # the token-clipped reference (not a p schedule)
-}
+# the p schedules (shared with the ALFWorld curve's holder+<schedule> stages), and the token-clipped reference
+ARMS: dict[str, list[str]] = {**P_SCHEDULES, "grpo": ["algo=grpo"]}
 # t quantiles (two-sided 95%) for n − 1 degrees of freedom
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
@@ -124,19 +117,9 @@ def report(arms: list[str], seeds: list[int], args) -> None:
                 finals.append(max(ev)[1])
                 mids.append(statistics.mean(v for _, v in ev))
         print(f"p_study {arm}: final eval {mean_ci(finals)}; mean over evals {mean_ci(mids)}", flush=True)
-        buckets: dict[float, list[dict]] = {}
-        for r in mine:
-            if r["p"] is not None:
-                buckets.setdefault(round(r["p"] * 2) / 2, []).append(r)  # p to the nearest 0.5
-        for b in sorted(buckets, reverse=True):
-            rs = buckets[b]
-
-            def avg(key):
-                vals = [r[key] for r in rs if isinstance(r[key], (int, float))]
-                return f"{statistics.mean(vals):.3f}" if vals else "n/a"
-
-            print(f"p_study {arm}:   p≈{b:+.1f}: {len(rs)} steps, ESS {avg('ess')}, clip_frac {avg('clip_frac')}, "
-                  f"grad_norm {avg('grad_norm')}, train success {avg('train_success')}", flush=True)
+        raw = [m for seed in seeds for m in read_metrics(args.out / arm / f"seed{seed}")]
+        for entry in signals_per_p(raw):
+            print(f"p_study {arm}:   {format_signals(entry)}", flush=True)
 
 
 def main() -> None:

@@ -103,6 +103,29 @@ def test_unknown_algo_modifier_is_refused_before_any_stage(tmp_path, monkeypatch
         curve.main(["--out", str(tmp_path), "--algos", "holder,grpo+gigp"])
 
 
+@pytest.mark.parametrize("entry,schedule,p_start,p_end", [
+    ("holder", "linear", 2.0, -2.0), ("holder+linear_2_-2", "linear", 2.0, -2.0), ("holder+linear_2_0", "linear", 2.0, 0.0),
+    ("holder+linear_2_1.4", "linear", 2.0, 1.4), ("holder+cosine_2_-2", "cosine", 2.0, -2.0),
+    ("holder+constant_1", "constant", 1.0, None), ("holder+adaptive+ds", "adaptive", 2.0, -2.0)])
+def test_a_p_schedule_modifier_sets_the_holder_stage_schedule(tmp_path, entry, schedule, p_start, p_end):
+    args = build_parser().parse_args(["--out", str(tmp_path), "--source", "generated"])
+    cfg = compose_config(_hydra_free(rl_overrides(entry, tmp_path / "sft", args, tmp_path / entry)))
+    validate(cfg)
+    assert (cfg.algo.loss, cfg.algo.p_schedule, cfg.algo.p_start) == ("holder", schedule, p_start)
+    assert p_end is None or cfg.algo.p_end == p_end
+    assert cfg.algo.dynamic_sampling == entry.endswith("+ds")
+
+
+@pytest.mark.parametrize("entry,match", [
+    ("grpo+constant_1", r"a p schedule \(constant_1\) needs the Hölder loss.*grpo fixes p\. Use holder\+constant_1"),
+    ("holder+constant_1+linear_2_0", "one p schedule per stage, got constant_1, linear_2_0"),
+    ("holder+constant1", "did you mean 'constant_1'")])
+def test_a_p_schedule_modifier_is_refused_where_it_cannot_apply(tmp_path, monkeypatch, entry, match):
+    monkeypatch.setattr(curve, "run", lambda *a: pytest.fail("a stage ran"))
+    with pytest.raises(SystemExit, match=match):
+        curve.main(["--out", str(tmp_path), "--algos", f"holder,{entry}"])
+
+
 def test_make_demo_command_composes_valid_stage_configs(tmp_path):
     """The curve arguments of `make demo` (read from the Makefile) parse and give valid sft/train configs."""
     import shlex
@@ -221,10 +244,11 @@ def test_training_lines_count_steps_with_a_gradient_and_dynamic_sampling(tmp_pat
         (tmp_path / stage / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
 
     write("rl-holder", [{"step": 1, "rollout/success_rate": 0.0, "perf/skipped_zero_gradient": 1.0,
-                         "perf/step_seconds": 60.0},
+                         "perf/step_seconds": 60.0, "loss/p": 2.0},  # skipped update: p but no loss signals
                         {"step": 2, "rollout/success_rate": 0.25, "perf/skipped_zero_gradient": 0.5,
                          "perf/step_seconds": 90.0},
-                        {"step": 2, "rollout/success_rate": 0.5, "perf/step_seconds": 30.0},  # resumed: this one
+                        {"step": 2, "rollout/success_rate": 0.5, "perf/step_seconds": 30.0,  # resumed: this one
+                         "loss/p": -1.8, "loss/token_weight_ess": 0.95, "loss/clip_frac": 0.0, "loss/grad_norm": 0.5},
                         {"step": 2, "eval/success_rate": 1.0}])  # not a training row
     write("rl-grpo+ds", [{"step": 1, "rollout/success_rate": 0.0, "rollout/tasks_played": 5.0,
                           "rollout/informative_groups": 1.0, "perf/skipped_zero_gradient": 0.0},
@@ -246,7 +270,11 @@ def test_training_lines_count_steps_with_a_gradient_and_dynamic_sampling(tmp_pat
     report(table(args), args)
     out = capsys.readouterr().out
     assert ("alfworld_curve training rl-holder: 2 steps in 1.5 min, 1 with a gradient, rollout success per step "
-            "0.000 0.500\n") in out
+            "0.000 0.500\n"
+            "alfworld_curve training rl-holder:   p≈+2.0: 1 steps, ESS n/a, clip_frac n/a, grad_norm n/a, "
+            "train success 0.000\n"
+            "alfworld_curve training rl-holder:   p≈-2.0: 1 steps, ESS 0.950, clip_frac 0.000, grad_norm 0.500, "
+            "train success 0.500\n") in out
     assert "rl-grpo+ds: 2 steps in 0.0 min, 1 with a gradient, rollout success per step 0.000 0.000, dynamic " \
            "sampling: 13 tasks played, 1 informative groups kept" in out
 
@@ -421,3 +449,20 @@ def test_stages_saved_by_a_real_run_are_reused_by_the_same_command(tmp_path, mon
     _fake_eval(args.out, "untrained", None, args, env_kwargs={"split": "valid_unseen"})  # release games
     with pytest.raises(SystemExit, match=r"eval of stage 'untrained'.*games 'release' there"):
         curve.check_reused_evals(args, ["holder"])
+
+
+def test_every_readme_curve_command_parses_and_its_stages_compose(tmp_path):
+    """The README's `bench/alfworld_curve.py` lines (the algorithm comparison, the ALFWorld p study) name only
+    flags, algos, modifiers and p schedules the curve knows, and each RL stage composes a valid config."""
+    import re
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = "\n".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S)).replace("\\\n", " ").splitlines()
+    commands = [shlex.split(l.split(" #", 1)[0].split("alfworld_curve.py", 1)[1]) for l in lines
+                if "bench/alfworld_curve.py" in l]
+    assert len(commands) >= 3 and any("holder+constant_1" in " ".join(c) for c in commands)
+    for argv in commands:
+        args = build_parser().parse_args([*argv, "--out", str(tmp_path)])
+        for algo in args.algos.split(","):
+            validate(compose_config(_hydra_free(rl_overrides(algo, tmp_path / "sft", args, tmp_path / algo))))

@@ -112,6 +112,38 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# what the Hölder loss did at each p (issue 14's p study): metric keys of the training rows, by short name
+P_SIGNALS = {"ess": "loss/token_weight_ess", "clip_frac": "loss/clip_frac", "grad_norm": "loss/grad_norm",
+             "train_success": "rollout/success_rate"}
+
+
+def signals_per_p(rows: list[dict[str, Any]], width: float = 0.5) -> list[dict[str, Any]]:
+    """Training rows that logged a p (``loss/p``), grouped by p rounded to the nearest ``width``, highest p first:
+    ``{"p": bucket, "steps": n, "ess": mean, "clip_frac": ..., "grad_norm": ..., "train_success": ...}``, a mean
+    being None where no row of the bucket has that signal (a step whose update was skipped)."""
+    buckets: dict[float, list[dict[str, Any]]] = {}
+    for row in rows:
+        if isinstance(row.get("loss/p"), (int, float)):
+            buckets.setdefault(round(row["loss/p"] / width) * width, []).append(row)
+    out = []
+    for b in sorted(buckets, reverse=True):
+        entry: dict[str, Any] = {"p": b, "steps": len(buckets[b])}
+        for name, key in P_SIGNALS.items():
+            vals = [r[key] for r in buckets[b] if isinstance(r.get(key), (int, float))]
+            entry[name] = sum(vals) / len(vals) if vals else None
+        out.append(entry)
+    return out
+
+
+def format_signals(entry: dict[str, Any]) -> str:
+    """``p≈+2.0: 3 steps, ESS 0.910, clip_frac 0.010, grad_norm 1.000, train success 0.500`` (n/a: not logged)."""
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    return (f"p≈{entry['p']:+.1f}: {entry['steps']} steps, ESS {f(entry['ess'])}, clip_frac {f(entry['clip_frac'])}, "
+            f"grad_norm {f(entry['grad_norm'])}, train success {f(entry['train_success'])}")
+
+
 def _truncate_after(path: Path, step: int) -> None:
     """Keep the rows of ``path`` whose step is <= ``step`` (a torn last line goes too); atomic."""
     kept, dropped = [], 0
