@@ -1,4 +1,4 @@
-"""agent_rl.curve: its stage commands are valid configs, and its report reads eval results."""
+"""agent_rl.curve: its stage commands are valid configs; eval.curve_report: its report reads eval results."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from agent_rl.validation import validate, validate_sft
 from agent_rl import curve
-from agent_rl.curve import build_parser, report, rl_overrides, sft_overrides, table
+from agent_rl.curve import build_parser, rl_overrides, sft_overrides
+from eval import curve_report
+from eval.curve_report import report, table
 from agent_rl.train import compose_config
 
 
@@ -104,7 +106,8 @@ def test_unknown_algo_modifier_is_refused_before_any_stage(tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize("entry,schedule,p_start,p_end", [
-    ("holder", "linear", 2.0, -2.0), ("holder+linear_2_-2", "linear", 2.0, -2.0), ("holder+linear_2_0", "linear", 2.0, 0.0),
+    ("holder", "linear", 2.0, -2.0), ("holder+linear_2_-2", "linear", 2.0, -2.0),
+    ("holder+linear_2_0", "linear", 2.0, 0.0),
     ("holder+linear_2_1.4", "linear", 2.0, 1.4), ("holder+cosine_2_-2", "cosine", 2.0, -2.0),
     ("holder+constant_1", "constant", 1.0, None), ("holder+adaptive+ds", "adaptive", 2.0, -2.0)])
 def test_a_p_schedule_modifier_sets_the_holder_stage_schedule(tmp_path, entry, schedule, p_start, p_end):
@@ -153,14 +156,14 @@ def test_make_demo_command_composes_valid_stage_configs(tmp_path):
 def test_mcnemar_p_is_the_exact_binomial_tail():
     from math import comb
 
-    assert curve.mcnemar_p(0, 0) == 1.0 and curve.mcnemar_p(2, 1) == 1.0
-    assert curve.mcnemar_p(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)  # 0.0386
-    assert curve.mcnemar_p(2, 10) == curve.mcnemar_p(10, 2)
-    assert curve.mcnemar_p(8, 0) == pytest.approx(2 / 256)
+    assert curve_report.mcnemar_p(0, 0) == 1.0 and curve_report.mcnemar_p(2, 1) == 1.0
+    assert curve_report.mcnemar_p(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)  # 0.0386
+    assert curve_report.mcnemar_p(2, 10) == curve_report.mcnemar_p(10, 2)
+    assert curve_report.mcnemar_p(8, 0) == pytest.approx(2 / 256)
     for gained, lost in ((5, 3), (12, 4)):  # the two tails at least as extreme, summed directly
         n = gained + lost
         both = sum(comb(n, k) for k in range(n + 1) if abs(2 * k - n) >= abs(gained - lost)) / 2 ** n
-        assert curve.mcnemar_p(gained, lost) == pytest.approx(both)
+        assert curve_report.mcnemar_p(gained, lost) == pytest.approx(both)
 
 
 def test_paired_counts_games_won_by_one_stage_only(tmp_path, capsys):
@@ -178,14 +181,14 @@ def test_paired_counts_games_won_by_one_stage_only(tmp_path, capsys):
     args = build_parser().parse_args(["--out", str(tmp_path)])
     args.out = Path(tmp_path)
     got = {(x["stage"], x["versus"]): (x["games"], x["won_only_by_stage"], x["won_only_by_versus"])
-           for x in curve.paired(args)}
+           for x in curve_report.paired(args)}
     assert got == {("rl-grpo", "sft"): (5, 1, 0), ("rl-holder", "sft"): (5, 2, 1), ("sft", "untrained"): (5, 2, 0),
                    ("rl-grpo", "rl-holder"): (6, 1, 2)}
     report(table(args), args)
     assert "alfworld_curve paired rl-holder vs sft: 5 games, +2 / -1 (net +1), exact McNemar p = 1.000" in \
         capsys.readouterr().out
     (tmp_path / "eval_sft" / "results.json").unlink()  # SFT not evaluated (make demo): RL against untrained
-    assert {(x["stage"], x["versus"]) for x in curve.paired(args)} == {
+    assert {(x["stage"], x["versus"]) for x in curve_report.paired(args)} == {
         ("rl-grpo", "untrained"), ("rl-holder", "untrained"), ("rl-grpo", "rl-holder")}
 
 
@@ -260,7 +263,7 @@ def test_training_lines_count_steps_with_a_gradient_and_dynamic_sampling(tmp_pat
     (tmp_path / "rl-grpo").mkdir()  # started, no step written yet: no line
     args = build_parser().parse_args(["--out", str(tmp_path)])
     args.out = Path(tmp_path)
-    got = {x["stage"]: x for x in curve.training(args)}
+    got = {x["stage"]: x for x in curve_report.training(args)}
     assert set(got) == {"rl-holder", "rl-grpo+ds"}
     assert got["rl-holder"]["steps"] == 2 and got["rl-holder"]["steps_with_gradient"] == 1
     assert got["rl-holder"]["rollout_success"] == [0.0, 0.5] and got["rl-holder"]["minutes"] == 1.5
