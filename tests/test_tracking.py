@@ -75,3 +75,32 @@ def test_a_wandb_run_without_later_steps_gets_every_step_and_no_warning(tmp_path
         tracker.log(step, {"loss/p": 1.0})
     tracker.close()
     assert fake.logged == [held + 1, held + 2] and "already holds" not in caplog.text
+
+
+def test_signals_per_p_buckets_every_row_with_a_p_once_and_averages_only_logged_values():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from trainers.tracking import signals_per_p
+
+    signal = st.one_of(st.none(), st.floats(0, 10, allow_nan=False))
+    row = st.fixed_dictionaries({"loss/p": st.one_of(st.none(), st.floats(-3, 3, allow_nan=False)),
+                                 "loss/token_weight_ess": signal, "loss/grad_norm": signal})
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(row, max_size=30))
+    def check(rows):
+        rows = [{k: v for k, v in r.items() if v is not None} for r in rows]  # a missing key, as a skipped update
+        got = signals_per_p(rows)
+        with_p = [r for r in rows if "loss/p" in r]
+        assert sum(e["steps"] for e in got) == len(with_p)
+        assert [e["p"] for e in got] == sorted({e["p"] for e in got}, reverse=True)
+        for e in got:
+            mine = [r for r in with_p if abs(r["loss/p"] - e["p"]) <= 0.25 + 1e-9]
+            assert len(mine) >= e["steps"]  # a p exactly between two buckets is in one of them
+            grads = [r["loss/grad_norm"] for r in with_p if round(r["loss/p"] / 0.5) * 0.5 == e["p"]
+                     and "loss/grad_norm" in r]
+            assert e["grad_norm"] is None if not grads else abs(e["grad_norm"] - sum(grads) / len(grads)) < 1e-9
+            assert e["clip_frac"] is None  # never logged here
+
+    check()
