@@ -1,21 +1,30 @@
-"""The p schedule, from evidence: Hölder-loss runs with different p schedules × seeds on the math curve.
+"""The p schedule, from evidence: Hölder-loss runs with different p schedules × seeds, on the math curve or on
+the ALFWorld curve.
 
-Each arm is ``python -m agent_rl.train preset=learning_curve`` (embedded SmolLM2-135M-Instruct, generated
-level-1 math, one CPU core per run, ``--parallel`` runs at a time) with the overrides in ARMS; every seed
-changes the training tasks and sampling, not the eval problems (fixed by the preset). Writes ``study.csv``
-(one row per run and step), ``study.png`` (greedy eval success per arm, mean over seeds) and prints per arm:
-final eval success (mean, 95% t-interval over seeds), and token-weight ESS, clip fraction and gradient norm
-per p bucket. A measurement, not a test.
+Math (the default): each arm is ``python -m agent_rl.train preset=learning_curve`` (embedded SmolLM2-135M-Instruct,
+generated level-1 math) with the overrides in ARMS; every seed changes the training tasks and sampling, not the eval
+problems (fixed by the preset). ALFWorld (``--sft-run DIR``): each arm is the RL stage of ``python -m agent_rl.curve
+--sft-run DIR --algos holder+<arm>`` (grpo: ``--algos grpo``) with ``--curve-args`` (source, games, eval size, lr,
+...), all arms of a seed in one curve folder ``<out>/seed<k>``, so the curve's own table compares them per game; its
+final eval is the stage's eval. One CPU core per run, ``--parallel`` runs at a time. Writes ``study.csv`` (one row
+per run and step), ``study.png`` (greedy eval success per arm, mean over seeds) and prints per arm: final eval
+success (mean, 95% t-interval over seeds), and token-weight ESS, clip fraction and gradient norm per p bucket.
+A measurement, not a test.
 
     python bench/p_schedule_study.py --arms linear_2_-2,linear_2_0,constant_1,adaptive --seeds 0,1,2
+    python bench/p_schedule_study.py --sft-run <sft run> --arms linear_2_-2,linear_2_0 --seeds 0 --tasks 4 --group 4 \
+        --curve-args "--source generated --difficulty easy --generated-games 96 --episodes 48 --max-steps 20 \
+        --max-new-tokens 24 --rl-lr 1e-5" model.freeze_layers=20
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -40,18 +49,66 @@ def command(arm: str, seed: int, run_dir: Path, args) -> list[str]:
             "train.resume=false", "train.progress=false", "logging.wandb=false", *args.extra]
 
 
+def curve_entry(arm: str) -> str:
+    """The curve's ``--algos`` entry of an arm: holder with the arm's p schedule (the default one: plain holder)."""
+    return arm if arm == "grpo" else "holder" if not P_SCHEDULES[arm] else f"holder+{arm}"
+
+
+def curve_command(arm: str, seed: int, args) -> list[str]:
+    # the SFT stage is --sft-run's and evaluated by the curve that trained it: each run here is one RL stage + its eval
+    return [sys.executable, "-m", "agent_rl.curve", "--sft-run", str(args.sft_run), "--skip-untrained",
+            "--skip-sft-eval", "--algos", curve_entry(arm), "--seed", str(seed), "--rl-steps", str(args.steps),
+            "--tasks", str(args.tasks), "--group", str(args.group), "--threads", "1", "--out",
+            str(args.out / f"seed{seed}"), *shlex.split(args.curve_args), *args.extra]
+
+
+def check_curve_runs(arms: list[str], seeds: list[int], args) -> None:
+    """ALFWorld: the SFT run exists and every curve command parses, before the first (long) run starts."""
+    from agent_rl.curve import algo_overrides, build_parser
+    from trainers.checkpoint import latest_checkpoint
+
+    if not args.sft_run.is_dir() or latest_checkpoint(args.sft_run, weights_only=True) is None:
+        raise SystemExit(f"--sft-run {args.sft_run}: no checkpoint there; give a finished agent_rl.sft run (the "
+                         "folder its train.run_dir named, or the curve's <out>/sft)")
+    for arm in arms:
+        algo_overrides(curve_entry(arm))
+        try:
+            build_parser().parse_args(curve_command(arm, seeds[0], args)[3:])
+        except SystemExit as exc:  # argparse has printed what it could not parse
+            raise SystemExit(f"--curve-args {args.curve_args!r}: agent_rl.curve refused them (above)") from exc
+
+
+def run_dir_of(arm: str, seed: int, args) -> Path:
+    return args.out / f"seed{seed}" / f"rl-{curve_entry(arm)}" if args.sft_run else args.out / arm / f"seed{seed}"
+
+
+def metrics_of(arm: str, seed: int, args) -> list[dict]:
+    """A run's training rows; on ALFWorld with its stage's final eval as one more row (the curve evaluates
+    after the last step, outside the run's metrics)."""
+    rows = read_metrics(run_dir_of(arm, seed, args))
+    results = args.out / f"seed{seed}" / f"eval_rl-{curve_entry(arm)}" / "results.json"
+    if args.sft_run and results.is_file() and rows:
+        rows.append({"step": max(r["step"] for r in rows if "step" in r),
+                     "eval/success_rate": json.loads(results.read_text())["success_rate"]})
+    return rows
+
+
 def run_all(jobs: list[tuple[str, int]], args) -> dict[tuple[str, int], int]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_MODE="offline", HF_HUB_OFFLINE="1")
     waiting, running, codes = list(jobs), {}, {}
     while waiting or running:
         while waiting and len(running) < args.parallel:
             arm, seed = waiting.pop(0)
-            run_dir = args.out / arm / f"seed{seed}"
-            shutil.rmtree(run_dir, ignore_errors=True)
-            run_dir.mkdir(parents=True)
-            log = open(run_dir.parent / f"seed{seed}.log", "w")
-            running[(arm, seed)] = (subprocess.Popen(command(arm, seed, run_dir, args), env=env, stdout=log,
-                                                     stderr=subprocess.STDOUT), time.time())
+            if args.sft_run:  # the curve resumes a stopped stage and reuses a finished one (after its checks)
+                (args.out / f"seed{seed}").mkdir(parents=True, exist_ok=True)
+                cmd, log = curve_command(arm, seed, args), args.out / f"seed{seed}" / f"study_{arm}.log"
+            else:
+                run_dir = args.out / arm / f"seed{seed}"
+                shutil.rmtree(run_dir, ignore_errors=True)
+                run_dir.mkdir(parents=True)
+                cmd, log = command(arm, seed, run_dir, args), run_dir.parent / f"seed{seed}.log"
+            running[(arm, seed)] = (subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT),
+                                    time.time())
         for key, (proc, t0) in list(running.items()):
             if proc.poll() is not None:
                 codes[key] = proc.returncode
@@ -76,7 +133,7 @@ def report(arms: list[str], seeds: list[int], args) -> None:
     rows = []
     for arm in arms:
         for seed in seeds:
-            for m in read_metrics(args.out / arm / f"seed{seed}"):
+            for m in metrics_of(arm, seed, args):
                 rows.append({"arm": arm, "seed": seed, "step": m["step"], "p": m.get("loss/p"),
                              "train_success": m.get("rollout/success_rate"), "eval_success": m.get("eval/success_rate"),
                              "ess": m.get("loss/token_weight_ess"), "clip_frac": m.get("loss/clip_frac"),
@@ -105,7 +162,7 @@ def report(arms: list[str], seeds: list[int], args) -> None:
     bx.set_xlabel("training step")
     bx.set_ylabel("p (mean over seeds)")
     ax.legend(fontsize=7)
-    ax.set_title("p schedules, SmolLM2-135M, generated math (CPU)")
+    ax.set_title(f"p schedules, SmolLM2-135M, {'ALFWorld' if args.sft_run else 'generated math'} (CPU)")
     fig.tight_layout()
     fig.savefig(args.out / "study.png", dpi=120)
     for arm in arms:
@@ -117,7 +174,7 @@ def report(arms: list[str], seeds: list[int], args) -> None:
                 finals.append(max(ev)[1])
                 mids.append(statistics.mean(v for _, v in ev))
         print(f"p_study {arm}: final eval {mean_ci(finals)}; mean over evals {mean_ci(mids)}", flush=True)
-        raw = [m for seed in seeds for m in read_metrics(args.out / arm / f"seed{seed}")]
+        raw = [m for seed in seeds for m in metrics_of(arm, seed, args)]
         for entry in signals_per_p(raw):
             print(f"p_study {arm}:   {format_signals(entry)}", flush=True)
 
@@ -128,12 +185,16 @@ def main() -> None:
                     help=f"comma-separated, from {', '.join(ARMS)}")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--eval-every", type=int, default=10)
-    ap.add_argument("--eval-episodes", type=int, default=64)
+    ap.add_argument("--eval-every", type=int, default=10, help="math: greedy eval every N steps")
+    ap.add_argument("--eval-episodes", type=int, default=64, help="math: problems per eval")
     ap.add_argument("--tasks", type=int, default=8)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--parallel", type=int, default=2, help="runs at a time, one CPU thread each")
     ap.add_argument("--out", type=Path, default=Path("bench_out/p_schedule_study"))
+    ap.add_argument("--sft-run", type=Path, help="ALFWorld: the SFT run every arm starts from (its RL stage of "
+                    "agent_rl.curve); without it, the math curve")
+    ap.add_argument("--curve-args", default="", help="ALFWorld: more agent_rl.curve flags, one string (--source, "
+                    "--episodes, --max-steps, --rl-lr, ...)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("extra", nargs="*", help="more Hydra overrides for every run")
     args = ap.parse_args()
@@ -142,6 +203,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.sft_run and not args.report_only:
+        check_curve_runs(arms, seeds, args)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if not args.report_only:

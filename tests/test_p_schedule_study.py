@@ -61,3 +61,69 @@ def test_readme_study_commands_name_only_known_arms():
     named = [a for c in commands if "--arms" in c for a in c[c.index("--arms") + 1].split(",")]
     assert len(named) >= 7, commands
     assert set(named) <= set(arms), set(named) - set(arms)
+
+
+def _curve_stage(out: Path, seed: int, stage: str, success: float | None, ps: list[float]) -> None:
+    run = out / f"seed{seed}" / f"rl-{stage}"
+    run.mkdir(parents=True)
+    rows = [{"step": s, "loss/p": p, "rollout/success_rate": 0.25, "loss/token_weight_ess": 0.99,
+             "loss/clip_frac": 0.0, "loss/grad_norm": 0.5} for s, p in enumerate(ps, start=1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if success is not None:  # the curve's eval of the stage, after its last step
+        (out / f"seed{seed}" / f"eval_rl-{stage}").mkdir()
+        (out / f"seed{seed}" / f"eval_rl-{stage}" / "results.json").write_text(json.dumps({"success_rate": success}))
+
+
+def test_alfworld_report_reads_each_seeds_curve_folder_and_its_stage_evals(tmp_path, monkeypatch, capsys):
+    """ALFWorld arms are curve stages: the default schedule is plain holder, the others holder+<arm>, all arms of a
+    seed in one folder; the final eval is the stage's eval (a stage not yet evaluated has none)."""
+    pytest.importorskip("matplotlib")
+    for seed, (default, late) in enumerate([(0.5, 0.25), (0.75, None)]):
+        _curve_stage(tmp_path, seed, "holder", default, ps=[1.8, -2.0])
+        _curve_stage(tmp_path, seed, "holder+linear_2_0", late, ps=[1.9, 0.0])
+    lines = _study(monkeypatch, capsys, "--report-only", "--sft-run", str(tmp_path / "sft"), "--arms",
+                   "linear_2_-2,linear_2_0", "--seeds", "0,1", "--out", str(tmp_path))
+    assert lines[0] == ("p_study linear_2_-2: final eval 0.625 [95% -0.964, 2.214] (n=2); "
+                        "mean over evals 0.625 [95% -0.964, 2.214] (n=2)")
+    assert lines[1] == ("p_study linear_2_-2:   p≈+2.0: 2 steps, ESS 0.990, clip_frac 0.000, grad_norm 0.500, "
+                        "train success 0.250")
+    assert lines[2].startswith("p_study linear_2_-2:   p≈-2.0: 2 steps,")
+    assert lines[3].startswith("p_study linear_2_0: final eval 0.250 (n=1)")
+    assert lines[5].startswith("p_study linear_2_0:   p≈+0.0: 2 steps,")
+
+
+def test_alfworld_runs_are_curve_commands_that_compose_valid_rl_stages(tmp_path):
+    from agent_rl.curve import build_parser, rl_overrides
+    from agent_rl.train import compose_config
+    from agent_rl.validation import validate
+
+    study = runpy.run_path(str(SCRIPT))
+    args = type("A", (), {"sft_run": tmp_path / "sft", "steps": 20, "tasks": 4, "group": 4, "out": tmp_path,
+                          "curve_args": "--source generated --difficulty easy --episodes 48 --rl-lr 1e-5",
+                          "extra": ["model.freeze_layers=20"]})()
+    for arm in study["ARMS"]:
+        cmd = study["curve_command"](arm, 3, args)
+        assert cmd[1:3] == ["-m", "agent_rl.curve"]
+        curve_args = build_parser().parse_args(cmd[3:])
+        assert curve_args.out == tmp_path / "seed3" and curve_args.seed == 3 and curve_args.threads == 1
+        cfg = compose_config([o for o in rl_overrides(curve_args.algos, args.sft_run, curve_args, tmp_path / "rl")
+                              if not o.startswith("hydra.")])
+        validate(cfg)
+        assert cfg.train.steps == 20 and cfg.train.seed == 3 and cfg.model.freeze_layers == 20
+        assert cfg.algo.loss == ("grpo" if arm == "grpo" else "holder")
+        assert study["run_dir_of"](arm, 3, args) == tmp_path / "seed3" / f"rl-{curve_args.algos}"
+
+
+def test_alfworld_study_refuses_a_missing_sft_run_or_bad_curve_flags_before_any_run(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("a run started"))
+    argv = ["p_schedule_study.py", "--arms", "linear_2_-2", "--seeds", "0", "--out", str(tmp_path / "out")]
+    monkeypatch.setattr("sys.argv", [*argv, "--sft-run", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match="no checkpoint there; give a finished agent_rl.sft run"):
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    (tmp_path / "sft").mkdir()
+    monkeypatch.setattr("trainers.checkpoint.latest_checkpoint", lambda run, **k: run / "checkpoints" / "step_000001")
+    monkeypatch.setattr("sys.argv", [*argv, "--sft-run", str(tmp_path / "sft"), "--curve-args", "--sorce generated"])
+    with pytest.raises(SystemExit, match="--curve-args '--sorce generated': agent_rl.curve refused them"):
+        runpy.run_path(str(SCRIPT), run_name="__main__")
