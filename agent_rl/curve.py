@@ -277,8 +277,8 @@ MODIFIERS: dict[str, list[str]] = {
     "gigpo": ["algo.advantage=gigpo", "algo.ratio_unit=turn"],
     "ds": ["algo.dynamic_sampling=true"],  # dynamic sampling: groups with equal rewards replaced by new ones
 }
-# p schedules of the Hölder loss (``holder+constant_1``): the arms of issue 14's p study, here and in
-# bench/p_schedule_study.py (which runs them on the math curve)
+# p schedules of the Hölder loss (``holder+constant_1``): the arms of bench/p_schedule_study.py, which runs them
+# on the math curve and, as these stages, on this one
 P_SCHEDULES: dict[str, list[str]] = {
     "linear_2_-2": [],  # the default: p linear 2 → −2 over the run
     "linear_2_0": ["algo.p_end=0"],
