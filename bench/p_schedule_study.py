@@ -49,6 +49,11 @@ def command(arm: str, seed: int, run_dir: Path, args) -> list[str]:
             "train.resume=false", "train.progress=false", "logging.wandb=false", *args.extra]
 
 
+# agent_rl.curve flags the study sets for each run (refused in --curve-args)
+STUDY_FLAGS = {"--sft-run", "--algos", "--seed", "--rl-steps", "--tasks", "--group", "--threads", "--out",
+               "--skip-untrained", "--skip-sft-eval", "--report-only"}
+
+
 def curve_entry(arm: str) -> str:
     """The curve's ``--algos`` entry of an arm: holder with the arm's p schedule (the default one: plain holder)."""
     return arm if arm == "grpo" else "holder" if not P_SCHEDULES[arm] else f"holder+{arm}"
@@ -70,12 +75,27 @@ def check_curve_runs(arms: list[str], seeds: list[int], args) -> None:
     if not args.sft_run.is_dir() or latest_checkpoint(args.sft_run, weights_only=True) is None:
         raise SystemExit(f"--sft-run {args.sft_run}: no checkpoint there; give a finished agent_rl.sft run (the "
                          "folder its train.run_dir named, or the curve's <out>/sft)")
+    own = {flag.split("=", 1)[0] for flag in shlex.split(args.curve_args)} & STUDY_FLAGS
+    if own:  # argparse keeps the last value: one there would quietly replace the study's (every seed the same...)
+        raise SystemExit(f"--curve-args {args.curve_args!r}: {', '.join(sorted(own))} set by the study for each run; "
+                         "use its --arms, --seeds, --steps, --tasks, --group, --out and --sft-run instead")
+    from agent_rl.curve import check_sft_demos, check_task_types, rl_overrides
+    from agent_rl.train import compose_config
+    from agent_rl.validation import validate
+
     for arm in arms:
         algo_overrides(curve_entry(arm))
         try:
-            build_parser().parse_args(curve_command(arm, seeds[0], args)[3:])
+            curve_args = build_parser().parse_args(curve_command(arm, seeds[0], args)[3:])
         except SystemExit as exc:  # argparse has printed what it could not parse
             raise SystemExit(f"--curve-args {args.curve_args!r}: agent_rl.curve refused them (above)") from exc
+        check_task_types(curve_args)
+        check_sft_demos(curve_args)
+        try:  # the RL stage's config, with the Hydra extras, composed and validated as the curve's run will
+            overrides = rl_overrides(curve_args.algos, args.sft_run, curve_args, args.out / "check")
+            validate(compose_config([o for o in overrides if not o.startswith("hydra.")]))
+        except Exception as exc:
+            raise SystemExit(f"arm {arm}: its RL stage's config is invalid: {exc}") from exc
 
 
 def run_dir_of(arm: str, seed: int, args) -> Path:
@@ -84,7 +104,10 @@ def run_dir_of(arm: str, seed: int, args) -> Path:
 
 def metrics_of(arm: str, seed: int, args) -> list[dict]:
     """A run's training rows; on ALFWorld with its stage's final eval as one more row (the curve evaluates
-    after the last step, outside the run's metrics)."""
+    after the last step, outside the run's metrics). A run that failed in this invocation has none (what its
+    folder holds may be an earlier run's)."""
+    if (arm, seed) in args.failed:
+        return []
     rows = read_metrics(run_dir_of(arm, seed, args))
     results = args.out / f"seed{seed}" / f"eval_rl-{curve_entry(arm)}" / "results.json"
     if args.sft_run and results.is_file() and rows:
@@ -194,7 +217,7 @@ def main() -> None:
     ap.add_argument("--sft-run", type=Path, help="ALFWorld: the SFT run every arm starts from (its RL stage of "
                     "agent_rl.curve); without it, the math curve")
     ap.add_argument("--curve-args", default="", help="ALFWorld: more agent_rl.curve flags, one string (--source, "
-                    "--episodes, --max-steps, --rl-lr, ...)")
+                    "--episodes, --max-steps, --rl-lr, ...; one flag alone: --curve-args=--fresh)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("extra", nargs="*", help="more Hydra overrides for every run")
     args = ap.parse_args()
@@ -207,9 +230,19 @@ def main() -> None:
         check_curve_runs(arms, seeds, args)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    args.failed = set()
     if not args.report_only:
         # seed-major order: with a time limit, every arm has its first seeds before any has its last
-        run_all([(arm, seed) for seed in seeds for arm in arms], args)
+        codes = run_all([(arm, seed) for seed in seeds for arm in arms], args)
+        args.failed = {key for key, code in codes.items() if code != 0}
+        for arm, seed in sorted(args.failed):
+            print(f"p_study {arm} seed {seed}: failed (exit {codes[(arm, seed)]}), left out of the report; see its log",
+                  flush=True)
+        if args.sft_run:  # each seed's curve table, once all its arms are in (their runs each wrote one as they ended)
+            for seed in seeds:
+                subprocess.call([sys.executable, "-m", "agent_rl.curve", "--report-only", "--sft-run",
+                                 str(args.sft_run), "--out", str(args.out / f"seed{seed}"),
+                                 *shlex.split(args.curve_args)])
     report(arms, seeds, args)
     print(f"p_study wall time {(time.time() - t0) / 60:.1f} min; wrote {args.out / 'study.csv'} and "
           f"{args.out / 'study.png'}", flush=True)

@@ -116,6 +116,13 @@ def test_a_p_schedule_modifier_sets_the_holder_stage_schedule(tmp_path, entry, s
     validate(cfg)
     assert (cfg.algo.loss, cfg.algo.p_schedule, cfg.algo.p_start) == ("holder", schedule, p_start)
     assert p_end is None or cfg.algo.p_end == p_end
+    if schedule == "adaptive":  # steered at run time by the measured ESS, not a function of the step
+        return
+    ps = [cfg.algo.p_at(k, 20) for k in (0, 9, 19)]  # the p each update uses over a 20-step stage
+    if schedule == "constant":
+        assert ps == [1.0, 1.0, 1.0]
+    elif schedule in ("linear", "cosine"):
+        assert ps[0] < p_start and ps[-1] == pytest.approx(p_end) and ps[0] > ps[1] > ps[2]
     assert cfg.algo.dynamic_sampling == entry.endswith("+ds")
 
 

@@ -127,3 +127,49 @@ def test_alfworld_study_refuses_a_missing_sft_run_or_bad_curve_flags_before_any_
     monkeypatch.setattr("sys.argv", [*argv, "--sft-run", str(tmp_path / "sft"), "--curve-args", "--sorce generated"])
     with pytest.raises(SystemExit, match="--curve-args '--sorce generated': agent_rl.curve refused them"):
         runpy.run_path(str(SCRIPT), run_name="__main__")
+
+
+def test_alfworld_study_refuses_curve_flags_it_sets_itself(tmp_path, monkeypatch):
+    (tmp_path / "sft").mkdir()
+    monkeypatch.setattr("trainers.checkpoint.latest_checkpoint", lambda run, **k: run / "checkpoints" / "step_000001")
+    monkeypatch.setattr("sys.argv", ["p_schedule_study.py", "--arms", "linear_2_-2", "--seeds", "0,1", "--out",
+                                     str(tmp_path / "out"), "--sft-run", str(tmp_path / "sft"),
+                                     "--curve-args", "--episodes 48 --seed=3"])
+    with pytest.raises(SystemExit, match="--seed set by the study for each run; use its --arms, --seeds"):
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+
+
+def test_alfworld_study_leaves_a_failed_run_out_of_the_report_even_with_an_old_folder(tmp_path, monkeypatch, capsys):
+    """A curve run that exits non-zero (e.g. refusing a reused stage) leaves an earlier run's files in place:
+    they are not reported as this study's."""
+    import subprocess
+    import time
+
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    _curve_stage(out, 0, "holder+linear_2_0", 0.9, ps=[1.9, 0.0])  # an earlier run's
+    (tmp_path / "sft").mkdir()
+    monkeypatch.setattr("trainers.checkpoint.latest_checkpoint", lambda run, **k: run / "checkpoints" / "step_000001")
+    started, reported = [], []
+
+    class Done:
+        def __init__(self, cmd, **kwargs):
+            started.append(cmd)
+            self.returncode = 1 if "holder+linear_2_0" in cmd else 0
+            if self.returncode == 0:
+                _curve_stage(out, 0, "holder", 0.5, ps=[1.8, -2.0])
+
+        def poll(self):
+            return self.returncode
+
+    monkeypatch.setattr(subprocess, "Popen", Done)
+    monkeypatch.setattr(subprocess, "call", lambda cmd, **k: reported.append(cmd) or 0)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    lines = _study(monkeypatch, capsys, "--arms", "linear_2_-2,linear_2_0", "--seeds", "0", "--out", str(out),
+                   "--sft-run", str(tmp_path / "sft"), "--curve-args", "--source generated --episodes 48")
+    assert len(started) == 2 and [c[c.index("--algos") + 1] for c in started] == ["holder", "holder+linear_2_0"]
+    assert "p_study linear_2_0 seed 0: failed (exit 1), left out of the report; see its log" in lines
+    assert "p_study linear_2_-2: final eval 0.500 (n=1); mean over evals 0.500 (n=1)" in lines
+    assert "p_study linear_2_0: final eval n/a; mean over evals n/a" in lines
+    assert not any(l.startswith("p_study linear_2_0:   p≈") for l in lines)
+    assert reported and reported[0][2:4] == ["agent_rl.curve", "--report-only"] and str(out / "seed0") in reported[0]
