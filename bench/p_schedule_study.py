@@ -69,7 +69,9 @@ def curve_command(arm: str, seed: int, args) -> list[str]:
 
 def check_curve_runs(arms: list[str], seeds: list[int], args) -> None:
     """ALFWorld: the SFT run exists and every curve command parses, before the first (long) run starts."""
-    from agent_rl.curve import algo_overrides, build_parser
+    from agent_rl.curve import algo_overrides, build_parser, check_sft_demos, check_task_types, rl_overrides
+    from agent_rl.train import compose_config
+    from agent_rl.validation import validate
     from trainers.checkpoint import latest_checkpoint
 
     if not args.sft_run.is_dir() or latest_checkpoint(args.sft_run, weights_only=True) is None:
@@ -79,10 +81,6 @@ def check_curve_runs(arms: list[str], seeds: list[int], args) -> None:
     if own:  # argparse keeps the last value: one there would quietly replace the study's (every seed the same...)
         raise SystemExit(f"--curve-args {args.curve_args!r}: {', '.join(sorted(own))} set by the study for each run; "
                          "use its --arms, --seeds, --steps, --tasks, --group, --out and --sft-run instead")
-    from agent_rl.curve import check_sft_demos, check_task_types, rl_overrides
-    from agent_rl.train import compose_config
-    from agent_rl.validation import validate
-
     for arm in arms:
         algo_overrides(curve_entry(arm))
         try:
@@ -153,10 +151,12 @@ def mean_ci(values: list[float]) -> str:
 
 
 def report(arms: list[str], seeds: list[int], args) -> None:
-    rows = []
+    rows, raw = [], {arm: [] for arm in arms}  # raw: each arm's metrics rows, read once, for the signals per p
     for arm in arms:
         for seed in seeds:
-            for m in metrics_of(arm, seed, args):
+            metrics = metrics_of(arm, seed, args)
+            raw[arm] += metrics
+            for m in metrics:
                 rows.append({"arm": arm, "seed": seed, "step": m["step"], "p": m.get("loss/p"),
                              "train_success": m.get("rollout/success_rate"), "eval_success": m.get("eval/success_rate"),
                              "ess": m.get("loss/token_weight_ess"), "clip_frac": m.get("loss/clip_frac"),
@@ -197,8 +197,7 @@ def report(arms: list[str], seeds: list[int], args) -> None:
                 finals.append(max(ev)[1])
                 mids.append(statistics.mean(v for _, v in ev))
         print(f"p_study {arm}: final eval {mean_ci(finals)}; mean over evals {mean_ci(mids)}", flush=True)
-        raw = [m for seed in seeds for m in metrics_of(arm, seed, args)]
-        for entry in signals_per_p(raw):
+        for entry in signals_per_p(raw[arm]):
             print(f"p_study {arm}:   {format_signals(entry)}", flush=True)
 
 

@@ -464,13 +464,9 @@ def test_stages_saved_by_a_real_run_are_reused_by_the_same_command(tmp_path, mon
 def test_every_readme_curve_command_parses_and_its_stages_compose(tmp_path):
     """The README's `bench/alfworld_curve.py` lines (the algorithm comparison, the ALFWorld p study) name only
     flags, algos, modifiers and p schedules the curve knows, and each RL stage composes a valid config."""
-    import re
-    import shlex
+    from bench_scripts import readme_commands
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    lines = "\n".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S)).replace("\\\n", " ").splitlines()
-    commands = [shlex.split(l.split(" #", 1)[0].split("alfworld_curve.py", 1)[1]) for l in lines
-                if "bench/alfworld_curve.py" in l]
+    commands = readme_commands("alfworld_curve.py")
     assert len(commands) >= 3 and any("holder+constant_1" in " ".join(c) for c in commands)
     for argv in commands:
         args = build_parser().parse_args([*argv, "--out", str(tmp_path)])

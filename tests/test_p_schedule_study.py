@@ -5,14 +5,13 @@ arms the script knows."""
 from __future__ import annotations
 
 import json
-import re
 import runpy
-import shlex
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_scripts import ROOT, readme_commands
+
 SCRIPT = ROOT / "bench" / "p_schedule_study.py"
 
 
@@ -55,9 +54,7 @@ def test_an_unknown_arm_is_refused_with_the_known_ones(tmp_path, monkeypatch):
 
 def test_readme_study_commands_name_only_known_arms():
     arms = runpy.run_path(str(SCRIPT))["ARMS"]
-    text = (ROOT / "README.md").read_text()
-    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S)).replace("\\\n", " ")
-    commands = [shlex.split(l.split(" #", 1)[0]) for l in blocks.splitlines() if "bench/p_schedule_study.py" in l]
+    commands = readme_commands("p_schedule_study.py")
     named = [a for c in commands if "--arms" in c for a in c[c.index("--arms") + 1].split(",")]
     assert len(named) >= 7, commands
     assert set(named) <= set(arms), set(named) - set(arms)
